@@ -40,8 +40,16 @@ KINDS = frozenset({"step", "step_reply", "privatized_batch", "infer", "infer_rep
 
 #: safetensors dtype code -> bytes per element.
 DTYPE_SIZES: dict[str, int] = {
-    "F32": 4, "F16": 2, "BF16": 2, "F64": 8,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
 }
 FLOAT_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
 
@@ -117,7 +125,9 @@ class WireHeader:
         if self.kind not in KINDS:
             raise SchemaError(f"kind {self.kind!r} is not one of {sorted(KINDS)}")
         if self.schema_version != SCHEMA_VERSION:
-            raise SchemaError(f"schema version {self.schema_version} is not supported (this side speaks {SCHEMA_VERSION})")
+            raise SchemaError(
+                f"schema version {self.schema_version} is not supported (this side speaks {SCHEMA_VERSION})"
+            )
         for key, value in self.extra.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise SchemaError("extra metadata must map strings to strings")
@@ -126,8 +136,13 @@ class WireHeader:
 
     def to_metadata(self) -> dict[str, str]:
         meta = dict(self.extra)
-        meta.update(schema=SCHEMA, schema_version=str(self.schema_version), job_id=self.job_id,
-                    step=str(self.step), kind=self.kind)
+        meta.update(
+            schema=SCHEMA,
+            schema_version=str(self.schema_version),
+            job_id=self.job_id,
+            step=str(self.step),
+            kind=self.kind,
+        )
         return meta
 
     @classmethod
@@ -177,7 +192,10 @@ class TensorSpec:
 # Header-only validation (no torch)
 # --------------------------------------------------------------------------------------------
 
-def inspect(data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, dict[str, TensorInfo]]:
+
+def inspect(
+    data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_LIMITS
+) -> tuple[WireHeader, dict[str, TensorInfo]]:
     """Parse and check a payload's header without reading tensor data.
 
     Promises on success: the bytes are a well-formed safetensors payload of at most
@@ -197,7 +215,9 @@ def inspect(data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_L
         raise TruncatedPayload(f"payload is {total} bytes; a safetensors payload starts with an 8-byte header length")
     (header_len,) = struct.unpack("<Q", view[:8])
     if header_len > limits.max_header_bytes:
-        raise SizeLimitExceeded(f"declared header length {header_len} exceeds the limit of {limits.max_header_bytes} bytes")
+        raise SizeLimitExceeded(
+            f"declared header length {header_len} exceeds the limit of {limits.max_header_bytes} bytes"
+        )
     if 8 + header_len > total:
         raise TruncatedPayload(f"header declares {header_len} bytes but only {total - 8} follow")
     try:
@@ -220,7 +240,9 @@ def inspect(data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_L
     cursor = 0
     for info in infos:
         if info.start != cursor:
-            raise NotSafetensors(f"tensor {info.name!r} starts at byte {info.start}, expected {cursor} (gap or overlap)")
+            raise NotSafetensors(
+                f"tensor {info.name!r} starts at byte {info.start}, expected {cursor} (gap or overlap)"
+            )
         cursor = info.end
     if cursor != data_len:
         if cursor > data_len:
@@ -243,13 +265,16 @@ def _tensor_info(name: str, entry: Any, limits: WireLimits, data_len: int) -> Te
         raise ShapeRejected(f"tensor {name!r}: {len(shape)} dimensions; at most {limits.max_ndim} allowed")
     nbytes = math.prod(shape) * DTYPE_SIZES[dtype]  # Python ints: a huge shape cannot overflow
     if nbytes > limits.max_payload_bytes:
-        raise SizeLimitExceeded(f"tensor {name!r}: shape {shape} declares {nbytes} bytes; the payload limit is {limits.max_payload_bytes}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)):
+        raise SizeLimitExceeded(
+            f"tensor {name!r}: shape {shape} declares {nbytes} bytes; the payload limit is {limits.max_payload_bytes}"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) and o >= 0 for o in offsets):
         raise NotSafetensors(f"tensor {name!r}: data_offsets must be two non-negative integers")
     start, end = offsets
     if end - start != nbytes:
-        raise ShapeRejected(f"tensor {name!r}: shape {shape} x {dtype} needs {nbytes} bytes but offsets span {end - start}")
+        raise ShapeRejected(
+            f"tensor {name!r}: shape {shape} x {dtype} needs {nbytes} bytes but offsets span {end - start}"
+        )
     if end > data_len:
         raise TruncatedPayload(f"tensor {name!r} ends at byte {end} but the data buffer has {data_len}")
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
@@ -268,7 +293,7 @@ def check_specs(infos: Mapping[str, TensorInfo], specs: Sequence[TensorSpec], *,
         if info.dtype not in spec.dtypes:
             raise DtypeRejected(f"tensor {spec.name!r}: dtype {info.dtype}; expected one of {sorted(spec.dtypes)}")
         if len(info.shape) != len(spec.shape) or any(
-            want is not None and got != want for got, want in zip(info.shape, spec.shape)
+            want is not None and got != want for got, want in zip(info.shape, spec.shape, strict=True)
         ):
             pattern = tuple("*" if s is None else s for s in spec.shape)
             raise ShapeRejected(f"tensor {spec.name!r}: shape {list(info.shape)}; expected {list(pattern)}")
@@ -328,15 +353,39 @@ def _tensor_bytes(tensor: Any, float_code: str) -> tuple[str, tuple[int, ...], b
     return code, tuple(arr.shape), arr.tobytes()
 
 
-_TORCH_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-_NUMPY_CODES = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64", "int32": "I32",
-                "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_TORCH_CODES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_NUMPY_CODES = {
+    "float32": "F32",
+    "float16": "F16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
 
-def decode(data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_LIMITS, *,
-           specs: Sequence[TensorSpec] | None = None, check_finite: bool = True,
-           float_dtype: str | None = "float32") -> tuple[WireHeader, dict[str, Any]]:
+def decode(
+    data: bytes | bytearray | memoryview,
+    limits: WireLimits = DEFAULT_LIMITS,
+    *,
+    specs: Sequence[TensorSpec] | None = None,
+    check_finite: bool = True,
+    float_dtype: str | None = "float32",
+) -> tuple[WireHeader, dict[str, Any]]:
     """Validate a payload and return its header and torch tensors (copies, on the CPU).
 
     ``specs`` adds name/dtype/shape checks; ``check_finite`` rejects NaN/Inf in floating tensors;
