@@ -8,8 +8,11 @@ One round trip per step (architecture.md, "Two training modes"):
     cloud  -> device  kind="step_reply", step=t output of the top model for step t:
                                                 logits (b, c) for classification,
                                                 last hidden state (b, t, d) for generation
-    device -> cloud   kind="step", step=T+1, extra final="1": grad_output of step T only; the worker
-                                                applies it, saves the final adapter and finishes.
+    device -> cloud   kind="step", step=T+1    grad_output of step T only (a "flush": the worker
+                                                applies it and answers with an empty reply)
+    device -> cloud   kind="infer", step=0     hidden + attention_mask: output only, no state change
+                                                (the device's local validation, private inference)
+    device -> cloud   kind="step", extra final="1", no tensors: save the final adapter and finish
 
 Steps are numbered from 1. Step t may only follow step t-1; a retried step t gets the reply that
 was already computed, never a second optimizer step. After a worker restart the job resumes from

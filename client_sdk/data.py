@@ -1,0 +1,108 @@
+"""Datasets the SDK accepts, normalised to (text, label) pairs that never leave the device."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TEXT_KEYS = ("text", "sentence", "prompt", "input")
+LABEL_KEYS = ("label", "labels", "target", "answer")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: Any
+
+
+def load_examples(dataset: Any, text_key: str | None = None, label_key: str | None = None) -> list[Example]:
+    """Read a list of (text, label) pairs or dicts, a JSONL/JSONL.GZ/CSV path, or a ``datasets.Dataset``."""
+    if isinstance(dataset, (str, Path)):
+        rows = _read_path(Path(dataset))
+    elif isinstance(dataset, Iterable):  # lists of pairs or dicts, datasets.Dataset (iterates dict rows)
+        rows = list(dataset)
+    else:
+        raise DatasetError(
+            f"unsupported dataset type {type(dataset).__name__}: give a list of (text, label), "
+            "a .jsonl/.csv path or a datasets.Dataset"
+        )
+    if not rows:
+        raise DatasetError("the dataset is empty")
+    return [_example(row, i, text_key, label_key) for i, row in enumerate(rows)]
+
+
+def _read_path(path: Path) -> list[Any]:
+    if not path.exists():
+        raise DatasetError(f"no such file: {path}")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    opener = gzip.open if suffixes.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        if ".jsonl" in suffixes or ".json" in suffixes:
+            return [json.loads(line) for line in fh if line.strip()]
+        if ".csv" in suffixes:
+            return list(csv.DictReader(fh))
+    raise DatasetError(f"{path}: expected a .jsonl, .jsonl.gz or .csv file")
+
+
+def _example(row: Any, index: int, text_key: str | None, label_key: str | None) -> Example:
+    if isinstance(row, dict):
+        text = row.get(text_key) if text_key else next((row[k] for k in TEXT_KEYS if k in row), None)
+        label = row.get(label_key) if label_key else next((row[k] for k in LABEL_KEYS if k in row), None)
+    elif isinstance(row, Sequence) and not isinstance(row, str) and len(row) == 2:
+        text, label = row
+    else:
+        raise DatasetError(f"row {index}: expected (text, label) or a dict with text and label keys")
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(f"row {index}: text must be a non-empty string")
+    if label is None:
+        raise DatasetError(f"row {index}: missing label")
+    return Example(text, label)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Stable mapping between the user's labels and class indices (sorted by their string form)."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def fit(cls, labels: Iterable[Any]) -> LabelMap:
+        names = tuple(sorted({str(label) for label in labels}))
+        if len(names) < 2:
+            raise DatasetError(f"classification needs at least two distinct labels, found {list(names)}")
+        return cls(names)
+
+    def encode(self, label: Any) -> int:
+        try:
+            return self.names.index(str(label))
+        except ValueError:
+            raise DatasetError(f"label {label!r} was not seen in the training data {list(self.names)}") from None
+
+
+def train_validation_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Shuffle with ``seed`` and hold out ``fraction`` (at least one example when fraction > 0)."""
+    if not 0 <= fraction < 1:
+        raise DatasetError(f"validation_split must be in [0, 1), got {fraction}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(len(examples) * fraction)) if fraction > 0 else 0
+    return [examples[i] for i in order[n_valid:]], [examples[i] for i in order[:n_valid]]
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of training step ``step`` (1-based): epoch-wise shuffles, so any step can be rebuilt."""
+    per_epoch = -(-n // batch_size)
+    epoch, within = divmod(step - 1, per_epoch)
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[within * batch_size : (within + 1) * batch_size]

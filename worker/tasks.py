@@ -1,0 +1,64 @@
+"""Celery tasks. They take ids, never tensors or ORM objects, and are idempotent and resumable.
+
+Process model: one worker process per GPU with the ``solo`` pool (``privtune worker`` sets it), so a
+job's CUDA context lives in the process that created it and nothing forks after CUDA is initialised.
+Scale out by starting more worker processes (``CUDA_VISIBLE_DEVICES`` picks the GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "worker.run_job"
+EXPORT_BOTTOM = "worker.export_bottom"
+
+
+@lru_cache(maxsize=1)
+def _resources() -> tuple[Any, Any, Any]:
+    """Settings, a sessionmaker and a Redis client for this worker process (built on first use)."""
+    import redis
+    from sqlalchemy.orm import sessionmaker
+
+    from api.db.session import make_engine
+    from api.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    return settings, sessionmaker(engine, expire_on_commit=False), redis.Redis.from_url(settings.redis_url)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(job_id: str) -> str:
+    """Train ``job_id`` until it ends, pauses or loses its lease; returns the end state."""
+    from worker.runner import JobRunner
+
+    settings, sessions, redis_client = _resources()
+    device = os.environ.get("PRIVTUNE_WORKER_DEVICE") or None
+    return JobRunner(job_id, settings, sessions, redis_client, worker_id(), device=device).run()
+
+
+def export_bottom(model: str, split_layer: int) -> str:
+    """Export the bottom artifact the gateway serves for (model, split_layer); returns its digest."""
+    from client_sdk.models import export_bottom as export
+
+    settings = _resources()[0]
+    out = Path(settings.artifact_dir) / "bottoms" / model / f"l{int(split_layer)}"
+    artifact = export(model, int(split_layer), out, cache_dir=settings.model_cache_dir)
+    log.info("exported bottom of %s at l=%s to %s (digest %s)", model, split_layer, out, artifact.digest)
+    return artifact.digest
+
+
+def register(app: Any) -> None:
+    """Register the tasks on a Celery app configured by :func:`api.queue.make_celery`."""
+    app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
+    app.task(name=EXPORT_BOTTOM, acks_late=True, reject_on_worker_lost=True)(export_bottom)

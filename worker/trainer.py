@@ -1,0 +1,221 @@
+"""The cloud half of split training: the top model with LoRA, its optimizer, and atomic checkpoints.
+
+The trainer never sees text, token ids or labels: it receives perturbed hidden states, returns the
+top model's output, and later receives dL/d(output) from the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_FILE = "adapter.safetensors"
+STATE_FILE = "trainer_state.pt"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What the worker needs to rebuild a job's top model and optimizer (from ``method.privtune``)."""
+
+    model: str
+    split_layer: int
+    task: str
+    num_labels: int | None
+    total_steps: int
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> TrainSpec:
+        cfg = (job.get("method") or {}).get("privtune") or {}
+        lora, opt = cfg.get("lora") or {}, cfg.get("optimizer") or {}
+        targets = lora.get("target_modules")
+        return cls(
+            model=job["model"],
+            split_layer=int(cfg.get("split_layer", 3)),
+            task=cfg.get("task", "classification"),
+            num_labels=cfg.get("num_labels"),
+            total_steps=int(cfg.get("total_steps") or job.get("total_steps") or 1),
+            lora_r=int(lora.get("r", 8)),
+            lora_alpha=int(lora.get("alpha", 16)),
+            lora_dropout=float(lora.get("dropout", 0.0)),
+            target_modules=tuple(targets) if targets else None,
+            learning_rate=float(opt.get("learning_rate", 5e-4)),
+            weight_decay=float(opt.get("weight_decay", 0.0)),
+            warmup_steps=int(opt.get("warmup_steps", 0)),
+            max_grad_norm=float(opt.get("max_grad_norm", 1.0)),
+            seed=int(job.get("seed") or 0),
+        )
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """``preferred`` if given (e.g. "cuda:1"), else CUDA when available, else CPU."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TopTrainer:
+    """Top model + LoRA + AdamW + linear schedule, driven one forward / one gradient at a time."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        device: torch.device | str = "cpu",
+        model_cache_dir: str | None = None,
+        top: torch.nn.Module | None = None,
+    ):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        from client_sdk.models import build_top
+
+        self.spec = spec
+        self.device = torch.device(device)
+        torch.manual_seed(spec.seed)
+        if top is None:
+            top = build_top(
+                spec.model, spec.split_layer, spec.task, num_labels=spec.num_labels, cache_dir=model_cache_dir
+            )
+        targets = list(spec.target_modules or top.default_lora_targets)
+        lora = LoraConfig(
+            r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=targets
+        )
+        top = inject_adapter_in_model(lora, top)
+        for name, param in top.named_parameters():
+            param.requires_grad = "lora_" in name or name.startswith("classifier.")
+        self.model = top.to(self.device).train()
+        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(
+            self.trainable.values(), lr=spec.learning_rate, weight_decay=spec.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.steps_applied = 0
+        self._pending: torch.Tensor | None = None
+
+    def _lr_factor(self, step: int) -> float:
+        warm, total = self.spec.warmup_steps, max(self.spec.total_steps, 1)
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(total - warm, 1))
+
+    # ---- one step ---------------------------------------------------------------------------
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the top model on ``hidden`` (b, t, d); keep the graph for the gradient that follows."""
+        hidden = hidden.to(self.device, torch.float32)
+        output = self.model(hidden, attention_mask.to(self.device))  # (b, c) or (b, t, d)
+        self._pending = output
+        return output.detach()
+
+    @torch.no_grad()
+    def infer(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the current model without touching the pending graph or the optimizer."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model(hidden.to(self.device, torch.float32), attention_mask.to(self.device))
+        finally:
+            self.model.train(was_training)
+
+    @property
+    def has_pending(self) -> bool:
+        return self._pending is not None
+
+    def pending_shape(self) -> tuple[int, ...] | None:
+        return None if self._pending is None else tuple(self._pending.shape)
+
+    def apply_gradient(self, grad_output: torch.Tensor) -> float:
+        """Back-propagate dL/d(output) of the pending forward and take one optimizer step.
+
+        Returns the gradient norm before clipping.
+        """
+        if self._pending is None:
+            raise RuntimeError("no pending forward to apply a gradient to")
+        pending, self._pending = self._pending, None
+        pending.backward(grad_output.to(self.device, pending.dtype))
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_applied += 1
+        return float(norm)
+
+    def drop_pending(self) -> None:
+        self._pending = None
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike, metrics: dict[str, Any] | None = None) -> Path:
+        """Write adapter, optimizer, scheduler and step to ``directory`` atomically (temp dir + rename)."""
+        final = Path(directory)
+        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, tmp / ADAPTER_FILE)
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "steps_applied": self.steps_applied,
+            },
+            tmp / STATE_FILE,
+        )
+        meta = {"step": self.steps_applied, "spec": asdict(self.spec), "metrics": metrics or {}}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run of the same step after a crash: replace the old copy
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def load(self, directory: str | os.PathLike) -> int:
+        """Restore a checkpoint written by :meth:`save`; returns its step."""
+        directory = Path(directory)
+        weights = load_file(directory / ADAPTER_FILE, device=str(self.device))
+        missing = set(self.trainable) - set(weights)
+        if missing:
+            raise ValueError(f"checkpoint {directory} lacks adapter weights {sorted(missing)[:3]}...")
+        with torch.no_grad():
+            for name, param in self.trainable.items():
+                param.copy_(weights[name])
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)  # server-written
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps_applied = int(state["steps_applied"])
+        self._pending = None
+        return self.steps_applied
+
+    def close(self) -> None:
+        """Free the model and optimizer memory (GPU included)."""
+        self._pending = None
+        del self.model, self.optimizer, self.scheduler, self.trainable
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
