@@ -1,0 +1,130 @@
+"""The server half of a split model: blocks l+1..L and the task head, run on representations."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from .bottom import family_module
+from .catalog import SUPPORTED_MODEL_TYPES, UnsupportedArchitectureError
+
+TASKS = ("classification", "generation", "features")
+DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` ``(b, t, d)`` over the real tokens of ``attention_mask`` ``(b, t)``: ``(b, d)``."""
+    weights = attention_mask.to(hidden.dtype)[..., None]  # (b, t, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (b, d)
+
+
+def check_task(task: str, model_type: str, num_labels: int | None) -> None:
+    """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for the model type."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "generation" and not family_module(model_type).IS_CAUSAL:
+        raise UnsupportedArchitectureError(
+            f"task='generation' needs a causal LM (family 'llama'); model_type {model_type!r} is an encoder"
+        )
+    if task == "classification" and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
+        raise ValueError(f"num_labels must be an integer >= 2 for task='classification', got {num_labels!r}")
+
+
+class TopModel(nn.Module):
+    """Blocks l+1..L plus a task head, fed with the (perturbed) split-layer states and the attention mask.
+
+    Tasks:
+      * ``"classification"``: blocks, (Llama: final norm), masked mean-pool, ``classifier`` -> ``(b, C)``.
+      * ``"generation"`` (causal LMs): blocks only -> last hidden state ``(b, t, d)`` *before* the final
+        norm; the device applies norm + LM head (:meth:`BottomModel.lm_logits`).
+      * ``"features"``: blocks (Llama: + final norm) -> ``(b, t, d)``, the full model's last hidden state.
+
+    Submodules keep the Hugging Face names, so peft LoRA can target ``default_lora_targets`` and keep
+    the ``classifier`` trainable via ``modules_to_save=["classifier"]``.
+    """
+
+    def __init__(
+        self,
+        config,
+        split_layer: int,
+        task: str,
+        layers: nn.ModuleList,
+        norm: nn.Module | None = None,
+        classifier: nn.Linear | None = None,
+    ) -> None:
+        super().__init__()
+        check_task(task, config.model_type, classifier.out_features if classifier is not None else None)
+        if len(layers) != config.num_hidden_layers - split_layer:
+            raise ValueError(f"TopModel needs {config.num_hidden_layers - split_layer} blocks, got {len(layers)}")
+        self.config = config
+        self.family: str = SUPPORTED_MODEL_TYPES[config.model_type]
+        self.task = task
+        self.split_layer = split_layer
+        self.hidden_size: int = config.hidden_size
+        self.num_labels: int | None = classifier.out_features if classifier is not None else None
+        self.is_causal: bool = self._family.IS_CAUSAL
+        self.default_lora_targets: list[str] = list(DEFAULT_LORA_TARGETS[self.family])
+        self.blocks = self._family.Blocks(config, layers)
+        self.norm = norm if self.is_causal and task != "generation" else None
+        self.classifier = classifier
+
+    @property
+    def _family(self) -> ModuleType:
+        return family_module(self.config.model_type)
+
+    @classmethod
+    def from_full_model(
+        cls,
+        model: nn.Module,
+        split_layer: int,
+        task: str,
+        num_labels: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TopModel:
+        """Take blocks l+1..L (and the final norm if needed) from a loaded full model; add a fresh head.
+
+        The modules are shared with ``model``, not copied. The classifier's weights are drawn from
+        N(0, initializer_range^2) with ``generator`` and its bias is zero.
+        """
+        check_task(task, model.config.model_type, num_labels)
+        parts = family_module(model.config.model_type).parts_of(model)
+        layers = nn.ModuleList(list(parts["layers"])[split_layer:])
+        classifier = None
+        if task == "classification":
+            classifier = nn.Linear(model.config.hidden_size, num_labels)
+            std = float(getattr(model.config, "initializer_range", 0.02))
+            with torch.no_grad():
+                weight = torch.randn(classifier.weight.shape, generator=generator) * std
+                classifier.weight.copy_(weight)
+                classifier.bias.zero_()
+        return cls(model.config, split_layer, task, layers, parts["norm"], classifier)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the top on split-layer states ``(b, t, d)`` with the right-padded mask ``(b, t)``.
+
+        Returns logits ``(b, C)`` for classification, else hidden states ``(b, t, d)`` (see class doc).
+        """
+        hidden, _ = self.blocks(hidden, attention_mask)  # (b, t, d)
+        if self.task == "generation":
+            return hidden
+        if self.norm is not None:
+            hidden = self.norm(hidden)  # (b, t, d)
+        if self.task == "features":
+            return hidden
+        return self.classifier(masked_mean(hidden, attention_mask))  # (b, C)
+
+    def describe(self) -> dict:
+        """Return a JSON-able summary: family, task, split layer, sizes and LoRA targets."""
+        return {
+            "family": self.family,
+            "task": self.task,
+            "split_layer": self.split_layer,
+            "num_layers": self.config.num_hidden_layers,
+            "top_layers": len(self.blocks.layers),
+            "hidden_size": self.hidden_size,
+            "num_labels": self.num_labels,
+            "lora_targets": list(self.default_lora_targets),
+        }
+

