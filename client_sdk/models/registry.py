@@ -102,7 +102,7 @@ def load_tokenizer(model_dir: str | Path) -> Any:
 def load_full_model(name_or_path: str | Path, cache_dir: str | Path | None = None) -> tuple[Any, Any, ModelSpec]:
     """Load the full model in fp32 and eval mode, with its tokenizer.
 
-    Encoders (``bert`` family: BERT, RoBERTa) load as the bare ``AutoModel`` without a pooler; causal
+    Encoders (``bert`` family: BERT, RoBERTa) load as the bare ``AutoModel`` with its pooler dropped; causal
     LMs (``llama``) load as ``LlamaForCausalLM``. Returns ``(model, tokenizer, spec)``.
     """
     from transformers import AutoModel, LlamaForCausalLM
@@ -110,7 +110,8 @@ def load_full_model(name_or_path: str | Path, cache_dir: str | Path | None = Non
     spec = resolve_model(name_or_path, cache_dir)
     options = dict(dtype=torch.float32, local_files_only=True)
     if spec.family == "bert":
-        model = AutoModel.from_pretrained(spec.path, add_pooling_layer=False, **options)
+        model = AutoModel.from_pretrained(spec.path, **options)
+        model.pooler = None  # the split runtime pools on the server; the CLS pooler is never used
     else:
         model = LlamaForCausalLM.from_pretrained(spec.path, **options)
     return model.eval(), load_tokenizer(spec.path), spec

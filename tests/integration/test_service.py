@@ -1,0 +1,129 @@
+"""End to end through SDK, gateway, Redis, a real Celery worker process and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from client_sdk import protocol, wire
+from client_sdk.errors import ConflictError, NotFoundError
+from tests.helpers import toy_dataset
+from tests.integration.conftest import TINY_MODEL
+
+pytestmark = pytest.mark.integration
+
+D = 32  # hidden size of the tiny model
+
+
+def _job_body(total_steps: int, **privtune) -> dict:
+    cfg = {"task": "classification", "num_labels": 2, "split_layer": 2, "max_tokens": 16, "batch_size": 4,
+           "n_epochs": 1, "total_steps": total_steps, "privacy": {"mechanism": "none"}, **privtune}
+    return {"model": TINY_MODEL, "method": {"type": "privtune", "privtune": cfg}}
+
+
+def _wait_status(client, job_id: str, statuses: set[str], timeout: float = 90) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.retrieve_job(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {statuses}; last status {job.status}")
+
+
+def _step(job_id: str, step: int, grad: torch.Tensor | None = None, seed: int = 0, **extra) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {protocol.HIDDEN: torch.randn(4, 6, D, generator=g), protocol.ATTENTION_MASK: torch.ones(4, 6)}
+    if grad is not None:
+        tensors[protocol.GRAD_OUTPUT] = grad
+    return wire.encode(tensors, wire.WireHeader(job_id, step, "step", extra=extra))
+
+
+def test_sdk_trains_through_the_service(service):
+    from client_sdk import FineTuneJob, PrivacyConfig
+    from client_sdk.jobs import Hyperparameters
+
+    job = FineTuneJob.create(toy_dataset(96), model=TINY_MODEL, split_layer=2, max_length=16,
+                             privacy=PrivacyConfig(mechanism="privtune", seed=0), client=service.client(),
+                             hyperparameters=Hyperparameters(batch_size=8, n_epochs=2, learning_rate=5e-3),
+                             metadata={"team": "e2e"}, progress=False)
+    assert job.record.status == "succeeded", service.worker_log()
+    assert job.record.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
+    events = job.events()
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and all(e.data["train_loss"] is not None for e in metrics)
+    checkpoints = job.checkpoints()
+    assert checkpoints and max(c.step_number for c in checkpoints) == job.report.steps
+    assert job.metrics["bytes_sent"] > 0 and 0 <= job.metrics["accuracy_after"] <= 1
+    listed = service.client().list_jobs(metadata={"team": "e2e"}).data
+    assert [j.id for j in listed] == [job.record.id]
+
+
+def test_retried_step_is_not_applied_twice(service):
+    client = service.client()
+    job = client.create_job(**_job_body(total_steps=2))
+    _wait_status(client, job.id, {"running"})
+    first = client.post_step(job.id, _step(job.id, 1))
+    again = client.post_step(job.id, _step(job.id, 1, seed=99))  # a retry: the stored reply, no new forward
+    assert first == again
+    logits = wire.decode(first)[1][protocol.OUTPUT]
+    assert logits.shape == (4, 2)
+    second = client.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits)))
+    assert client.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits))) == second
+    with pytest.raises(ConflictError) as info:  # going back is refused, and says where to go on
+        client.post_step(job.id, _step(job.id, 1))
+    assert info.value.expected_step == 3
+    flush = wire.encode({protocol.GRAD_OUTPUT: torch.ones(4, 2)}, wire.WireHeader(job.id, 3, "step"))
+    client.post_step(job.id, flush)
+    done = client.complete_job(job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra={"final": "1"})))
+    assert done.status == "succeeded"
+    steps = [c.step_number for c in client.list_checkpoints(job.id).data]
+    assert max(steps) == 2, "two gradients were sent; a retry must not add a third optimizer step"
+
+
+def test_cancel_stops_the_worker_within_one_step(service):
+    client = service.client()
+    job = client.create_job(**_job_body(total_steps=50))
+    _wait_status(client, job.id, {"running"})
+    client.post_step(job.id, _step(job.id, 1))
+    cancelled = client.cancel_job(job.id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(ConflictError):
+        client.post_step(job.id, _step(job.id, 2, grad=torch.zeros(4, 2)))
+    deadline = time.monotonic() + 10
+    while not any("cancelled" in e.message.lower() and "worker" in e.message for e in client.iter_events(job.id)):
+        assert time.monotonic() < deadline, "the worker did not acknowledge the cancel"
+        time.sleep(0.2)
+    with pytest.raises(ConflictError):  # a finished job cannot be cancelled again
+        client.cancel_job(job.id)
+    # the worker is free: the next job starts right away
+    nxt = client.create_job(**_job_body(total_steps=1))
+    _wait_status(client, nxt.id, {"running"}, timeout=30)
+    client.cancel_job(nxt.id)
+
+
+def test_bad_steps_change_nothing(service):
+    client = service.client()
+    job = client.create_job(**_job_body(total_steps=5))
+    _wait_status(client, job.id, {"running"})
+    nan = torch.randn(4, 6, D)
+    nan[0, 0, 0] = float("nan")
+    bad_payloads = [
+        wire.encode({protocol.HIDDEN: torch.randn(4, 6, D + 1), protocol.ATTENTION_MASK: torch.ones(4, 6)},
+                    wire.WireHeader(job.id, 1, "step")),  # wrong hidden size
+        wire.encode({protocol.HIDDEN: nan, protocol.ATTENTION_MASK: torch.ones(4, 6)},
+                    wire.WireHeader(job.id, 1, "step"), float_dtype="float32"),  # NaN
+        wire.encode({protocol.HIDDEN: torch.randn(4, 6, D)}, wire.WireHeader(job.id, 1, "step")),  # no mask
+        b"\x80\x04garbage",  # a pickle
+    ]
+    for payload in bad_payloads:
+        with pytest.raises(Exception) as info:
+            client.post_step(job.id, payload)
+        assert 400 <= info.value.status_code < 500
+    # the job is untouched: step 1 is still the next step
+    assert wire.decode(client.post_step(job.id, _step(job.id, 1)))[0].step == 1
+    with pytest.raises(NotFoundError):  # another organization sees nothing
+        service.client(service.other_key).retrieve_job(job.id)
+    client.cancel_job(job.id)
