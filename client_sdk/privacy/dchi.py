@@ -98,7 +98,7 @@ def clip_by_norm(hidden: torch.Tensor, clip_norm: float) -> torch.Tensor:
 
 def _summary(values: torch.Tensor | float) -> dict[str, float]:
     t = torch.as_tensor(values, dtype=torch.float64).flatten()
-    return {"min": float(t.min()), "mean": float(t.mean()), "max": float(t.max())}
+    return {"min": float(t.min()), "max": float(t.max())}
 
 
 def dchi_privacy_statement(
@@ -106,7 +106,7 @@ def dchi_privacy_statement(
     eta: float,
     delta_sensitivity: float,
     metric: str,
-    dim: int,
+    dim: int | None,
     eps_local: float = 0.0,
     scale_factors: torch.Tensor | float = 1.0,
     sensitivity_mode: str = "clip",
@@ -120,17 +120,19 @@ def dchi_privacy_statement(
     ``(eta * w / Delta) * 2 * eps_local'``. For ``metric='l2'`` dist is the L2 distance and
     eps_local' = eps_local; for ``'l1'`` dist is the L1 distance and eps_local' = sqrt(d) * eps_local
     (an L2 ball of radius e lies in an L1 ball of radius sqrt(d) e). Nothing more is claimed.
-    ``scale_factors`` are the w_i used (a tensor or 1.0); the record summarises them.
+    ``scale_factors`` are the w_i used, or the bounds of the importance map (a tensor or 1.0); the
+    record gives the min and max of the budget, the slack and the worst-case loss over them.
     """
     w = torch.as_tensor(scale_factors, dtype=torch.float64)
     budget = eta * w
-    shift = eps_local * (math.sqrt(dim) if metric == "l1" else 1.0)
+    root_d = float("nan") if dim is None else math.sqrt(dim)
+    shift = eps_local * (root_d if metric == "l1" and eps_local > 0 else 1.0)
     slack = budget / delta_sensitivity * 2.0 * shift
     if metric == "l2":
         diameter = delta_sensitivity
         dist = "||h - h'||_2"
     else:
-        diameter = math.sqrt(dim) * delta_sensitivity if sensitivity_mode == "clip" else float("nan")
+        diameter = root_d * delta_sensitivity if sensitivity_mode == "clip" else float("nan")
         dist = "||h - h'||_1"
     worst = budget / delta_sensitivity * diameter + slack
     notes = [
@@ -150,7 +152,7 @@ def dchi_privacy_statement(
         "eps_local": float(eps_local),
         "eps_shift": float(shift),
         "per_token_budget": _summary(budget),
-        "additive_slack": _summary(slack),
+        "additive_slack": _summary(slack) if math.isfinite(shift) else None,
         "worst_case_loss_per_token": _summary(worst) if math.isfinite(diameter) else None,
         "notes": notes,
     }

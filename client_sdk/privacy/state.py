@@ -30,10 +30,11 @@ class PreparedState:
     clip_norm: C (None: representations are not clipped); sensitivity: Delta; mu (d,), radius R and
     eps_local: the OPT-3 constraints; centroids (K, d) with centroid_labels (K,) in 'label' mode;
     neighbours: the kNN / hop index; proto_unit / proto_centred (|V|, d): unit and centred-unit
-    prototypes; importance_table (|V|,): classification importance I^ per token id.
+    prototypes; importance_table (|V|,): classification importance I^ per token id; dim: d.
     """
 
     sensitivity_mode: str = "clip"
+    dim: int | None = None
     clip_norm: float | None = None
     sensitivity: float | None = None
     mu: torch.Tensor | None = None
@@ -50,6 +51,7 @@ class PreparedState:
         """JSON-able scalars of the state (for the job's privacy record; no tensors, no data)."""
         out: dict[str, Any] = {
             "sensitivity_mode": self.sensitivity_mode,
+            "dim": self.dim,
             "clip_norm": self.clip_norm,
             "Delta": self.sensitivity,
             "R": self.radius,
@@ -119,6 +121,9 @@ def prepare_state(
     """
     generator = generator or torch.Generator().manual_seed(0)
     fields: dict[str, Any] = {"importance_table": importance_table}
+    for source in (train_hidden, prototypes):
+        if source is not None and "dim" not in fields:
+            fields["dim"] = int(source.shape[-1])
     if not isinstance(config, ClipOptions):
         return PreparedState(**fields)
     needs_sample = isinstance(config, Opt3Options) or config.sensitivity == "diameter" or config.clip_norm is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.errors import ObjectNotFound
@@ -10,7 +11,7 @@ from api.db.models import Job, Organization
 
 def default_model_name(session: Session, job_id: str, checkpoint_step: int | None = None) -> str:
     """``ft:<base>:<org name>:<suffix>:<job id>`` (``:ckpt-step-<n>`` for a checkpoint)."""
-    job = load_job(session, job_id)
+    job = session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
     if job is None:
         raise ObjectNotFound("fine-tuning job", job_id)
     org = session.get(Organization, job.organization_id)

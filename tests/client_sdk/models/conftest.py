@@ -33,8 +33,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         intermediate_size=64, max_position_embeddings=64,

@@ -1,0 +1,196 @@
+"""The audit point of the SDK: exactly what leaves the device.
+
+``Privatizer(bottom, tokenizer, mechanism).fit(texts, labels)`` fits the mechanism's device-side state
+on the user's own data; ``privatize(texts)`` returns ``{"hidden": (B, T, d) float32,
+"attention_mask": (B, T) int64}``, which is all the SDK sends for those texts. Anyone can call it
+and inspect the tensors: raw text and token ids never appear in its output.
+
+The bottom model is the split runtime's ``BottomModel``: ``forward(input_ids, attention_mask,
+output_attentions=False) -> BottomOutput(hidden, attentions)``, ``token_prototypes()``,
+``input_embeddings()``, and the attributes ``hidden_size``, ``vocab_size``, ``is_causal``,
+``split_layer``. The tokenizer is a Hugging Face tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .privacy import (
+    Mechanism,
+    MechanismConfig,
+    PerturbContext,
+    PreparedState,
+    PrivacyConfigError,
+    PrivacyStateError,
+    classification_importance,
+    generation_importance,
+    get_mechanism,
+    mechanism_from_config,
+    prepare_state,
+)
+from .privacy.config import Opt3Options
+
+__all__ = ["Privatizer"]
+
+
+class Privatizer:
+    """Bottom model + tokenizer + mechanism + fitted state.
+
+    ``mechanism`` is a ``Mechanism``, a ``MechanismConfig`` or a registered name (default config).
+    ``state`` may be given when already fitted; otherwise call ``fit`` (not needed for ``none``).
+    The bottom is put in eval mode (it is frozen).
+    Importance: a classification table when ``fit`` received labels, else attention-based
+    (generation) importance computed from the bottom's attentions at ``privatize`` time.
+    """
+
+    def __init__(
+        self,
+        bottom: Any,
+        tokenizer: Any,
+        mechanism: Mechanism | MechanismConfig | str = "privtune",
+        state: PreparedState | None = None,
+        max_length: int = 64,
+    ) -> None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise PrivacyConfigError("max_length", "an integer >= 1", max_length)
+        if isinstance(mechanism, str):
+            mechanism = get_mechanism(mechanism)
+        elif isinstance(mechanism, MechanismConfig):
+            mechanism = mechanism_from_config(mechanism)
+        if callable(getattr(bottom, "eval", None)):
+            bottom.eval()  # the bottom is frozen: no dropout in what is sent
+        self.bottom, self.tokenizer, self.mechanism = bottom, tokenizer, mechanism
+        self.state = state
+        self.max_length = max_length
+        self.special_ids = tuple(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])))
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        params = getattr(self.bottom, "parameters", None)
+        first = next(iter(params()), None) if callable(params) else None
+        return first.device if first is not None else torch.device("cpu")
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise ``texts``: (input_ids (B, T) int64, attention_mask (B, T) int64), T <= max_length."""
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+    def _special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.isin(input_ids, torch.tensor(self.special_ids, dtype=input_ids.dtype))
+
+    @torch.no_grad()
+    def _bottom(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False) -> Any:
+        device = self._device()
+        call = self.bottom if callable(self.bottom) else self.bottom.forward
+        return call(input_ids.to(device), attention_mask.to(device), output_attentions=output_attentions)
+
+    # ---- fitting ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | torch.Tensor | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        model_id: str | None = None,
+        sample_tokens: int = 8192,
+        batch_size: int = 32,
+        generator: torch.Generator | None = None,
+    ) -> Privatizer:
+        """Fit the mechanism's state on the user's own ``texts`` (and ``labels``); returns ``self``.
+
+        Runs the bottom over the texts, keeps up to ``sample_tokens`` real, non-special token
+        representations (sampled with ``generator``, default seed 0), builds prototypes and the
+        neighbour index (cached in ``cache_dir`` under ``model_id``, default the bottom's
+        ``model_id``/``digest`` attribute or a fingerprint of the matrix) and, given labels, the
+        classification importance table. Nothing is sent anywhere.
+        """
+        config = self.mechanism.config
+        generator = generator or torch.Generator().manual_seed(0)
+        input_ids, attention_mask = self.encode(texts)  # (n, t)
+        labels_t = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+        if labels_t is not None and labels_t.shape != (input_ids.shape[0],):
+            raise PrivacyConfigError("labels", f"one integer label per text ({input_ids.shape[0]})", tuple(labels_t.shape))
+        keep = attention_mask.bool() & ~self._special_mask(input_ids)  # (n, t)
+        hidden, token_labels = [], []
+        if self.mechanism.name != "none":
+            for start in range(0, input_ids.shape[0], batch_size):
+                rows = slice(start, start + batch_size)
+                out = self._bottom(input_ids[rows], attention_mask[rows]).hidden.float().cpu()  # (b, t, d)
+                hidden.append(out[keep[rows]])
+                if labels_t is not None:
+                    token_labels.append(labels_t[rows].unsqueeze(1).expand_as(keep[rows])[keep[rows]])
+        train_hidden = torch.cat(hidden) if hidden else None  # (n_tokens, d)
+        train_labels = torch.cat(token_labels) if token_labels else None
+        if train_hidden is not None and train_hidden.shape[0] > sample_tokens:
+            pick = torch.randperm(train_hidden.shape[0], generator=generator)[:sample_tokens]
+            train_hidden = train_hidden[pick]
+            train_labels = None if train_labels is None else train_labels[pick]
+        importance_table = None
+        if self.mechanism.uses_importance and labels_t is not None:
+            importance_table = classification_importance(
+                input_ids, attention_mask, labels_t, int(self.bottom.vocab_size), ignore_ids=self.special_ids
+            )
+        prototypes = embeddings = None
+        if isinstance(config, Opt3Options):
+            prototypes = self.bottom.token_prototypes().detach().float().cpu()
+            if config.neighbour_source == "embeddings":
+                embeddings = self.bottom.input_embeddings().detach().float().cpu()
+        model_id = model_id or getattr(self.bottom, "model_id", None) or getattr(self.bottom, "digest", None)
+        self.state = prepare_state(
+            config, train_hidden=train_hidden, prototypes=prototypes, embeddings=embeddings,
+            train_labels=train_labels, importance_table=importance_table, cache_dir=cache_dir,
+            model_id=model_id, split_layer=int(getattr(self.bottom, "split_layer", 0)), generator=generator,
+        )  # fmt: skip
+        return self
+
+    # ---- the audit call -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def privatize(
+        self,
+        texts: Sequence[str],
+        generator: torch.Generator | None = None,
+        labels: Sequence[int] | torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Exactly what the SDK sends for ``texts``: ``{"hidden": (B, T, d) float32, "attention_mask": (B, T) int64}``.
+
+        Tokenise, run the frozen bottom, apply the mechanism with ``generator`` (None: a fresh
+        OS-seeded generator). ``labels`` are used only by centroid_mode='label' and never sent.
+        """
+        if self.state is None and self.mechanism.name != "none":
+            raise PrivacyStateError(f"mechanism {self.mechanism.name!r} needs fitted state: call Privatizer.fit() first")
+        input_ids, attention_mask = self.encode(texts)  # (b, t)
+        state = self.state or PreparedState()
+        use_attention = self.mechanism.uses_importance and state.importance_table is None
+        out = self._bottom(input_ids, attention_mask, output_attentions=use_attention)
+        hidden = out.hidden  # (b, t, d)
+        importance = None
+        if self.mechanism.uses_importance:
+            if state.importance_table is not None:
+                importance = state.importance_table[input_ids]  # (b, t)
+            elif out.attentions:
+                importance = generation_importance(
+                    out.attentions, attention_mask.to(hidden.device), causal=bool(self.bottom.is_causal),
+                    exclude_mask=self._special_mask(input_ids).to(hidden.device),
+                )  # fmt: skip
+            else:
+                raise PrivacyStateError("importance needs fit(texts, labels) or a bottom that returns attentions")
+        context = PerturbContext(
+            state=state, input_ids=input_ids, importance=importance,
+            labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
+        )  # fmt: skip
+        mask = attention_mask.to(hidden.device)
+        sent = self.mechanism.perturb(hidden, mask, context, generator)
+        return {"hidden": sent.detach().float().cpu().contiguous(), "attention_mask": attention_mask.long().contiguous()}
+
+    def privacy_record(self) -> dict[str, Any]:
+        """The mechanism's honest privacy statement with its config and the fitted state's scalars."""
+        return self.mechanism.privacy_record(self.state)
