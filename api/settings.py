@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".privtune"), description="Root of local state (SQLite file, uploads, artifacts).")
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file privtune.sqlite3 under data_dir.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker/backend and the step channel.")
-    artifact_dir: Path | None = Field(None, description="Bottom-model exports and checkpoints; default data_dir/artifacts.")
+    artifact_dir: Path | None = Field(
+        None, description="Bottom-model exports and checkpoints; default data_dir/artifacts."
+    )
     file_dir: Path | None = Field(None, description="Uploaded files; default data_dir/files.")
     model_cache_dir: Path | None = Field(None, description="Where base models are cached; default data_dir/models.")
 

@@ -79,7 +79,9 @@ class Privatizer:
         """Tokenise ``texts``: (input_ids (B, T) int64, attention_mask (B, T) int64), T <= max_length."""
         if isinstance(texts, str):
             texts = [texts]
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return enc["input_ids"].long(), enc["attention_mask"].long()
 
     def _special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,9 @@ class Privatizer:
         input_ids, attention_mask = self.encode(texts)  # (n, t)
         labels_t = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
         if labels_t is not None and labels_t.shape != (input_ids.shape[0],):
-            raise PrivacyConfigError("labels", f"one integer label per text ({input_ids.shape[0]})", tuple(labels_t.shape))
+            raise PrivacyConfigError(
+                "labels", f"one integer label per text ({input_ids.shape[0]})", tuple(labels_t.shape)
+            )
         keep = attention_mask.bool() & ~self._special_mask(input_ids)  # (n, t)
         hidden, token_labels = [], []
         if self.mechanism.name != "none":
@@ -166,7 +170,9 @@ class Privatizer:
         OS-seeded generator). ``labels`` are used only by centroid_mode='label' and never sent.
         """
         if self.state is None and self.mechanism.name != "none":
-            raise PrivacyStateError(f"mechanism {self.mechanism.name!r} needs fitted state: call Privatizer.fit() first")
+            raise PrivacyStateError(
+                f"mechanism {self.mechanism.name!r} needs fitted state: call Privatizer.fit() first"
+            )
         input_ids, attention_mask = self.encode(texts)  # (b, t)
         state = self.state or PreparedState()
         use_attention = self.mechanism.uses_importance and state.importance_table is None
@@ -189,7 +195,10 @@ class Privatizer:
         )  # fmt: skip
         mask = attention_mask.to(hidden.device)
         sent = self.mechanism.perturb(hidden, mask, context, generator)
-        return {"hidden": sent.detach().float().cpu().contiguous(), "attention_mask": attention_mask.long().contiguous()}
+        return {
+            "hidden": sent.detach().float().cpu().contiguous(),
+            "attention_mask": attention_mask.long().contiguous(),
+        }
 
     def privacy_record(self) -> dict[str, Any]:
         """The mechanism's honest privacy statement with its config and the fitted state's scalars."""

@@ -55,6 +55,7 @@ class Blocks(nn.Module):
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions."""
+        attention_mask = attention_mask.to(hidden.device)
         bias = padding_bias(attention_mask, hidden.dtype)  # (b, 1, 1, t)
         modules = [layer.attention.self for layer in self.layers]
         with capture_attentions(modules, output_attentions) as weights:

@@ -91,8 +91,16 @@ class BottomModel(nn.Module):
         family = family_module(model.config.model_type)
         parts = family.parts_of(model)
         layers = nn.ModuleList(list(parts["layers"])[:split_layer])
-        return cls(model.config, split_layer, parts["embeddings"], layers, parts["norm"], parts["lm_head"],
-                   prefix_ids, suffix_ids)  # fmt: skip
+        return cls(
+            model.config,
+            split_layer,
+            parts["embeddings"],
+            layers,
+            parts["norm"],
+            parts["lm_head"],
+            prefix_ids,
+            suffix_ids,
+        )
 
     @classmethod
     def from_config(

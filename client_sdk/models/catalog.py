@@ -56,6 +56,7 @@ class SplitLayerError(ModelError):
 class ModelInfo:
     """Static facts about a model, enough to validate a job without loading weights.
 
+    ``name`` is the base-model name, or the resolved absolute path of a local model directory.
     ``path`` is the local source the registry loads from (a Hugging Face directory, or the GGUF file
     for ``smollm2-135m``), or ``None`` when the package that ships a base model is not installed.
     ``max_positions`` is the longest sequence the model accepts.

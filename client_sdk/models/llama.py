@@ -75,6 +75,7 @@ class Blocks(nn.Module):
         t = hidden.shape[1]
         position_ids = torch.arange(t, device=hidden.device)[None]  # (1, t)
         rope = self.rotary_emb(hidden, position_ids)  # cos, sin: (1, t, head_dim)
+        attention_mask = attention_mask.to(hidden.device)
         bias = causal_bias(attention_mask, hidden.dtype)  # (b, 1, t, t)
         modules = [layer.self_attn for layer in self.layers]
         with capture_attentions(modules, output_attentions) as weights:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .catalog import SMOLLM2, Family, UnknownModelError, base_model_source, describe_model
+from .catalog import SMOLLM2, Family, UnknownModelError, describe_model
 
 CACHE_ENV = "PRIVTUNE_MODEL_CACHE"
 DEFAULT_CACHE = "~/.cache/privtune/models"

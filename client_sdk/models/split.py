@@ -145,17 +145,25 @@ def load_bottom(artifact_dir: str | Path) -> tuple[BottomModel, Any, dict[str, A
     config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     split_layer = int(manifest["split_layer"])
     if SUPPORTED_MODEL_TYPES.get(config.model_type) != manifest["family"]:
-        raise ArtifactError(f"artifact config model_type {config.model_type!r} does not match family {manifest['family']!r}")
+        raise ArtifactError(
+            f"artifact config model_type {config.model_type!r} does not match family {manifest['family']!r}"
+        )
     if config.num_hidden_layers != split_layer:
-        raise ArtifactError(f"artifact config has {config.num_hidden_layers} blocks, manifest says split_layer={split_layer}")
-    bottom = BottomModel.from_config(
-        config, split_layer, manifest.get("prototype_prefix", ()), manifest.get("prototype_suffix", ())
-    )
+        raise ArtifactError(
+            f"artifact config has {config.num_hidden_layers} blocks, manifest says split_layer={split_layer}"
+        )
+    for key, value in (("hidden_size", config.hidden_size), ("vocab_size", config.vocab_size)):
+        if manifest[key] != value:
+            raise ArtifactError(f"artifact manifest {key}={manifest[key]!r} does not match its config ({value!r})")
+    tokenizer = load_tokenizer(directory)
+    prefix, suffix = prototype_context(tokenizer, config)  # the manifest's values win where present
+    prefix, suffix = manifest.get("prototype_prefix", prefix), manifest.get("prototype_suffix", suffix)
+    bottom = BottomModel.from_config(config, split_layer, prefix, suffix)
     try:
         bottom.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
     except RuntimeError as exc:
         raise ArtifactError(f"artifact weights do not fit the bottom model: {exc}") from None
-    return _frozen(bottom), load_tokenizer(directory), manifest
+    return _frozen(bottom), tokenizer, manifest
 
 
 def build_top(
@@ -174,8 +182,7 @@ def build_top(
     """
     info = describe_model(name_or_path)
     validate_split_layer(info, split_layer)
-    check_task(task, "llama" if info.family == "llama" else "bert", num_labels)
+    check_task(task, info.family, num_labels)
     model, _, _ = load_full_model(name_or_path, cache_dir)
     generator = torch.Generator().manual_seed(seed)
     return TopModel.from_full_model(model, split_layer, task, num_labels, generator).eval()
-

@@ -16,17 +16,17 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {"bert": ("query", "value"), 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` ``(b, t, d)`` over the real tokens of ``attention_mask`` ``(b, t)``: ``(b, d)``."""
-    weights = attention_mask.to(hidden.dtype)[..., None]  # (b, t, 1)
+    weights = attention_mask.to(device=hidden.device, dtype=hidden.dtype)[..., None]  # (b, t, 1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (b, d)
 
 
-def check_task(task: str, model_type: str, num_labels: int | None) -> None:
-    """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for the model type."""
+def check_task(task: str, family: str, num_labels: int | None) -> None:
+    """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for a model of ``family``."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if task == "generation" and not family_module(model_type).IS_CAUSAL:
+    if task == "generation" and family != "llama":
         raise UnsupportedArchitectureError(
-            f"task='generation' needs a causal LM (family 'llama'); model_type {model_type!r} is an encoder"
+            f"task='generation' needs a causal LM (family 'llama'); family {family!r} is an encoder"
         )
     if task == "classification" and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
         raise ValueError(f"num_labels must be an integer >= 2 for task='classification', got {num_labels!r}")
@@ -42,7 +42,8 @@ class TopModel(nn.Module):
       * ``"features"``: blocks (Llama: + final norm) -> ``(b, t, d)``, the full model's last hidden state.
 
     Submodules keep the Hugging Face names, so peft LoRA can target ``default_lora_targets`` and keep
-    the ``classifier`` trainable via ``modules_to_save=["classifier"]``.
+    the ``classifier`` trainable via ``modules_to_save=["classifier"]``. Blocks live at
+    ``blocks.layers.i``, where i counts from 0 within the top (block l+1+i of the full model).
     """
 
     def __init__(
@@ -55,7 +56,9 @@ class TopModel(nn.Module):
         classifier: nn.Linear | None = None,
     ) -> None:
         super().__init__()
-        check_task(task, config.model_type, classifier.out_features if classifier is not None else None)
+        family_module(config.model_type)  # rejects unsupported architectures
+        num_labels = classifier.out_features if classifier is not None else None
+        check_task(task, SUPPORTED_MODEL_TYPES[config.model_type], num_labels)
         if len(layers) != config.num_hidden_layers - split_layer:
             raise ValueError(f"TopModel needs {config.num_hidden_layers - split_layer} blocks, got {len(layers)}")
         self.config = config
@@ -63,7 +66,7 @@ class TopModel(nn.Module):
         self.task = task
         self.split_layer = split_layer
         self.hidden_size: int = config.hidden_size
-        self.num_labels: int | None = classifier.out_features if classifier is not None else None
+        self.num_labels = num_labels
         self.is_causal: bool = self._family.IS_CAUSAL
         self.default_lora_targets: list[str] = list(DEFAULT_LORA_TARGETS[self.family])
         self.blocks = self._family.Blocks(config, layers)
@@ -88,8 +91,9 @@ class TopModel(nn.Module):
         The modules are shared with ``model``, not copied. The classifier's weights are drawn from
         N(0, initializer_range^2) with ``generator`` and its bias is zero.
         """
-        check_task(task, model.config.model_type, num_labels)
-        parts = family_module(model.config.model_type).parts_of(model)
+        family = family_module(model.config.model_type)
+        check_task(task, SUPPORTED_MODEL_TYPES[model.config.model_type], num_labels)
+        parts = family.parts_of(model)
         layers = nn.ModuleList(list(parts["layers"])[split_layer:])
         classifier = None
         if task == "classification":
@@ -127,4 +131,3 @@ class TopModel(nn.Module):
             "num_labels": self.num_labels,
             "lora_targets": list(self.default_lora_targets),
         }
-

@@ -196,7 +196,9 @@ class Opt3Options(MechanismConfig):
     """OPT-3 noise direction (method.md section 3, eqs. 15-18)."""
 
     k: int = option(10, "Neighbours per token in the cosine kNN graph (N_k), >= 1.", integer=True, ge=1)
-    hops: int = option(3, "n: H_n(t) = tokens at shortest-path distance exactly n (out-edges), >= 1.", integer=True, ge=1)
+    hops: int = option(
+        3, "n: H_n(t) = tokens at shortest-path distance exactly n (out-edges), >= 1.", integer=True, ge=1
+    )
     max_hop_set: int = option(
         64, "Cap m on |H_n(t)|, sampled deterministically, so OPT-3 costs O(N (k + m)); >= 1.", integer=True, ge=1
     )
@@ -225,7 +227,9 @@ class Opt3Options(MechanismConfig):
         "'label': the centroid of the sequence's true class (needs labels at perturb time; leaks the label).",
         choices=("pseudo", "label"),
     )
-    num_centroids: int = option(8, "K for the 'pseudo' centroids (k-means on the fitting sample), >= 1.", integer=True, ge=1)
+    num_centroids: int = option(
+        8, "K for the 'pseudo' centroids (k-means on the fitting sample), >= 1.", integer=True, ge=1
+    )
     steps: int = option(20, "T, projected-gradient steps (>= 1).", integer=True, ge=1)
     step_size: float = option(
         0.1, "alpha as a fraction of eps_local: each step moves delta by alpha * eps_local * direction (> 0).", gt=0.0
@@ -236,7 +240,9 @@ class Opt3Options(MechanismConfig):
         choices=("normalized", "raw"),
     )
     eps_local_ratio: float = option(
-        0.15, "epsilon_local = ratio * median ||h|| of the fitting sample (constraint ||delta||_2 <= eps_local).", gt=0.0
+        0.15,
+        "epsilon_local = ratio * median ||h|| of the fitting sample (constraint ||delta||_2 <= eps_local).",
+        gt=0.0,
     )
     radius_quantile: float = option(
         1.0,

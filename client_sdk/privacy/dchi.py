@@ -51,9 +51,7 @@ def _scale_tensor(scale: ScaleLike, shape_prefix: tuple[int, ...], device: torch
     return scale_t.expand(shape_prefix)
 
 
-def sample_l2(
-    shape_prefix: Sequence[int], d: int, scale: ScaleLike, generator: torch.Generator
-) -> torch.Tensor:
+def sample_l2(shape_prefix: Sequence[int], d: int, scale: ScaleLike, generator: torch.Generator) -> torch.Tensor:
     """Draw ``shape_prefix + (d,)`` l2 d_chi noise vectors with radius ~ Gamma(d, scale).
 
     ``scale`` (= Delta / eta, or Delta / (eta * w)) is a float or a tensor broadcastable to
@@ -67,9 +65,7 @@ def sample_l2(
     return direction * radius.unsqueeze(-1)
 
 
-def sample_l1(
-    shape_prefix: Sequence[int], d: int, scale: ScaleLike, generator: torch.Generator
-) -> torch.Tensor:
+def sample_l1(shape_prefix: Sequence[int], d: int, scale: ScaleLike, generator: torch.Generator) -> torch.Tensor:
     """Draw ``shape_prefix + (d,)`` i.i.d. Laplace(0, scale) coordinates (scale per token allowed).
 
     Laplace = difference of two Exp(1) draws, times the scale; always finite.
@@ -80,9 +76,7 @@ def sample_l1(
     return (e[0] - e[1]) * scale_t
 
 
-def sample_gaussian(
-    shape_prefix: Sequence[int], d: int, std: ScaleLike, generator: torch.Generator
-) -> torch.Tensor:
+def sample_gaussian(shape_prefix: Sequence[int], d: int, std: ScaleLike, generator: torch.Generator) -> torch.Tensor:
     """Draw ``shape_prefix + (d,)`` i.i.d. N(0, std^2) coordinates (std per token allowed)."""
     prefix = tuple(shape_prefix)
     g = torch.randn(prefix + (d,), generator=generator, device=generator.device)

@@ -82,7 +82,9 @@ class Mechanism:
     ) -> torch.Tensor:
         """The representations to send, (B, T, d), same dtype; padded positions unchanged."""
         if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-            raise ValueError(f"expected hidden (B, T, d) and attention_mask (B, T), got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"expected hidden (B, T, d) and attention_mask (B, T), got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}"
+            )
         context = context or PerturbContext()
         mask = attention_mask.bool()  # (b, t)
         if not mask.any():
@@ -94,10 +96,14 @@ class Mechanism:
         out[mask] = self._perturb_tokens(tokens, mask, context, generator).to(hidden.dtype)
         return out
 
-    def _perturb_tokens(self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, generator: Any) -> torch.Tensor:
+    def _perturb_tokens(
+        self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, generator: Any
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def privacy_record(self, state: PreparedState | None = None, scale_factors: torch.Tensor | None = None) -> dict[str, Any]:
+    def privacy_record(
+        self, state: PreparedState | None = None, scale_factors: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """What this mechanism guarantees, stated honestly, plus its config and the state's scalars."""
         return {"mechanism": self.name, "config": self.config.to_dict(), "state": state.summary() if state else None,
                 "guarantee": self._guarantee(state, scale_factors)}  # fmt: skip
@@ -112,7 +118,9 @@ class Mechanism:
         state = context.state
         missing = [n for n in names if state is None or getattr(state, n) is None]
         if missing:
-            raise PrivacyStateError(f"mechanism needs a prepared state with {', '.join(missing)}; call prepare_state() / Privatizer.fit()")
+            raise PrivacyStateError(
+                f"mechanism needs a prepared state with {', '.join(missing)}; call prepare_state() / Privatizer.fit()"
+            )
         return state
 
     def _clip(self, h: torch.Tensor, state: PreparedState) -> torch.Tensor:
@@ -130,7 +138,9 @@ class Mechanism:
         sampler = sample_l2 if self.config.metric == "l2" else sample_l1
         return sampler((n,), d, scale.to(generator.device) if torch.is_tensor(scale) else scale, generator)
 
-    def _opt3(self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, eps: float | torch.Tensor) -> torch.Tensor:
+    def _opt3(
+        self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, eps: float | torch.Tensor
+    ) -> torch.Tensor:
         """delta* (n, d) for the (clipped) real tokens ``h`` (n, d)."""
         c = self.config
         state = self._state(context, "mu", "radius", "eps_local", "centroids", "neighbours")

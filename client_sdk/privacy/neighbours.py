@@ -156,7 +156,9 @@ class NeighbourIndex:
         return {name: str(getattr(self, name)) for name in fields}
 
     @staticmethod
-    def cache_path(cache_dir: str | Path, model_id: str, split_layer: int, source: str, k: int, hops: int, max_hop_set: int) -> Path:
+    def cache_path(
+        cache_dir: str | Path, model_id: str, split_layer: int, source: str, k: int, hops: int, max_hop_set: int
+    ) -> Path:
         """Where the index for this key lives inside ``cache_dir``."""
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[:48]
         tag = hashlib.sha256(model_id.encode()).hexdigest()[:8]
@@ -165,7 +167,9 @@ class NeighbourIndex:
 
     def save(self, cache_dir: str | Path) -> Path:
         """Write the index to its cache path in ``cache_dir`` (created if needed); returns the path."""
-        path = self.cache_path(cache_dir, self.model_id, self.split_layer, self.source, self.k, self.hops, self.max_hop_set)
+        path = self.cache_path(
+            cache_dir, self.model_id, self.split_layer, self.source, self.k, self.hops, self.max_hop_set
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"knn": self.knn.to(torch.int32), "hop": self.hop.to(torch.int32)}
         tmp = path.with_suffix(".tmp")

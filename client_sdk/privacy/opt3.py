@@ -111,7 +111,9 @@ class Opt3Result:
     objective_end: torch.Tensor
 
 
-def _project(delta: torch.Tensor, h: torch.Tensor, mu: torch.Tensor, eps: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def _project(
+    delta: torch.Tensor, h: torch.Tensor, mu: torch.Tensor, eps: torch.Tensor, radius: torch.Tensor
+) -> torch.Tensor:
     delta = delta * (eps / delta.norm(dim=-1).clamp_min(_EPS)).clamp(max=1.0).unsqueeze(-1)  # ||delta|| <= eps
     y = h + delta - mu  # (n, d)
     y = y * (radius / y.norm(dim=-1).clamp_min(_EPS)).clamp(max=1.0).unsqueeze(-1)  # ||h + delta - mu|| <= R

@@ -165,9 +165,13 @@ def prepare_state(
             model_id=model_id, split_layer=split_layer, source=config.neighbour_source,
         )  # fmt: skip
     elif (neighbours.k, neighbours.hops) != (config.k, config.hops):
-        raise PrivacyStateError(f"neighbour index has k={neighbours.k}, hops={neighbours.hops}; config wants k={config.k}, hops={config.hops}")
+        raise PrivacyStateError(
+            f"neighbour index has k={neighbours.k}, hops={neighbours.hops}; config wants k={config.k}, hops={config.hops}"
+        )
     if neighbours.knn.shape[0] != prototypes.shape[0]:
-        raise PrivacyStateError(f"neighbour index covers {neighbours.knn.shape[0]} tokens, prototypes {prototypes.shape[0]}")
+        raise PrivacyStateError(
+            f"neighbour index covers {neighbours.knn.shape[0]} tokens, prototypes {prototypes.shape[0]}"
+        )
     protos = prototypes.detach().float()
     fields.update(
         neighbours=neighbours,

@@ -179,4 +179,3 @@ def job_for_model(session: Session, organization_id: str, fine_tuned_model: str)
     )
     job = session.scalars(stmt).first()
     return None if job is None else snapshot(job)
-

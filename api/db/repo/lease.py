@@ -67,9 +67,7 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
     return snapshot(job)
 
 
-def heartbeat(
-    session: Session, job_id: str, worker_id: str, lease_s: float, steps_completed: int | None = None
-) -> str:
+def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float, steps_completed: int | None = None) -> str:
     """Extend the lease (and record progress) while ``worker_id`` owns the job; return its status.
 
     The returned status is the control flag: ``running`` -> go on; ``cancelled`` -> stop;

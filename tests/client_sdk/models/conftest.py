@@ -35,9 +35,13 @@ def tiny_bert(tmp_path_factory) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return _save(BertModel(config), tokenizer, path)
 
@@ -49,13 +53,25 @@ def tiny_roberta(tmp_path_factory) -> Path:
 
     backend, size = _word_level_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        cls_token="<s>", sep_token="</s>",
-    )  # fmt: skip
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     config = RobertaConfig(
-        vocab_size=size, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-    )  # fmt: skip
+        vocab_size=size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     torch.manual_seed(1)
     return _save(RobertaModel(config), tokenizer, tmp_path_factory.mktemp("tiny-roberta"))
 
@@ -68,10 +84,18 @@ def _tiny_llama(tmp_path_factory, name: str, tied: bool) -> Path:
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
     config = LlamaConfig(
-        vocab_size=size, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, bos_token_id=1,
-        eos_token_id=2, pad_token_id=3, tie_word_embeddings=tied,
-    )  # fmt: skip
+        vocab_size=size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=tied,
+    )
     torch.manual_seed(2)
     return _save(LlamaForCausalLM(config), tokenizer, tmp_path_factory.mktemp(name))
 

@@ -26,9 +26,13 @@ def test_manifest_contents(bert_artifact, tiny_bert):
     manifest = json.loads((bert_artifact.path / "manifest.json").read_text())
     assert manifest == bert_artifact.manifest
     assert {k: manifest[k] for k in ("model", "family", "split_layer", "hidden_size", "vocab_size", "num_layers")} == {
-        "model": str(tiny_bert.resolve()), "family": "bert", "split_layer": 2, "hidden_size": 32,
-        "vocab_size": 64, "num_layers": 4,
-    }  # fmt: skip
+        "model": str(tiny_bert.resolve()),
+        "family": "bert",
+        "split_layer": 2,
+        "hidden_size": 32,
+        "vocab_size": 64,
+        "num_layers": 4,
+    }
     files = manifest["files"]
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(files)
     for name, digest in files.items():
@@ -65,7 +69,9 @@ def test_artifact_holds_no_top_weights(request, fixture, tmp_path):
     assert layer_ids == {"0"}
     full, _, _ = load_full_model(path)
     # weight matrices of blocks 2..4 (norm weights are all ones at random init, so they are not telling)
-    top_tensors = [p for name, p in full.named_parameters() if p.dim() == 2 and any(f".{i}." in name for i in (1, 2, 3))]
+    top_tensors = [
+        p for name, p in full.named_parameters() if p.dim() == 2 and any(f".{i}." in name for i in (1, 2, 3))
+    ]
     assert top_tensors
     for top_tensor in top_tensors:
         assert not any(t.shape == top_tensor.shape and torch.equal(t, top_tensor) for t in stored.values())
@@ -130,3 +136,12 @@ def test_forged_digest_is_rejected(tiny_bert, tmp_path):
     (artifact.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="digest"):
         load_bottom(artifact.path)
+
+
+def test_trimmed_manifest_still_loads(tiny_bert, tmp_path):
+    """A manifest reduced to the required keys (as a strict client schema might keep) still loads."""
+    artifact = export_bottom(tiny_bert, 2, tmp_path / "a")
+    required = ("model", "family", "split_layer", "hidden_size", "vocab_size", "num_layers", "files", "digest")
+    (artifact.path / "manifest.json").write_text(json.dumps({k: artifact.manifest[k] for k in required}))
+    bottom, _, _ = load_bottom(artifact.path)
+    assert (bottom.prefix_ids, bottom.suffix_ids) == ((2,), (3,))

@@ -39,12 +39,20 @@ def test_base_model_facts():
     assert BASE_MODELS == ("minilm-l6", "smollm2-135m")
     minilm = describe_model("minilm-l6")
     assert (minilm.family, minilm.hidden_size, minilm.num_layers, minilm.vocab_size, minilm.max_positions) == (
-        "bert", 384, 6, 30522, 512,
-    )  # fmt: skip
+        "bert",
+        384,
+        6,
+        30522,
+        512,
+    )
     smol = describe_model("smollm2-135m")
     assert (smol.family, smol.hidden_size, smol.num_layers, smol.vocab_size, smol.max_positions) == (
-        "llama", 576, 30, 49152, 8192,
-    )  # fmt: skip
+        "llama",
+        576,
+        30,
+        49152,
+        8192,
+    )
 
 
 def test_base_model_without_package_falls_back_to_known_facts(monkeypatch):

@@ -48,8 +48,10 @@ def test_smollm2_conversion_and_split_at_3_equal_full(tmp_path):
     config = full.config
     assert not hasattr(config, "quantization_config") and spec.family == "llama"
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (
-        info.hidden_size, info.num_layers, info.vocab_size,
-    )  # fmt: skip
+        info.hidden_size,
+        info.num_layers,
+        info.vocab_size,
+    )
     assert config.max_position_embeddings == info.max_positions and config.tie_word_embeddings
     bottom = BottomModel.from_full_model(full, 3, [config.bos_token_id])
     top = TopModel.from_full_model(full, 3, "generation")
@@ -58,5 +60,4 @@ def test_smollm2_conversion_and_split_at_3_equal_full(tmp_path):
         expected = full(input_ids=ids, attention_mask=mask).logits
         got = bottom.lm_logits(top(bottom(ids, mask).hidden, mask))
     real = mask.bool()
-    assert (got[real] - expected[real]).abs().max() < 1e-4 * expected.abs().max()
-    assert (got[real] - expected[real]).abs().max() < 1e-3
+    assert (got[real] - expected[real]).abs().max() < 1e-4  # logits are O(10): relative error < 1e-5

@@ -162,13 +162,17 @@ def test_unsupported_architecture_errors(tiny_gpt2):
         build_bottom(tiny_gpt2, 1)
 
 
-@pytest.mark.parametrize(("fixture", "targets"), [("tiny_bert", ["query", "value"]), ("tiny_llama", ["q_proj", "v_proj"])])
+@pytest.mark.parametrize(
+    ("fixture", "targets"), [("tiny_bert", ["query", "value"]), ("tiny_llama", ["q_proj", "v_proj"])]
+)
 def test_peft_lora_targets_and_classifier(request, fixture, targets):
     from peft import LoraConfig, get_peft_model
 
     top = build_top(request.getfixturevalue(fixture), 2, "classification", num_labels=2)
     assert top.default_lora_targets == targets
-    model = get_peft_model(top, LoraConfig(r=2, target_modules=top.default_lora_targets, modules_to_save=["classifier"]))
+    model = get_peft_model(
+        top, LoraConfig(r=2, target_modules=top.default_lora_targets, modules_to_save=["classifier"])
+    )
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert sum("lora_A" in name for name in trainable) == 2 * len(top.blocks.layers)
     assert all("lora_" in name or "classifier" in name for name in trainable)

@@ -1,0 +1,75 @@
+"""Builds the FastAPI app. Nothing is built at import time: ``create_app(settings)`` for tests and
+embedding, ``api.main:app_factory`` for ``uvicorn --factory``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api.db.session import make_engine, make_session_factory
+from api.errors import install_error_handlers
+from api.middleware import RequestContextMiddleware
+from api.reaper import reaper_task
+from api.routes import files, health, jobs, models, split
+from api.settings import Settings, get_settings
+
+MULTIPART_OVERHEAD = 1024 * 1024
+
+TAGS = [
+    {"name": "fine-tuning", "description": "OpenAI-compatible fine-tuning jobs, events and checkpoints."},
+    {"name": "files", "description": "Privatized training files (upload mode)."},
+    {"name": "models", "description": "Base models and your fine-tuned models."},
+    {"name": "privtune", "description": "Split training: bottom-model downloads, steps and completion."},
+    {"name": "health", "description": "Probes."},
+]
+
+
+def _body_limit(settings: Settings):
+    def limit(path: str, content_type: str) -> int:
+        if path.endswith(("/steps", "/complete")) or content_type == "application/octet-stream":
+            return settings.max_step_bytes
+        if content_type == "multipart/form-data":
+            return settings.max_file_bytes + MULTIPART_OVERHEAD
+        return settings.request_body_limit
+
+    return limit
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with reaper_task(app, app.state.settings.reaper_interval_s):
+        yield
+    redis = getattr(app.state, "redis", None)
+    if redis is not None:
+        redis.close()
+    app.state.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new gateway app for ``settings`` (default: :func:`get_settings`). The engine, Redis client
+    and Celery app connect lazily; the schema must already be migrated (``upgrade_to_head``)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="PrivTune fine-tuning API",
+        version="0.1.0",
+        description="Private split fine-tuning, OpenAI-compatible where OpenAI has the concept.",
+        openapi_tags=TAGS,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.redis = None
+    app.state.celery = None
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, body_limit=_body_limit(settings))
+    for module in (jobs, split, files, models, health):
+        app.include_router(module.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory api.main:app_factory`` (settings from the environment)."""
+    return create_app()

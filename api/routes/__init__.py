@@ -1,0 +1,1 @@
+"""One router per resource: jobs, files, models, and the split-training endpoints (ours)."""

@@ -1,0 +1,174 @@
+"""Our split-training endpoints: bottom-model downloads, the step relay and completion.
+
+- ``GET /v1/privtune/bottoms/{model}/{split_layer}``: the export's manifest, or 503
+  ``bottom_model_preparing`` (Retry-After: 2) while the export task (queued once) runs.
+- ``GET .../files/{filename}``: a file listed in the manifest; ETag = its sha256, immutable.
+- ``POST /v1/fine_tuning/jobs/{id}/steps``: a ``step`` payload in, the top model's reply out.
+- ``POST /v1/fine_tuning/jobs/{id}/complete``: optional final gradient; returns the job.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import catalog
+from api.db import repo
+from api.db.repo import status as st
+from api.deps import EnqueuerDep, PrincipalDep, RedisDep, RelayDep, SessionDep, SettingsDep
+from api.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from api.schemas.objects import FineTuningJob, job_object
+from api.step_check import check_step
+from client_sdk import protocol, wire
+
+router = APIRouter(tags=["privtune"])
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+_BINARY_BODY = {
+    "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+}
+
+
+def _bottom_dir(settings: Any, model: str, split_layer: int) -> Path:
+    catalog.check_split_layer(model, split_layer, param="split_layer")
+    return settings.bottoms_dir / model / f"l{split_layer}"
+
+
+def _manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@router.get("/v1/privtune/bottoms/{model}/{split_layer}", summary="Bottom-model manifest (export on demand)")
+def bottom_manifest(
+    model: str, split_layer: int, principal: PrincipalDep, settings: SettingsDep, redis: RedisDep, enqueue: EnqueuerDep
+) -> Any:
+    directory = _bottom_dir(settings, model, split_layer)
+    manifest = _manifest(directory)
+    if manifest is not None:
+        return JSONResponse(manifest)
+    guard = f"pt:export:{model}:l{split_layer}"
+    if redis.set(guard, principal.organization_id, nx=True, ex=settings.export_guard_ttl_s):
+        try:
+            enqueue.export(model, split_layer)
+        except Exception:
+            redis.delete(guard)
+            raise
+    raise ServiceUnavailable(
+        f"The bottom model {model} (split layer {split_layer}) is being prepared; retry shortly.",
+        code="bottom_model_preparing",
+        retry_after=2,
+    )
+
+
+@router.get("/v1/privtune/bottoms/{model}/{split_layer}/files/{filename}", summary="Download a bottom-model file")
+def bottom_file(
+    model: str, split_layer: int, filename: str, request: Request, principal: PrincipalDep, settings: SettingsDep
+) -> Any:
+    directory = _bottom_dir(settings, model, split_layer)
+    files = (_manifest(directory) or {}).get("files") or {}
+    if filename not in files:
+        raise NotFound(f"{filename!r} is not a file of the {model} l{split_layer} export.", param="filename")
+    etag = f'"{files[filename]}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+    wanted = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+    if etag in wanted or "*" in wanted:
+        return Response(status_code=304, headers=headers)
+    path = (directory / filename).resolve()
+    if directory.resolve() not in path.parents or not path.is_file():
+        raise NotFound(f"{filename!r} is missing from the export.", param="filename")
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+
+async def _running_job(request: Request, session: Any, org_id: str, job_id: str, max_bytes: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"The step payload is {declared} bytes; the limit is {max_bytes}.")
+    job = await run_in_threadpool(repo.require_job, session, job_id, org_id)
+    await run_in_threadpool(session.rollback)  # end the read transaction before a long relay wait
+    return job
+
+
+def _not_running(job: dict[str, Any]) -> Conflict:
+    return Conflict(
+        f"Job {job['id']} is not running (status {job['status']!r}); steps are accepted only while it runs.",
+        code="job_not_running",
+        extra={"job_status": job["status"]},
+    )
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"The step payload exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/fine_tuning/jobs/{fine_tuning_job_id}/steps",
+    summary="Send one training step",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the step_reply payload"}},
+    openapi_extra=_BINARY_BODY,
+)
+async def post_step(
+    fine_tuning_job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    relay: RelayDep,
+) -> Response:
+    """Relay a ``step`` payload (hidden, attention_mask, optional grad_output of the previous step) to
+    the job's worker; answer its ``step_reply``. A retried step gets the same reply."""
+    limit = settings.max_step_bytes
+    job = await _running_job(request, session, principal.organization_id, fine_tuning_job_id, limit)
+    if job["status"] != st.RUNNING:
+        raise _not_running(job)
+    body = await _read_body(request, limit)
+    header = await run_in_threadpool(check_step, body, job, limit)
+    reply = await run_in_threadpool(relay.submit, fine_tuning_job_id, header.step, body, settings.step_timeout_s)
+    return Response(reply, media_type="application/octet-stream")
+
+
+@router.post(
+    "/v1/fine_tuning/jobs/{fine_tuning_job_id}/complete",
+    summary="Finish interactive training",
+    response_model=FineTuningJob,
+    openapi_extra=_BINARY_BODY,
+)
+async def complete_job(
+    fine_tuning_job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    relay: RelayDep,
+) -> Any:
+    """Send the final gradient (optional body: a ``step`` payload with extra ``final="1"``); the
+    worker applies it, saves the adapter and finishes. Idempotent once the job has succeeded."""
+    limit = settings.max_step_bytes
+    job = await _running_job(request, session, principal.organization_id, fine_tuning_job_id, limit)
+    if job["status"] == st.SUCCEEDED:
+        return job_object(job)
+    if job["status"] != st.RUNNING:
+        raise _not_running(job)
+    body = await _read_body(request, limit)
+    if body:
+        header = await run_in_threadpool(check_step, body, job, limit, require_final=True)
+        step = header.step
+    else:
+        step = int(job["steps_completed"]) + 1
+        extra = {protocol.FINAL: "1"}
+        body = wire.encode({}, wire.WireHeader(job_id=fine_tuning_job_id, step=step, kind="step", extra=extra))
+    await run_in_threadpool(relay.submit, fine_tuning_job_id, step, body, settings.step_timeout_s)
+    await run_in_threadpool(session.rollback)  # see the worker's commits
+    return job_object(await run_in_threadpool(repo.require_job, session, fine_tuning_job_id))

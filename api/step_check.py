@@ -1,0 +1,86 @@
+"""Header-only checks of a step payload against its job (torch-free; runs before the relay).
+
+A payload that fails here never reaches the worker and leaves the job untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api import catalog
+from api.error_mapping import wire_param
+from api.errors import BadRequest, Unprocessable
+from client_sdk import protocol, wire
+
+_CODES = {wire.DtypeRejected: "dtype_rejected", wire.ShapeRejected: "shape_rejected"}
+
+
+def step_shape(job: dict[str, Any]) -> protocol.StepShape:
+    """What the job accepts per step: hidden size of its model, task, labels, batch and token bounds."""
+    cfg = (job.get("method") or {}).get("privtune") or {}
+    return protocol.StepShape(
+        hidden_size=catalog.describe(job["model"]).hidden_size,
+        task=cfg.get("task", "classification"),
+        num_labels=cfg.get("num_labels"),
+        max_batch_size=int(cfg.get("batch_size", 32)),
+        max_tokens=int(cfg.get("max_tokens", 64)),
+    )
+
+
+def _grad_spec(shape: protocol.StepShape) -> wire.TensorSpec:
+    dims = (None, shape.num_labels) if shape.task == "classification" else (None, None, shape.hidden_size)
+    return wire.TensorSpec(protocol.GRAD_OUTPUT, protocol.WIRE_FLOAT_DTYPES, dims)
+
+
+def _unprocessable(exc: wire.WireError) -> Unprocessable:
+    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "invalid_payload")
+    return Unprocessable(str(exc), param=wire_param(exc), code=code)
+
+
+def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
+    """Validate a ``step`` payload for ``job`` and return its header.
+
+    Raises ``WireError`` (-> 400/413) for a malformed payload, ``BadRequest`` for a header that does
+    not belong to this job, ``Unprocessable`` (422, ``param`` = tensor) for tensors that do not fit
+    the job's model, task, batch size or token bound.
+    """
+    header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
+    if header.kind != "step":
+        raise BadRequest(
+            f"payload kind is {header.kind!r}; a step payload has kind 'step'", param="kind", code="invalid_header"
+        )
+    if header.job_id != job["id"]:
+        raise BadRequest(
+            f"payload is for job {header.job_id!r}, not {job['id']!r}", param="job_id", code="invalid_header"
+        )
+    if header.step < 1:
+        raise BadRequest("steps are numbered from 1", param="step", code="invalid_header")
+    final = header.extra.get(protocol.FINAL) == "1"
+    if require_final and not final:
+        raise BadRequest(
+            "the completion payload must carry extra final='1'", param=protocol.FINAL, code="invalid_header"
+        )
+    shape = step_shape(job)
+    specs = [] if final else shape.activation_specs()
+    if protocol.GRAD_OUTPUT in infos:
+        specs.append(_grad_spec(shape))
+    try:
+        wire.check_specs(infos, specs)
+    except (wire.ShapeRejected, wire.DtypeRejected) as exc:
+        raise _unprocessable(exc) from None
+    if not final:
+        reason = shape.check_sizes(infos[protocol.HIDDEN].shape, infos[protocol.ATTENTION_MASK].shape)
+        if reason:
+            param = protocol.ATTENTION_MASK if "attention_mask" in reason else protocol.HIDDEN
+            raise Unprocessable(reason, param=param, code="shape_rejected")
+    grad = infos.get(protocol.GRAD_OUTPUT)
+    if grad is not None:
+        batch, tokens = grad.shape[0], (grad.shape[1] if shape.task == "generation" else 1)
+        if not (1 <= batch <= shape.max_batch_size and 1 <= tokens <= shape.max_tokens):
+            raise Unprocessable(
+                f"grad_output has shape {list(grad.shape)}; batch must be 1..{shape.max_batch_size}"
+                + (f" and tokens 1..{shape.max_tokens}" if shape.task == "generation" else ""),
+                param=protocol.GRAD_OUTPUT,
+                code="shape_rejected",
+            )
+    return header
