@@ -76,11 +76,16 @@ class Privatizer:
         return first.device if first is not None else torch.device("cpu")
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise ``texts``: (input_ids (B, T) int64, attention_mask (B, T) int64), T <= max_length."""
+        """Tokenise ``texts``, right-padded: (input_ids (B, T) int64, attention_mask (B, T) int64), T <= max_length."""
         if isinstance(texts, str):
             texts = [texts]
         enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            padding_side="right",  # the bottom expects right padding
+            return_tensors="pt",
         )
         return enc["input_ids"].long(), enc["attention_mask"].long()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -78,6 +79,29 @@ _KNOWN: dict[str, ModelInfo] = {
     MINILM: ModelInfo(MINILM, "bert", hidden_size=384, num_layers=6, vocab_size=30522, max_positions=512),
     SMOLLM2: ModelInfo(SMOLLM2, "llama", hidden_size=576, num_layers=30, vocab_size=49152, max_positions=8192),
 }
+
+
+#: Environment variable with operator-registered models: JSON ``{"name": "/local/hf/directory"}``.
+EXTRA_MODELS_ENV = "PRIVTUNE_EXTRA_MODELS"
+
+
+def extra_models() -> dict[str, str]:
+    """Models an operator registered by name (``PRIVTUNE_EXTRA_MODELS``), read on every call."""
+    raw = os.environ.get(EXTRA_MODELS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{EXTRA_MODELS_ENV} must be a JSON object {{name: directory}}: {exc}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ModelError(f"{EXTRA_MODELS_ENV} must be a JSON object mapping names to directories")
+    return mapping
+
+
+def registered_models() -> tuple[str, ...]:
+    """The names a service offers: the shipped base models plus operator-registered ones."""
+    return BASE_MODELS + tuple(name for name in extra_models() if name not in BASE_MODELS)
 
 
 def base_model_source(name: str) -> Path | None:
@@ -166,6 +190,10 @@ def describe_model(name_or_path: str | Path) -> ModelInfo:
         if source.is_dir() and (source / "config.json").exists():
             return info_from_config(known.name, read_config(source), str(source))
         return replace(known, path=str(source))
+    extras = extra_models() if isinstance(name_or_path, str) else {}
+    if name_or_path in extras:
+        directory = Path(extras[name_or_path]).expanduser().resolve()
+        return info_from_config(str(name_or_path), read_config(directory), str(directory))
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         raise UnknownModelError(_unknown_message(str(name_or_path)))

@@ -81,14 +81,19 @@ class Service:
         self.api_key = self.new_key("integration")
         self.other_key = self.new_key("someone-else")
         log = open(self.tmp / "worker.log", "wb")  # noqa: SIM115
-        self.worker = subprocess.Popen([sys.executable, "-m", "privtune.cli", "worker", "--queues", "gpu,artifacts"],
-                                       env={**os.environ, **self.env}, stdout=log, stderr=log)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "privtune.cli", "worker", "--queues", "gpu,artifacts"],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=log,
+        )
         from api.main import create_app
         from privtune.embedded import free_port
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         threading.Thread(target=self.server.run, daemon=True).start()
         deadline = time.monotonic() + 30
         while not self.server.started:

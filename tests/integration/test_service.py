@@ -18,8 +18,17 @@ D = 32  # hidden size of the tiny model
 
 
 def _job_body(total_steps: int, **privtune) -> dict:
-    cfg = {"task": "classification", "num_labels": 2, "split_layer": 2, "max_tokens": 16, "batch_size": 4,
-           "n_epochs": 1, "total_steps": total_steps, "privacy": {"mechanism": "none"}, **privtune}
+    cfg = {
+        "task": "classification",
+        "num_labels": 2,
+        "split_layer": 2,
+        "max_tokens": 16,
+        "batch_size": 4,
+        "n_epochs": 1,
+        "total_steps": total_steps,
+        "privacy": {"mechanism": "none"},
+        **privtune,
+    }
     return {"model": TINY_MODEL, "method": {"type": "privtune", "privtune": cfg}}
 
 
@@ -45,10 +54,17 @@ def test_sdk_trains_through_the_service(service):
     from client_sdk import FineTuneJob, PrivacyConfig
     from client_sdk.jobs import Hyperparameters
 
-    job = FineTuneJob.create(toy_dataset(96), model=TINY_MODEL, split_layer=2, max_length=16,
-                             privacy=PrivacyConfig(mechanism="privtune", seed=0), client=service.client(),
-                             hyperparameters=Hyperparameters(batch_size=8, n_epochs=2, learning_rate=5e-3),
-                             metadata={"team": "e2e"}, progress=False)
+    job = FineTuneJob.create(
+        toy_dataset(96),
+        model=TINY_MODEL,
+        split_layer=2,
+        max_length=16,
+        privacy=PrivacyConfig(mechanism="privtune", seed=0),
+        client=service.client(),
+        hyperparameters=Hyperparameters(batch_size=8, n_epochs=2, learning_rate=5e-3),
+        metadata={"team": "e2e"},
+        progress=False,
+    )
     assert job.record.status == "succeeded", service.worker_log()
     assert job.record.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
     events = job.events()
@@ -111,10 +127,15 @@ def test_bad_steps_change_nothing(service):
     nan = torch.randn(4, 6, D)
     nan[0, 0, 0] = float("nan")
     bad_payloads = [
-        wire.encode({protocol.HIDDEN: torch.randn(4, 6, D + 1), protocol.ATTENTION_MASK: torch.ones(4, 6)},
-                    wire.WireHeader(job.id, 1, "step")),  # wrong hidden size
-        wire.encode({protocol.HIDDEN: nan, protocol.ATTENTION_MASK: torch.ones(4, 6)},
-                    wire.WireHeader(job.id, 1, "step"), float_dtype="float32"),  # NaN
+        wire.encode(
+            {protocol.HIDDEN: torch.randn(4, 6, D + 1), protocol.ATTENTION_MASK: torch.ones(4, 6)},
+            wire.WireHeader(job.id, 1, "step"),
+        ),  # wrong hidden size
+        wire.encode(
+            {protocol.HIDDEN: nan, protocol.ATTENTION_MASK: torch.ones(4, 6)},
+            wire.WireHeader(job.id, 1, "step"),
+            float_dtype="float32",
+        ),  # NaN
         wire.encode({protocol.HIDDEN: torch.randn(4, 6, D)}, wire.WireHeader(job.id, 1, "step")),  # no mask
         b"\x80\x04garbage",  # a pickle
     ]

@@ -1,0 +1,174 @@
+"""Contract tests of /v1/fine_tuning/jobs over raw HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.db import repo
+from tests.api.conftest import job_body
+
+JOB_FIELDS = {
+    "id", "object", "created_at", "finished_at", "model", "fine_tuned_model", "organization_id", "status",
+    "hyperparameters", "method", "training_file", "validation_file", "result_files", "trained_tokens", "error",
+    "seed", "estimated_finish", "integrations", "metadata", "steps_completed", "total_steps",
+}  # fmt: skip
+
+
+def test_create_job_returns_openai_job_and_enqueues(env):
+    job = env.create_job(lora={"r": 4}, privacy={"mechanism": "privtune", "eta": 50, "alpha": 0.3})
+    assert JOB_FIELDS <= set(job)
+    assert job["id"].startswith("ftjob-") and job["object"] == "fine_tuning.job"
+    assert job["status"] == "queued" and job["organization_id"] == env.org_id
+    assert job["steps_completed"] == 0 and job["total_steps"] == 10
+    cfg = job["method"]["privtune"]
+    assert job["method"]["type"] == "privtune"
+    assert cfg["split_layer"] == 3 and cfg["lora"] == {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": None}
+    assert cfg["privacy"] == {"mechanism": "privtune", "eta": 50.0, "metric": None, "alpha": 0.3}
+    assert job["hyperparameters"] == {"batch_size": 8, "learning_rate_multiplier": 1.0, "n_epochs": 1}
+    assert env.enqueuer.jobs == [job["id"]]
+    events = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=env.headers()).json()
+    assert [e["message"] for e in events["data"]] == ["Job created"]
+
+
+def test_legacy_hyperparameters_are_mirrored(env):
+    body = job_body()
+    body["method"]["privtune"].pop("batch_size")
+    body["hyperparameters"] = {"batch_size": 4, "learning_rate_multiplier": 2, "n_epochs": 3}
+    job = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers()).json()
+    assert job["hyperparameters"] == {"batch_size": 4, "learning_rate_multiplier": 2.0, "n_epochs": 3}
+    assert job["method"]["privtune"]["optimizer"]["learning_rate"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "param"),
+    [
+        (lambda b: b.update(model="gpt-4o"), "model"),
+        (lambda b: b.update(model="/etc/passwd"), "model"),
+        (lambda b: b["method"]["privtune"].update(split_layer=6), "method.privtune.split_layer"),
+        (lambda b: b["method"]["privtune"].update(split_layer=0), "method.privtune.split_layer"),
+        (lambda b: b["method"]["privtune"].update(lora={"r": 0}), "method.privtune.lora.r"),
+        (lambda b: b["method"]["privtune"].update(lora={"dropout": 0.9}), "method.privtune.lora.dropout"),
+        (lambda b: b["method"]["privtune"].update(optimizer={"learning_rate": 5}), "method.privtune.optimizer.learning_rate"),
+        (lambda b: b["method"]["privtune"].update(batch_size=1000), "method.privtune.batch_size"),
+        (lambda b: b["method"]["privtune"].update(n_epochs=51), "method.privtune.n_epochs"),
+        (lambda b: b["method"]["privtune"].update(total_steps=0), "method.privtune.total_steps"),
+        (lambda b: b["method"]["privtune"].pop("total_steps"), "method.privtune.total_steps"),
+        (lambda b: b["method"]["privtune"].pop("num_labels"), "method.privtune.num_labels"),
+        (lambda b: b["method"]["privtune"].update(privacy={"mechanism": "magic"}), "method.privtune.privacy.mechanism"),
+        (lambda b: b["method"].update(type="dpo"), "method.type"),
+        (lambda b: b.pop("method"), "method"),
+        (lambda b: b.update(hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
+        (lambda b: b.update(metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
+        (lambda b: b.update(metadata={"k" * 65: "v"}), "metadata"),
+        (lambda b: b.update(metadata={"k": "v" * 513}), "metadata"),
+        (lambda b: b.update(suffix="s" * 65), "suffix"),
+        (lambda b: b.update(training_file="file-nope"), "training_file"),
+    ],
+)
+def test_create_rejects_bad_input_with_param(env, mutate, param):
+    body = job_body()
+    mutate(body)
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert env.enqueuer.jobs == []
+
+
+def test_list_pagination_newest_first_and_metadata_filter(env):
+    ids = []
+    for i in range(5):
+        body = job_body()
+        body["metadata"] = {"team": "a" if i % 2 == 0 else "b", "n": str(i)}
+        ids.append(env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers()).json()["id"])
+    newest_first = ids[::-1]
+    page1 = env.client.get("/v1/fine_tuning/jobs?limit=2", headers=env.headers()).json()
+    assert page1["object"] == "list" and page1["has_more"] is True
+    assert [j["id"] for j in page1["data"]] == newest_first[:2]
+    assert page1["first_id"] == newest_first[0] and page1["last_id"] == newest_first[1]
+    page2 = env.client.get(f"/v1/fine_tuning/jobs?limit=2&after={page1['last_id']}", headers=env.headers()).json()
+    page3 = env.client.get(f"/v1/fine_tuning/jobs?limit=2&after={page2['last_id']}", headers=env.headers()).json()
+    assert [j["id"] for j in page2["data"] + page3["data"]] == newest_first[2:]
+    assert page3["has_more"] is False
+    filtered = env.client.get("/v1/fine_tuning/jobs?metadata[team]=a", headers=env.headers()).json()
+    assert [j["id"] for j in filtered["data"]] == [ids[4], ids[2], ids[0]]
+    both = env.client.get("/v1/fine_tuning/jobs?metadata[team]=a&metadata[n]=2", headers=env.headers()).json()
+    assert [j["id"] for j in both["data"]] == [ids[2]]
+    other = env.client.get("/v1/fine_tuning/jobs", headers=env.headers(env.other_key)).json()
+    assert other["data"] == [] and other["has_more"] is False and other["first_id"] is None
+    bad = env.client.get("/v1/fine_tuning/jobs?limit=0", headers=env.headers())
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    cursor = env.client.get("/v1/fine_tuning/jobs?after=ftjob-unknown", headers=env.headers())
+    assert cursor.status_code == 400 and cursor.json()["error"]["param"] == "after"
+
+
+def test_retrieve_and_isolation(env):
+    job = env.create_job()
+    r = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=env.headers())
+    assert r.status_code == 200 and r.json()["id"] == job["id"]
+    for path in ("", "/cancel", "/pause", "/resume", "/events", "/checkpoints"):
+        method = "post" if path in ("/cancel", "/pause", "/resume") else "get"
+        other = getattr(env.client, method)(f"/v1/fine_tuning/jobs/{job['id']}{path}", headers=env.headers(env.other_key))
+        assert other.status_code == 404, path
+        assert other.json()["error"]["code"] == "not_found"
+    missing = env.client.get("/v1/fine_tuning/jobs/ftjob-doesnotexist", headers=env.headers())
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "fine_tuning_job_id"
+
+
+def test_cancel_then_cancel_again_conflicts(env):
+    job = env.create_job()
+    env.run_job(job["id"])
+    r = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=env.headers())
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["finished_at"]
+    again = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=env.headers())
+    assert again.status_code == 409 and again.headers["x-should-retry"] == "false"
+    assert "cancelled" in again.json()["error"]["message"]
+    with env.session() as s:  # the worker sees the flag on its next heartbeat
+        assert repo.heartbeat(s, job["id"], "worker-1", 60) == "cancelled"
+
+
+def test_pause_and_resume(env):
+    job = env.create_job()
+    env.run_job(job["id"])
+    r = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause", headers=env.headers())
+    assert r.status_code == 200 and r.json()["status"] == "paused"
+    busy = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume", headers=env.headers())
+    assert busy.status_code == 409 and busy.headers.get("x-should-retry") != "false"  # worker still saving
+    with env.session() as s:
+        assert repo.heartbeat(s, job["id"], "worker-1", 60, steps_completed=4) == "paused"
+        assert repo.release_job(s, job["id"], "worker-1", "paused")
+    r = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume", headers=env.headers())
+    assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["steps_completed"] == 4
+    assert env.enqueuer.jobs == [job["id"], job["id"]]
+    again = env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume", headers=env.headers())
+    assert again.status_code == 409 and again.headers["x-should-retry"] == "false"
+
+
+def test_events_and_checkpoints_pagination(env):
+    job = env.create_job()
+    env.run_job(job["id"])
+    with env.session() as s:
+        for step in (1, 2, 3):
+            repo.add_event(s, job["id"], f"step {step}", type="metrics", data={"step": step, "train_loss": 1 / step})
+            repo.add_checkpoint(s, job["id"], step * 10, {"train_loss": 0.5}, f"/ckpt/{step}")
+    r = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=2", headers=env.headers()).json()
+    assert [e["message"] for e in r["data"]] == ["step 3", "step 2"] and r["has_more"]
+    assert r["data"][0]["object"] == "fine_tuning.job.event" and r["data"][0]["data"]["step"] == 3
+    rest = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?after={r['last_id']}", headers=env.headers()).json()
+    assert [e["message"] for e in rest["data"]] == ["step 1", "Job started", "Job created"]
+    ckpts = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=env.headers()).json()
+    assert [c["step_number"] for c in ckpts["data"]] == [30, 20, 10]
+    first = ckpts["data"][0]
+    assert first["object"] == "fine_tuning.job.checkpoint" and first["fine_tuning_job_id"] == job["id"]
+    assert first["metrics"] == {"step": 30, "train_loss": 0.5} and "path" not in first
+    assert first["fine_tuned_model_checkpoint"] == f"ft:minilm-l6:acme::{job['id']}:ckpt-step-30"
+
+
+def test_enqueue_failure_answers_503_and_fails_the_job(env):
+    env.enqueuer.fail = True
+    r = env.client.post("/v1/fine_tuning/jobs", json=job_body(), headers=env.headers())
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert r.json()["error"]["code"] == "queue_unavailable"
+    jobs = env.client.get("/v1/fine_tuning/jobs", headers=env.headers()).json()["data"]
+    assert jobs[0]["status"] == "failed" and jobs[0]["error"]["code"] == "queue_unavailable"

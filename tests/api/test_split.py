@@ -1,0 +1,162 @@
+"""Split-training endpoints: bottom-model downloads, steps and completion (fake relay)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from api.db import repo
+from client_sdk import wire
+from tests.api.conftest import StepRejected, StepTimeout, step_payload
+
+BINARY = {"content-type": "application/octet-stream"}
+
+
+def _post_step(env, job_id, body, key=None):
+    return env.client.post(f"/v1/fine_tuning/jobs/{job_id}/steps", content=body, headers={**env.headers(key), **BINARY})
+
+
+@pytest.fixture
+def running(env):
+    job = env.create_job()
+    env.run_job(job["id"])
+    return job["id"]
+
+
+def test_step_is_relayed_and_reply_returned(env, running):
+    body = step_payload(running, step=2, grad=(2, 2))
+    r = _post_step(env, running, body)
+    assert r.status_code == 200 and r.content == b"reply-bytes"
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert env.relay.calls == [(running, 2, body, env.settings.step_timeout_s)]
+
+
+def _unchanged(env, job_id):
+    with env.session() as s:
+        job = repo.get_job(s, job_id)
+    return job["status"] == "running" and job["steps_completed"] == 0
+
+
+def _raw(entries: dict, data: bytes = b"") -> bytes:
+    head = json.dumps(entries).encode()
+    return struct.pack("<Q", len(head)) + head + data
+
+
+META = {"schema": "privtune.wire", "schema_version": "1", "step": "1", "kind": "step"}
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "param"),
+    [
+        (lambda j: b"not a payload", 400, None),
+        (lambda j: pickle.dumps({"hidden": [1.0]}), 400, None),
+        (lambda j: b"PK\x03\x04" + b"\0" * 20, 400, None),
+        (lambda j: _raw({"__metadata__": {**META, "job_id": j}, "hidden": {"dtype": "F16", "shape": [10**6, 10**6, 384], "data_offsets": [0, 8]}}, b"\0" * 8), 413, "hidden"),
+        (lambda j: step_payload(j, hidden_dtype=np.int32), 422, "hidden"),
+        (lambda j: step_payload(j, hidden=100), 422, "hidden"),
+        (lambda j: step_payload(j, batch=9), 422, "hidden"),
+        (lambda j: step_payload(j, tokens=17), 422, "hidden"),
+        (lambda j: step_payload(j, mask_shape=(2, 4)), 422, "attention_mask"),
+        (lambda j: step_payload(j, grad=(2, 3)), 422, "grad_output"),
+        (lambda j: step_payload(j, kind="infer"), 400, "kind"),
+        (lambda j: step_payload("ftjob-someoneelse"), 400, "job_id"),
+        (lambda j: step_payload(j, step=0), 400, "step"),
+        (lambda j: _raw({"__metadata__": {**META, "job_id": j}, "hidden": {"dtype": "F16", "shape": [2, 5, 384], "data_offsets": [0, 3840]}}, b"\0" * 100), 400, "hidden"),
+    ],
+)
+def test_bad_step_payloads_are_rejected_before_the_relay(env, running, make, status, param):
+    r = _post_step(env, running, make(running))
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"]
+    assert env.relay.calls == [] and _unchanged(env, running)
+
+
+def test_oversized_step_is_413_before_reading(env, running):
+    r = _post_step(env, running, b"\0" * (env.settings.max_step_bytes + 1))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert env.relay.calls == []
+
+
+def test_step_for_job_not_running_is_409_without_retry(env):
+    job = env.create_job()  # queued: no worker yet
+    r = _post_step(env, job["id"], step_payload(job["id"]))
+    assert r.status_code == 409 and r.headers["x-should-retry"] == "false"
+    assert r.json()["error"]["code"] == "job_not_running" and "queued" in r.json()["error"]["message"]
+    assert _post_step(env, job["id"], step_payload(job["id"]), key=env.other_key).status_code == 404
+    assert _post_step(env, "ftjob-nope", step_payload("ftjob-nope")).status_code == 404
+    assert env.relay.calls == []
+
+
+def test_worker_rejection_and_timeout_are_mapped(env, running):
+    env.relay.error = StepRejected(409, "step_out_of_order", "expected step 4", expected_step=4)
+    r = _post_step(env, running, step_payload(running, step=7))
+    assert r.status_code == 409 and r.headers["x-should-retry"] == "false"
+    assert r.json()["error"]["code"] == "step_out_of_order" and r.json()["error"]["expected_step"] == 4
+    env.relay.error = StepTimeout("no reply")
+    r = _post_step(env, running, step_payload(running))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "step_timeout"
+
+
+def test_complete_relays_final_gradient_and_returns_job(env, running):
+    final = wire.encode(
+        {"grad_output": np.zeros((2, 2), dtype=np.float32)},
+        wire.WireHeader(job_id=running, step=11, kind="step", extra={"final": "1"}),
+    )
+    r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=final, headers={**env.headers(), **BINARY})
+    assert r.status_code == 200 and r.json()["id"] == running
+    assert env.relay.calls[-1][1:3] == (11, final)
+    r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", headers=env.headers())  # no body
+    assert r.status_code == 200
+    header, infos = wire.inspect(env.relay.calls[-1][2])
+    assert header.extra["final"] == "1" and infos == {} and header.step == 1
+    not_final = step_payload(running, step=11)
+    r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=not_final, headers=env.headers())
+    assert r.status_code == 400 and len(env.relay.calls) == 2
+
+
+def _export(env, model="minilm-l6", layer=3):
+    directory = env.settings.bottoms_dir / model / f"l{layer}"
+    directory.mkdir(parents=True)
+    weights = b"weights" * 100
+    (directory / "model.safetensors").write_bytes(weights)
+    (directory / "secret.txt").write_bytes(b"not listed")
+    manifest = {"model": model, "split_layer": layer, "files": {"model.safetensors": hashlib.sha256(weights).hexdigest()}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return manifest, weights
+
+
+def test_bottom_manifest_is_prepared_once_then_served(env):
+    url = "/v1/privtune/bottoms/minilm-l6/3"
+    for _ in range(2):
+        r = env.client.get(url, headers=env.headers())
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert r.json()["error"]["code"] == "bottom_model_preparing"
+    assert env.enqueuer.exports == [("minilm-l6", 3)]
+    manifest, weights = _export(env)
+    r = env.client.get(url, headers=env.headers())
+    assert r.status_code == 200 and r.json() == manifest
+
+    file_url = f"{url}/files/model.safetensors"
+    r = env.client.get(file_url, headers=env.headers())
+    etag = f'"{manifest["files"]["model.safetensors"]}"'
+    assert r.status_code == 200 and r.content == weights and r.headers["etag"] == etag
+    assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+    r = env.client.get(file_url, headers={**env.headers(), "If-None-Match": etag})
+    assert r.status_code == 304 and r.content == b""
+    assert env.client.get(f"{url}/files/secret.txt", headers=env.headers()).status_code == 404
+    assert env.client.get(f"{url}/files/..%2Fmanifest.json", headers=env.headers()).status_code == 404
+
+
+def test_bottom_rejects_unknown_model_and_layer(env):
+    r = env.client.get("/v1/privtune/bottoms/gpt-4/3", headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = env.client.get("/v1/privtune/bottoms/minilm-l6/99", headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "split_layer"
+    assert env.client.get("/v1/privtune/bottoms/minilm-l6/3").status_code == 401
+    assert env.enqueuer.exports == []
