@@ -40,11 +40,14 @@ def _unprocessable(exc: wire.WireError) -> Unprocessable:
 def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
     """Validate a ``step`` payload for ``job`` and return its header.
 
-    Raises ``WireError`` (-> 400/413) for a malformed payload, ``BadRequest`` for a header that does
+    Raises ``WireError`` (-> 400) for a malformed payload (declared sizes beyond the limits included), ``BadRequest`` for a header that does
     not belong to this job, ``Unprocessable`` (422, ``param`` = tensor) for tensors that do not fit
     the job's model, task, batch size or token bound.
     """
-    header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
+    try:
+        header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
+    except wire.SizeLimitExceeded as exc:  # the body itself fits (checked before reading): declarations lie
+        raise BadRequest(str(exc), param=wire_param(exc), code="size_limit_exceeded") from None
     if header.kind != "step":
         raise BadRequest(
             f"payload kind is {header.kind!r}; a step payload has kind 'step'", param="kind", code="invalid_header"

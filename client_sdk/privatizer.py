@@ -113,8 +113,8 @@ class Privatizer:
     ) -> Privatizer:
         """Fit the mechanism's state on the user's own ``texts`` (and ``labels``); returns ``self``.
 
-        Runs the bottom over the texts, keeps up to ``sample_tokens`` real, non-special token
-        representations (sampled with ``generator``, default seed 0), builds prototypes and the
+        Runs the bottom over texts in random order (``generator``, default seed 0) until it has
+        ``sample_tokens`` real, non-special token representations, builds prototypes and the
         neighbour index (cached in ``cache_dir`` under ``model_id``, default the bottom's
         ``model_id``/``digest`` attribute or a fingerprint of the matrix) and, given labels, the
         classification importance table. Nothing is sent anywhere.
@@ -127,21 +127,11 @@ class Privatizer:
             raise PrivacyConfigError(
                 "labels", f"one integer label per text ({input_ids.shape[0]})", tuple(labels_t.shape)
             )
-        keep = attention_mask.bool() & ~self._special_mask(input_ids)  # (n, t)
-        hidden, token_labels = [], []
+        train_hidden, train_labels = None, None
         if self.mechanism.name != "none":
-            for start in range(0, input_ids.shape[0], batch_size):
-                rows = slice(start, start + batch_size)
-                out = self._bottom(input_ids[rows], attention_mask[rows]).hidden.float().cpu()  # (b, t, d)
-                hidden.append(out[keep[rows]])
-                if labels_t is not None:
-                    token_labels.append(labels_t[rows].unsqueeze(1).expand_as(keep[rows])[keep[rows]])
-        train_hidden = torch.cat(hidden) if hidden else None  # (n_tokens, d)
-        train_labels = torch.cat(token_labels) if token_labels else None
-        if train_hidden is not None and train_hidden.shape[0] > sample_tokens:
-            pick = torch.randperm(train_hidden.shape[0], generator=generator)[:sample_tokens]
-            train_hidden = train_hidden[pick]
-            train_labels = None if train_labels is None else train_labels[pick]
+            train_hidden, train_labels = self._sample(
+                input_ids, attention_mask, labels_t, sample_tokens, batch_size, generator
+            )
         importance_table = None
         if self.mechanism.uses_importance and labels_t is not None:
             importance_table = classification_importance(
@@ -159,6 +149,32 @@ class Privatizer:
             model_id=model_id, split_layer=int(getattr(self.bottom, "split_layer", 0)), generator=generator,
         )  # fmt: skip
         return self
+
+    def _sample(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        sample_tokens: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Up to ``sample_tokens`` real, non-special token representations (n, d) from texts in random
+        order (the bottom runs only on as many texts as needed), with their sequence labels (n,)."""
+        keep = attention_mask.bool() & ~self._special_mask(input_ids)  # (n, t)
+        order = torch.randperm(input_ids.shape[0], generator=generator)
+        hidden, token_labels, count = [], [], 0
+        for start in range(0, order.shape[0], batch_size):
+            rows = order[start : start + batch_size]
+            out = self._bottom(input_ids[rows], attention_mask[rows]).hidden.float().cpu()  # (b, t, d)
+            hidden.append(out[keep[rows]])
+            if labels is not None:
+                token_labels.append(labels[rows].unsqueeze(1).expand(-1, keep.shape[1])[keep[rows]])
+            count += hidden[-1].shape[0]
+            if count >= sample_tokens:
+                break
+        labels_out = torch.cat(token_labels)[:sample_tokens] if token_labels else None
+        return torch.cat(hidden)[:sample_tokens], labels_out
 
     # ---- the audit call -----------------------------------------------------------------------
 

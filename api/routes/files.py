@@ -47,17 +47,25 @@ def _save_upload(upload: UploadFile, dest: Path, limit: int) -> int:
     return size
 
 
+def _inspect_mapped(mapped: mmap.mmap, limits: wire.WireLimits) -> tuple[Any, str | None]:
+    # Errors become strings here so no traceback keeps a view of the map alive when it closes.
+    try:
+        return wire.inspect(mapped, limits), None
+    except wire.WireError as exc:
+        return None, str(exc)
+
+
 def inspect_privatized(path: Path, limit: int) -> dict[str, Any]:
     """Check that ``path`` holds a privatized batch; return its manifest (the header's metadata)."""
     with path.open("rb") as fh:
         head = fh.read(16).lstrip()
         if not head or head[:1] in (b"{", b"[", b'"') or path.stat().st_size < 8:
             raise BadRequest(NOT_PRIVATIZED, param="file", code="invalid_file_format")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            try:
-                header, infos = wire.inspect(memoryview(mapped), wire.WireLimits(max_payload_bytes=limit))
-            except wire.WireError as exc:
-                raise BadRequest(f"{NOT_PRIVATIZED} ({exc})", param="file", code="invalid_file_format") from None
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:  # header-only: no full read
+            parsed, problem = _inspect_mapped(mapped, wire.WireLimits(max_payload_bytes=limit))
+    if parsed is None:
+        raise BadRequest(f"{NOT_PRIVATIZED} ({problem})", param="file", code="invalid_file_format")
+    header, infos = parsed
     if header.kind != "privatized_batch":
         raise BadRequest(
             f"{NOT_PRIVATIZED} This payload has kind {header.kind!r}.", param="file", code="invalid_file_format"

@@ -56,7 +56,17 @@ META = {"schema": "privtune.wire", "schema_version": "1", "step": "1", "kind": "
         (lambda j: b"not a payload", 400, None),
         (lambda j: pickle.dumps({"hidden": [1.0]}), 400, None),
         (lambda j: b"PK\x03\x04" + b"\0" * 20, 400, None),
-        (lambda j: _raw({"__metadata__": {**META, "job_id": j}, "hidden": {"dtype": "F16", "shape": [10**6, 10**6, 384], "data_offsets": [0, 8]}}, b"\0" * 8), 413, "hidden"),
+        (
+            lambda j: _raw(
+                {
+                    "__metadata__": {**META, "job_id": j},
+                    "hidden": {"dtype": "F16", "shape": [10**6, 10**6, 384], "data_offsets": [0, 8]},
+                },
+                b"\0" * 8,
+            ),
+            400,
+            "hidden",
+        ),
         (lambda j: step_payload(j, hidden_dtype=np.int32), 422, "hidden"),
         (lambda j: step_payload(j, hidden=100), 422, "hidden"),
         (lambda j: step_payload(j, batch=9), 422, "hidden"),
@@ -66,7 +76,17 @@ META = {"schema": "privtune.wire", "schema_version": "1", "step": "1", "kind": "
         (lambda j: step_payload(j, kind="infer"), 400, "kind"),
         (lambda j: step_payload("ftjob-someoneelse"), 400, "job_id"),
         (lambda j: step_payload(j, step=0), 400, "step"),
-        (lambda j: _raw({"__metadata__": {**META, "job_id": j}, "hidden": {"dtype": "F16", "shape": [2, 5, 384], "data_offsets": [0, 3840]}}, b"\0" * 100), 400, "hidden"),
+        (
+            lambda j: _raw(
+                {
+                    "__metadata__": {**META, "job_id": j},
+                    "hidden": {"dtype": "F16", "shape": [2, 5, 384], "data_offsets": [0, 3840]},
+                },
+                b"\0" * 100,
+            ),
+            400,
+            "hidden",
+        ),
     ],
 )
 def test_bad_step_payloads_are_rejected_before_the_relay(env, running, make, status, param):
@@ -126,7 +146,11 @@ def _export(env, model="minilm-l6", layer=3):
     weights = b"weights" * 100
     (directory / "model.safetensors").write_bytes(weights)
     (directory / "secret.txt").write_bytes(b"not listed")
-    manifest = {"model": model, "split_layer": layer, "files": {"model.safetensors": hashlib.sha256(weights).hexdigest()}}
+    manifest = {
+        "model": model,
+        "split_layer": layer,
+        "files": {"model.safetensors": hashlib.sha256(weights).hexdigest()},
+    }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return manifest, weights
 

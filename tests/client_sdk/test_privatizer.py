@@ -166,3 +166,18 @@ def test_bad_arguments(parts):
     with pytest.raises(PrivacyConfigError) as info:
         Privatizer(*parts, "dchi").fit(TEXTS, LABELS[:3])
     assert info.value.parameter == "labels"
+
+
+def test_right_padding_even_if_the_tokenizer_pads_left(parts):
+    bottom, tokenizer = parts
+    tokenizer.padding_side = "left"
+    _, mask = Privatizer(bottom, tokenizer, "none").encode(["the movie good", "a"])
+    assert mask[1].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_fit_runs_the_bottom_only_until_the_sample_is_full(parts):
+    bottom, tokenizer = parts
+    bottom.calls.clear()
+    priv = Privatizer(bottom, tokenizer, small("dchi")).fit(TEXTS * 4, LABELS * 4, sample_tokens=11, batch_size=2)
+    assert len(bottom.calls) == 2  # 3-5 real tokens per text: one batch of 2 < 11 <= two batches
+    assert priv.state.clip_norm > 0

@@ -1,0 +1,114 @@
+"""Auth, the error envelope everywhere, x-request-id on every response, outages -> 503."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
+
+from api import deps
+from api.db import repo
+from api.main import create_app
+from tests.api.conftest import job_body
+
+ENVELOPE_KEYS = {"message", "type", "param", "code"}
+
+
+def _assert_envelope(r, status):
+    assert r.status_code == status, r.text
+    assert set(r.json()["error"]) >= ENVELOPE_KEYS
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer sk-pt-000000000000-" + "x" * 43}, {"Authorization": "Basic abc"}]
+)
+def test_missing_or_invalid_key_is_401(env, headers):
+    r = env.client.get("/v1/fine_tuning/jobs", headers=headers)
+    _assert_envelope(r, 401)
+    assert r.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+
+
+def test_revoked_key_is_401_and_keys_are_stored_hashed(env):
+    with env.session() as s:
+        key, _ = repo.create_api_key(s, "acme", key_name="ci")
+    assert env.client.get("/v1/models", headers=env.headers(key)).status_code == 200
+    with env.session() as s:
+        from api.db.models import ApiKey
+
+        stored = [row.key_hash for row in s.query(ApiKey)]
+        assert key not in stored and all(len(h) == 64 for h in stored)
+        assert repo.revoke_api_key(s, key)
+    _assert_envelope(env.client.get("/v1/models", headers=env.headers(key)), 401)
+
+
+def test_request_id_on_every_response(env):
+    ok = env.client.get("/v1/models", headers=env.headers())
+    assert ok.headers["x-request-id"].startswith("req_")
+    echoed = env.client.get("/v1/models", headers={**env.headers(), "x-request-id": "trace-123"})
+    assert echoed.headers["x-request-id"] == "trace-123"
+    _assert_envelope(env.client.get("/v1/nothing-here", headers=env.headers()), 404)
+    _assert_envelope(env.client.delete("/v1/fine_tuning/jobs", headers=env.headers()), 405)
+    assert env.client.get("/healthz").headers["x-request-id"]
+
+
+def test_validation_errors_use_the_envelope(env):
+    r = env.client.post(
+        "/v1/fine_tuning/jobs", content=b"{not json", headers={**env.headers(), "content-type": "application/json"}
+    )
+    _assert_envelope(r, 400)
+    r = env.client.post("/v1/fine_tuning/jobs", json={"model": "minilm-l6", "bogus": 1}, headers=env.headers())
+    _assert_envelope(r, 400)
+    assert r.json()["error"]["param"] == "bogus"
+
+
+def test_json_body_limit_is_413(env):
+    body = job_body()
+    body["metadata"] = {"k": "v" * (env.settings.request_body_limit + 10)}
+    _assert_envelope(env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers()), 413)
+
+
+def test_database_outage_is_503(env):
+    def broken_db():
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    env.app.dependency_overrides[deps.get_db] = broken_db
+    r = env.client.get("/v1/fine_tuning/jobs", headers=env.headers())
+    _assert_envelope(r, 503)
+    assert r.headers["retry-after"] == "2" and r.json()["error"]["code"] == "database_unavailable"
+
+
+def test_redis_outage_is_503(env):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class DownRedis:
+        def set(self, *args, **kwargs):
+            raise RedisConnectionError("Connection refused")
+
+    env.app.dependency_overrides[deps.get_redis] = lambda: DownRedis()
+    r = env.client.get("/v1/privtune/bottoms/minilm-l6/3", headers=env.headers())
+    _assert_envelope(r, 503)
+    assert r.json()["error"]["code"] == "redis_unavailable" and r.headers["retry-after"]
+
+
+def test_unexpected_error_is_500_envelope_with_request_id(settings):
+    app = create_app(settings)
+
+    def boom():
+        raise RuntimeError("kaboom")
+
+    app.dependency_overrides[deps.get_principal] = boom
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/v1/models", headers={"x-request-id": "req-500"})
+    _assert_envelope(r, 500)
+    assert r.headers["x-request-id"] == "req-500" and "kaboom" not in r.text
+
+
+def test_openapi_document_has_tags(env):
+    spec = env.client.get("/openapi.json").json()
+    assert {"fine-tuning", "files", "models", "privtune"} <= {t["name"] for t in spec["tags"]}
+    assert spec["paths"]["/v1/fine_tuning/jobs"]["post"]["tags"] == ["fine-tuning"]
+    assert (
+        "application/octet-stream"
+        in spec["paths"]["/v1/fine_tuning/jobs/{fine_tuning_job_id}/steps"]["post"]["requestBody"]["content"]
+    )

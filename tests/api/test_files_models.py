@@ -1,0 +1,95 @@
+"""/v1/files (privatized uploads only) and /v1/models over raw HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client_sdk import wire
+
+
+def _upload(env, content: bytes, name="train.safetensors", purpose="fine-tune", key=None):
+    return env.client.post(
+        "/v1/files", files={"file": (name, content)}, data={"purpose": purpose}, headers=env.headers(key)
+    )
+
+
+def _batch(kind="privatized_batch", **tensors) -> bytes:
+    base = {"hidden": np.zeros((3, 4, 384), np.float32), "labels": np.array([0, 1, 1], np.int64)}
+    base.update(tensors)
+    base = {k: v for k, v in base.items() if v is not None}
+    return wire.encode(base, wire.WireHeader(job_id="upload", step=0, kind=kind, extra={"model": "minilm-l6"}))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"text": "I love my bank", "label": 1}\n{"text": "secret", "label": 0}\n',
+        b"plain text that is not a payload at all",
+        b"",
+        _batch(kind="step"),
+        _batch(input_ids=np.zeros((3, 4), np.int64)),
+        _batch(labels=None),
+        _batch(hidden=np.zeros((3, 4), np.float32)),
+    ],
+)
+def test_upload_rejects_anything_but_privatized_batches(env, content):
+    r = _upload(env, content)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "file"
+    assert env.client.get("/v1/files", headers=env.headers()).json()["data"] == []
+    assert [p.name for p in env.settings.file_dir.iterdir()] == []  # nothing kept on disk
+
+
+def test_upload_list_retrieve_content_delete(env):
+    data = _batch(attention_mask=np.ones((3, 4), np.uint8))
+    created = _upload(env, data).json()
+    assert created["object"] == "file" and created["bytes"] == len(data) and created["status"] == "processed"
+    second = _upload(env, data, name="b.safetensors").json()
+    listed = env.client.get("/v1/files?limit=1", headers=env.headers()).json()
+    assert [f["id"] for f in listed["data"]] == [second["id"]] and listed["has_more"]
+    assert env.client.get(f"/v1/files/{created['id']}", headers=env.headers()).json() == created
+    content = env.client.get(f"/v1/files/{created['id']}/content", headers=env.headers())
+    assert content.status_code == 200 and content.content == data
+    assert env.client.get(f"/v1/files/{created['id']}", headers=env.headers(env.other_key)).status_code == 404
+    assert env.client.get(f"/v1/files/{created['id']}/content", headers=env.headers(env.other_key)).status_code == 404
+    deleted = env.client.delete(f"/v1/files/{created['id']}", headers=env.headers()).json()
+    assert deleted == {"id": created["id"], "object": "file", "deleted": True}
+    assert env.client.get(f"/v1/files/{created['id']}", headers=env.headers()).status_code == 404
+    assert not (env.settings.file_dir / created["id"]).exists()
+
+
+def test_upload_rejects_wrong_purpose(env):
+    r = _upload(env, _batch(), purpose="assistants")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+
+
+def test_supervised_job_rejects_generation_and_model_mismatch(env):
+    file_id = _upload(env, _batch()).json()["id"]
+    body = {"model": "smollm2-135m", "training_file": file_id}
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
+    body = {
+        "model": "minilm-l6",
+        "training_file": file_id,
+        "method": {"type": "supervised", "privtune": {"task": "generation"}},
+    }
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.task"
+    other = env.client.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": "minilm-l6", "training_file": file_id},
+        headers=env.headers(env.other_key),
+    )
+    assert other.status_code == 400 and other.json()["error"]["param"] == "training_file"
+
+
+def test_models_list_and_retrieve(env):
+    data = env.client.get("/v1/models", headers=env.headers()).json()
+    assert data["object"] == "list"
+    ids = [m["id"] for m in data["data"]]
+    assert {"minilm-l6", "smollm2-135m"} <= set(ids)
+    assert all(m["object"] == "model" for m in data["data"])
+    assert env.client.get("/v1/models/smollm2-135m", headers=env.headers()).json()["id"] == "smollm2-135m"
+    r = env.client.get("/v1/models/gpt-9", headers=env.headers())
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

@@ -1,0 +1,68 @@
+"""Celery configuration (sent by name, JSON only, long visibility timeout) and the torch-free gateway."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from api.queue import celery_config, enqueue_export, enqueue_job, make_celery
+from api.settings import Settings
+
+
+def test_celery_config_is_safe_for_long_jobs():
+    settings = Settings(redis_url="redis://example:6379/3", job_visibility_timeout_s=123456)
+    conf = celery_config(settings)
+    assert conf["broker_url"] == conf["result_backend"] == "redis://example:6379/3"
+    assert conf["broker_transport_options"]["visibility_timeout"] == 123456
+    assert conf["result_backend_transport_options"]["visibility_timeout"] == 123456
+    assert conf["visibility_timeout"] == 123456
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
+    assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
+    app = make_celery(settings)
+    assert app.conf.task_routes["worker.run_job"] == {"queue": "gpu"}
+    assert app.conf.task_routes["worker.export_bottom"] == {"queue": "artifacts"}
+
+
+def test_enqueue_sends_tasks_by_name():
+    sent = []
+
+    class Recorder:
+        def send_task(self, name, args, queue):
+            sent.append((name, args, queue))
+            return type("Result", (), {"id": "task-1"})()
+
+    assert enqueue_job(Recorder(), "ftjob-1") == "task-1"
+    enqueue_export(Recorder(), "minilm-l6", 3)
+    assert sent == [("worker.run_job", ["ftjob-1"], "gpu"), ("worker.export_bottom", ["minilm-l6", 3], "artifacts")]
+
+
+def test_settings_defaults_and_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRIVTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PRIVTUNE_MAX_BATCH_SIZE", "64")
+    settings = Settings()
+    assert settings.database_url == f"sqlite:///{tmp_path}/privtune.sqlite3"
+    assert settings.artifact_dir == tmp_path / "artifacts" and settings.max_batch_size == 64
+    assert settings.max_step_bytes == 64 * 1024 * 1024 and settings.job_visibility_timeout_s == 7 * 24 * 3600
+
+
+def test_gateway_never_imports_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "import api.main, api.db.repo, api.db.migrate, api.queue, api.catalog\n"
+        "from api.settings import Settings\n"
+        f"app = api.main.create_app(Settings(data_dir={str(tmp_path)!r}))\n"
+        "api.catalog.base_model_names(); api.catalog.describe('minilm-l6')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'worker'))\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_db_layer_imports_no_fastapi():
+    code = (
+        "import sys, api.db.repo, api.db.session, api.db.migrate, api.queue, api.settings\n"
+        "assert 'fastapi' not in sys.modules and 'starlette' not in sys.modules, 'fastapi imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
