@@ -86,14 +86,17 @@ class CeleryEnqueuer:
     """:class:`Enqueuer` over the shared Celery app (``api.queue``)."""
 
     def __init__(self, celery: Any):
+        """Queue ``worker.export_bottom(model, split_layer)``."""
         self.celery = celery
 
     def job(self, job_id: str) -> None:
+        """Queue ``worker.run_job(job_id)``."""
         from api.queue import enqueue_job
 
         enqueue_job(self.celery, job_id)
 
     def export(self, model: str, split_layer: int) -> None:
+        """Queue ``worker.export_bottom(model, split_layer)``."""
         from api.queue import enqueue_export
 
         enqueue_export(self.celery, model, split_layer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,8 +46,8 @@ class PrivacyConfig:
         return torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(63))
 
     def declared(self) -> dict[str, Any]:
-        """What the device declares to the server (recorded in the job's privacy record)."""
-        return {"mechanism": self.mechanism, "eta": self.eta, **self.params}
+        """What the device declares to the server: the mechanism's full, validated configuration."""
+        return {"mechanism": self.mechanism, **self.build().config.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,11 @@ class _DeviceSession:
         self.train, self.valid = train_validation_split(examples, validation_split, seed)
         self.labels = LabelMap.fit(ex.label for ex in examples)
         path = self.client.download_bottom(model, split_layer, cache_dir=cache_dir)
-        bottom, tokenizer, _ = load_bottom(path)
+        bottom, tokenizer, manifest = load_bottom(path)
         self.privatizer = Privatizer(bottom, tokenizer, privacy.build(), max_length=max_length)
-        self.privatizer.fit([ex.text for ex in self.train], [self.labels.encode(ex.label) for ex in self.train])
+        # Neighbour sets depend only on the bottom model: cache them next to it, keyed by its digest.
+        self.privatizer.fit([ex.text for ex in self.train], [self.labels.encode(ex.label) for ex in self.train],
+                            cache_dir=Path(path).parent / "neighbours", model_id=manifest["digest"])
         self.total_steps = -(-len(self.train) // hp.batch_size) * hp.n_epochs
         return self
 

@@ -99,6 +99,7 @@ def create_file(
     session: SessionDep,
     settings: SettingsDep,
 ) -> Any:
+    """Upload a privatized training file (purpose ``fine-tune``); anything else is refused with 400."""
     if purpose != "fine-tune":
         raise BadRequest("purpose must be 'fine-tune'.", param="purpose")
     assert settings.file_dir is not None
@@ -134,17 +135,20 @@ def list_files(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
 ) -> Any:
+    """The organization's files, newest first."""
     files, has_more = repo.list_files(session, principal.organization_id, after=after, limit=limit, purpose=purpose)
     return page(files, has_more, file_object)
 
 
 @router.get("/{file_id}", response_model=FileObject, summary="Retrieve a file")
 def retrieve_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+    """One file of the organization (404 for another organization's)."""
     return file_object(repo.require_file(session, file_id, principal.organization_id))
 
 
 @router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file")
 def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+    """Delete the file and its stored content."""
     row = repo.delete_file(session, file_id, principal.organization_id)
     session.commit()
     Path(row["path"]).unlink(missing_ok=True)
@@ -153,6 +157,7 @@ def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> A
 
 @router.get("/{file_id}/content", summary="Download a file's content", response_class=FileResponse)
 def file_content(file_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+    """The stored bytes of the file."""
     row = repo.require_file(session, file_id, principal.organization_id)
     return FileResponse(row["path"], media_type="application/octet-stream", filename=row["filename"])
 

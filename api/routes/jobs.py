@@ -74,6 +74,7 @@ def list_jobs(
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJob, summary="Retrieve a fine-tuning job")
 def retrieve_job(fine_tuning_job_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+    """One job of the organization (404 for another organization's)."""
     return job_object(repo.require_job(session, fine_tuning_job_id, principal.organization_id))
 
 
@@ -113,6 +114,7 @@ def resume_job(fine_tuning_job_id: str, principal: PrincipalDep, session: Sessio
 def list_events(
     fine_tuning_job_id: str, principal: PrincipalDep, session: SessionDep, after: str | None = None, limit: Limit = 20
 ) -> Any:
+    """The job's events, newest first (default 20 per page)."""
     repo.require_job(session, fine_tuning_job_id, principal.organization_id)
     events, has_more = repo.list_events(session, fine_tuning_job_id, after=after, limit=limit)
     return page(events, has_more, event_object)
@@ -124,6 +126,7 @@ def list_events(
 def list_checkpoints(
     fine_tuning_job_id: str, principal: PrincipalDep, session: SessionDep, after: str | None = None, limit: Limit = 10
 ) -> Any:
+    """The job's checkpoints, newest first (default 10 per page)."""
     repo.require_job(session, fine_tuning_job_id, principal.organization_id)
     checkpoints, has_more = repo.list_checkpoints(session, fine_tuning_job_id, after=after, limit=limit)
     return page(checkpoints, has_more, checkpoint_object)

@@ -31,6 +31,7 @@ def list_models(principal: PrincipalDep, session: SessionDep) -> Any:
 
 @router.get("/{model_id}", response_model=ModelObject, summary="Retrieve a model")
 def retrieve_model(model_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+    """A base model, or one of the organization's fine-tuned models (404 otherwise)."""
     if model_id.startswith("ft:"):
         job = repo.job_for_model(session, principal.organization_id, model_id)
         if job is None:

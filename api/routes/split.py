@@ -48,6 +48,7 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
 def bottom_manifest(
     model: str, split_layer: int, principal: PrincipalDep, settings: SettingsDep, redis: RedisDep, enqueue: EnqueuerDep
 ) -> Any:
+    """The bottom-model export manifest; 503 ``bottom_model_preparing`` while it is exported (queued once)."""
     directory = _bottom_dir(settings, model, split_layer)
     manifest = _manifest(directory)
     if manifest is not None:
@@ -70,6 +71,7 @@ def bottom_manifest(
 def bottom_file(
     model: str, split_layer: int, filename: str, request: Request, principal: PrincipalDep, settings: SettingsDep
 ) -> Any:
+    """A file listed in the manifest; ETag = its sha256; ``If-None-Match`` answers 304."""
     directory = _bottom_dir(settings, model, split_layer)
     files = (_manifest(directory) or {}).get("files") or {}
     if filename not in files:
