@@ -1,18 +1,23 @@
-"""The base models the service offers, from the torch-free ``client_sdk.models.catalog``.
+"""The base models the service offers, from the torch-free ``client_sdk.models.catalog``
+(shipped models plus operator-registered ones, ``PRIVTUNE_EXTRA_MODELS``).
 
 The catalog is imported lazily; when it is missing the gateway falls back to a built-in table of
-the two shipped models so it still validates names and split layers.
+the two shipped models so it still validates names and split layers. Only names are accepted,
+never paths.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 from api.errors import BadRequest
 
-#: name -> (family, hidden_size, num_layers): used only when client_sdk.models.catalog is absent.
-_FALLBACK = {"minilm-l6": ("bert", 384, 6), "smollm2-135m": ("llama", 576, 30)}
+log = logging.getLogger("api.catalog")
+
+#: name -> (family, hidden_size, num_layers, max_positions): only when client_sdk.models.catalog is absent.
+_FALLBACK = {"minilm-l6": ("bert", 384, 6, 512), "smollm2-135m": ("llama", 576, 30, 8192)}
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class BaseModel:
     family: str
     hidden_size: int
     num_layers: int
+    max_positions: int
 
 
 def _catalog():  # -> module | None
@@ -34,9 +40,17 @@ def _catalog():  # -> module | None
 
 
 def base_model_names() -> list[str]:
-    """Names of the base models, in catalog order."""
+    """Names of the models offered, in catalog order (shipped first, then operator-registered)."""
     catalog = _catalog()
-    return list(catalog.BASE_MODELS) if catalog is not None else list(_FALLBACK)
+    if catalog is None:
+        return list(_FALLBACK)
+    registered = getattr(catalog, "registered_models", None)
+    if registered is not None:
+        try:
+            return list(registered())
+        except ValueError as exc:  # a malformed PRIVTUNE_EXTRA_MODELS must not take the API down
+            log.error("ignoring operator-registered models: %s", exc)
+    return list(catalog.BASE_MODELS)
 
 
 @lru_cache(maxsize=64)
@@ -51,13 +65,12 @@ def describe(name: str) -> BaseModel:
         )
     catalog = _catalog()
     if catalog is None:
-        family, hidden, layers = _FALLBACK[name]
-        return BaseModel(name, family, hidden, layers)
+        return BaseModel(name, *_FALLBACK[name])
     try:
         info = catalog.describe_model(name)
     except ValueError as exc:
         raise BadRequest(str(exc), param="model", code="model_not_found") from None
-    return BaseModel(info.name, info.family, int(info.hidden_size), int(info.num_layers))
+    return BaseModel(name, info.family, int(info.hidden_size), int(info.num_layers), int(info.max_positions))
 
 
 def check_split_layer(name: str, split_layer: int, param: str = "method.privtune.split_layer") -> BaseModel:

@@ -100,6 +100,7 @@ def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str)
             param="method",
         )
     cfg = (req.method.privtune if req.method else None) or PrivtuneConfig()
+    declared_privacy = cfg.privacy.model_dump(mode="json", exclude_unset=True)  # recorded as the client sent it
     legacy = req.hyperparameters
     if req.method and req.method.supervised and req.method.supervised.hyperparameters:
         legacy = req.method.supervised.hyperparameters
@@ -117,9 +118,12 @@ def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str)
         if cfg.task != "classification":
             raise BadRequest("Upload mode supports classification only.", param=f"{P}.task")
         cfg = _from_manifest(cfg, req.model, training.get("manifest") or {})
-    catalog.check_split_layer(req.model, cfg.split_layer)
+    model = catalog.check_split_layer(req.model, cfg.split_layer)
     _check_bounds(cfg, settings)
+    if cfg.max_tokens > model.max_positions:
+        raise BadRequest(f"max_tokens must be <= {model.max_positions} for {req.model}.", param=f"{P}.max_tokens")
     privtune = cfg.model_dump(mode="json")
+    privtune["privacy"] = {**declared_privacy, "mechanism": cfg.privacy.mechanism}
     hyper = {
         "batch_size": cfg.batch_size,
         "learning_rate_multiplier": cfg.optimizer.learning_rate / DEFAULT_LEARNING_RATE,

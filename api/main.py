@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from api.db.session import make_engine, make_session_factory
@@ -39,6 +40,7 @@ def _body_limit(settings: Settings):
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.threadpool_size
     async with reaper_task(app, app.state.settings.reaper_interval_s):
         yield
     redis = getattr(app.state, "redis", None)

@@ -19,12 +19,21 @@ GPU_QUEUE = "gpu"
 ARTIFACTS_QUEUE = "artifacts"
 
 
+def celery_url(redis_url: str) -> str:
+    """The Celery/kombu spelling of a redis-py URL: ``unix:///path.sock`` becomes
+    ``redis+socket:///path.sock`` (the embedded Redis listens on a unix socket); others are unchanged."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://") :]
+    return redis_url
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: late acks, one task per worker process at a time, JSON only, routes by name."""
     visibility = {"visibility_timeout": settings.job_visibility_timeout_s}
+    url = celery_url(settings.redis_url)
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": url,
+        "result_backend": url,
         "broker_transport_options": dict(visibility),
         "result_backend_transport_options": dict(visibility),
         "visibility_timeout": settings.job_visibility_timeout_s,

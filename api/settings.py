@@ -35,10 +35,19 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, gt=0, description="Upper bound of a job's batch_size.")
     max_tokens: int = Field(512, gt=0, description="Upper bound of a job's max_tokens (sequence length).")
     step_timeout_s: float = Field(120.0, gt=0, description="How long a step request waits for the worker.")
+    threadpool_size: int = Field(
+        200,
+        gt=0,
+        description="Worker threads for blocking calls; each waiting step holds one for up to step_timeout_s.",
+    )
 
     lease_seconds: int = Field(60, gt=0, description="A worker's lease on a job; renewed by heartbeats.")
     heartbeat_seconds: int = Field(10, gt=0, description="How often a worker renews its lease.")
     checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints.")
+    log_every_steps: int = Field(10, gt=0, description="Steps between the worker's metrics events.")
+    device_idle_timeout_s: float = Field(
+        900.0, gt=0, description="A running job with no step for this long is paused (with a checkpoint)."
+    )
     job_visibility_timeout_s: int = Field(
         7 * 24 * 3600, gt=0, description="Redis visibility timeout; longer than any job (the DB lease rules)."
     )

@@ -1,4 +1,11 @@
-"""Header-only checks of a step payload against its job (torch-free; runs before the relay).
+"""Header-only checks of a step-channel payload against its job (torch-free; runs before the relay).
+
+What the device may send (``client_sdk/protocol.py``):
+
+- ``kind="step"``, step >= 1: ``hidden`` + ``attention_mask`` [+ ``grad_output`` of the previous
+  step], or ``grad_output`` alone (a "flush" of the last gradient);
+- ``kind="infer"``: ``hidden`` + ``attention_mask`` only (output, no state change);
+- ``kind="step"`` with extra ``final="1"``: no tensors (save the adapter and finish).
 
 A payload that fails here never reaches the worker and leaves the job untouched.
 """
@@ -13,6 +20,7 @@ from api.errors import BadRequest, Unprocessable
 from client_sdk import protocol, wire
 
 _CODES = {wire.DtypeRejected: "dtype_rejected", wire.ShapeRejected: "shape_rejected"}
+KINDS = ("step", "infer")
 
 
 def step_shape(job: dict[str, Any]) -> protocol.StepShape:
@@ -37,41 +45,60 @@ def _unprocessable(exc: wire.WireError) -> Unprocessable:
     return Unprocessable(str(exc), param=wire_param(exc), code=code)
 
 
-def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
-    """Validate a ``step`` payload for ``job`` and return its header.
-
-    Raises ``WireError`` (-> 400) for a malformed payload (declared sizes beyond the limits included), ``BadRequest`` for a header that does
-    not belong to this job, ``Unprocessable`` (422, ``param`` = tensor) for tensors that do not fit
-    the job's model, task, batch size or token bound.
-    """
-    try:
-        header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
-    except wire.SizeLimitExceeded as exc:  # the body itself fits (checked before reading): declarations lie
-        raise BadRequest(str(exc), param=wire_param(exc), code="size_limit_exceeded") from None
-    if header.kind != "step":
+def _check_header(header: wire.WireHeader, job: dict[str, Any], require_final: bool) -> bool:
+    if header.kind not in KINDS:
         raise BadRequest(
-            f"payload kind is {header.kind!r}; a step payload has kind 'step'", param="kind", code="invalid_header"
+            f"payload kind is {header.kind!r}; expected one of {list(KINDS)}", param="kind", code="invalid_header"
         )
     if header.job_id != job["id"]:
         raise BadRequest(
             f"payload is for job {header.job_id!r}, not {job['id']!r}", param="job_id", code="invalid_header"
         )
-    if header.step < 1:
-        raise BadRequest("steps are numbered from 1", param="step", code="invalid_header")
-    final = header.extra.get(protocol.FINAL) == "1"
+    final = header.kind == "step" and header.extra.get(protocol.FINAL) == "1"
     if require_final and not final:
         raise BadRequest(
             "the completion payload must carry extra final='1'", param=protocol.FINAL, code="invalid_header"
         )
-    shape = step_shape(job)
-    specs = [] if final else shape.activation_specs()
-    if protocol.GRAD_OUTPUT in infos:
+    if header.kind == "step" and not final and header.step < 1:
+        raise BadRequest("steps are numbered from 1", param="step", code="invalid_header")
+    return final
+
+
+def _specs(infos: dict[str, wire.TensorInfo], shape: protocol.StepShape, kind: str, final: bool) -> list:
+    if final:
+        if infos:
+            raise Unprocessable(
+                "the completion payload carries no tensors; send the last gradient first as a step with grad_output only",
+                param=sorted(infos)[0],
+                code="shape_rejected",
+            )
+        return []
+    has_activations = protocol.HIDDEN in infos or protocol.ATTENTION_MASK in infos
+    flush = kind == "step" and not has_activations and protocol.GRAD_OUTPUT in infos  # grad_output only
+    specs = [] if flush else shape.activation_specs()
+    if kind == "step" and protocol.GRAD_OUTPUT in infos:
         specs.append(_grad_spec(shape))
+    return specs
+
+
+def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
+    """Validate a step-channel payload for ``job`` and return its header.
+
+    Raises ``WireError`` (-> 400) for a malformed payload (declared sizes beyond the limits included),
+    ``BadRequest`` for a header that does not belong to this job, ``Unprocessable`` (422, ``param`` =
+    tensor) for tensors that do not fit the job's model, task, batch size or token bound.
+    """
     try:
-        wire.check_specs(infos, specs)
+        header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
+    except wire.SizeLimitExceeded as exc:  # the body itself fits (checked before reading): declarations lie
+        raise BadRequest(str(exc), param=wire_param(exc), code="size_limit_exceeded") from None
+    final = _check_header(header, job, require_final)
+    shape = step_shape(job)
+    try:
+        wire.check_specs(infos, _specs(infos, shape, header.kind, final))
     except (wire.ShapeRejected, wire.DtypeRejected) as exc:
         raise _unprocessable(exc) from None
-    if not final:
+    if protocol.HIDDEN in infos:
         reason = shape.check_sizes(infos[protocol.HIDDEN].shape, infos[protocol.ATTENTION_MASK].shape)
         if reason:
             param = protocol.ATTENTION_MASK if "attention_mask" in reason else protocol.HIDDEN

@@ -3,8 +3,9 @@
 - ``GET /v1/privtune/bottoms/{model}/{split_layer}``: the export's manifest, or 503
   ``bottom_model_preparing`` (Retry-After: 2) while the export task (queued once) runs.
 - ``GET .../files/{filename}``: a file listed in the manifest; ETag = its sha256, immutable.
-- ``POST /v1/fine_tuning/jobs/{id}/steps``: a ``step`` payload in, the top model's reply out.
-- ``POST /v1/fine_tuning/jobs/{id}/complete``: optional final gradient; returns the job.
+- ``POST /v1/fine_tuning/jobs/{id}/steps``: a ``step`` / ``infer`` payload in, the worker's reply out.
+- ``POST /v1/fine_tuning/jobs/{id}/complete``: optional completion payload (``final="1"``, no
+  tensors); the worker saves the adapter and finishes; returns the job.
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ async def post_step(
     settings: SettingsDep,
     relay: RelayDep,
 ) -> Response:
-    """Relay a ``step`` payload (hidden, attention_mask, optional grad_output of the previous step) to
-    the job's worker; answer its ``step_reply``. A retried step gets the same reply."""
+    """Relay a payload to the job's worker and answer its reply: a ``step`` (hidden, attention_mask,
+    grad_output of the previous step; or grad_output alone to flush the last gradient) or an ``infer``
+    request (hidden, attention_mask; no state change). A retried step gets the same reply."""
     limit = settings.max_step_bytes
     job = await _running_job(request, session, principal.organization_id, fine_tuning_job_id, limit)
     if job["status"] != st.RUNNING:
@@ -155,8 +157,9 @@ async def complete_job(
     settings: SettingsDep,
     relay: RelayDep,
 ) -> Any:
-    """Send the final gradient (optional body: a ``step`` payload with extra ``final="1"``); the
-    worker applies it, saves the adapter and finishes. Idempotent once the job has succeeded."""
+    """Finish interactive training (optional body: a ``step`` payload with extra ``final="1"`` and no
+    tensors; send the last gradient before as a flush step). The worker saves the adapter and ends
+    the job. Idempotent once the job has succeeded."""
     limit = settings.max_step_bytes
     job = await _running_job(request, session, principal.organization_id, fine_tuning_job_id, limit)
     if job["status"] == st.SUCCEEDED:
@@ -167,9 +170,8 @@ async def complete_job(
     if body:
         header = await run_in_threadpool(check_step, body, job, limit, require_final=True)
         step = header.step
-    else:
-        step = int(job["steps_completed"]) + 1
-        extra = {protocol.FINAL: "1"}
+    else:  # the completion request is not numbered (protocol.py)
+        step, extra = 0, {protocol.FINAL: "1"}
         body = wire.encode({}, wire.WireHeader(job_id=fine_tuning_job_id, step=step, kind="step", extra=extra))
     await run_in_threadpool(relay.submit, fine_tuning_job_id, step, body, settings.step_timeout_s)
     await run_in_threadpool(session.rollback)  # see the worker's commits

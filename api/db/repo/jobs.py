@@ -121,8 +121,10 @@ def cancel_job(session: Session, organization_id: str, job_id: str) -> dict[str,
 
 def pause_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
     """Set ``paused``; a running worker checkpoints and releases the job. Only from queued/running."""
+    was_running = require_job(session, job_id, organization_id)["status"] == st.RUNNING
     job = _transition(session, organization_id, job_id, st.PAUSABLE, "paused", {"status": st.PAUSED})
-    add_event(session, job_id, "Job paused", data={"step": job["steps_completed"]})
+    message = "Pause requested; the worker saves a checkpoint and releases the job" if was_running else "Job paused"
+    add_event(session, job_id, message, data={"step": job["steps_completed"]})
     return job
 
 

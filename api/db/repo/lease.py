@@ -1,8 +1,10 @@
 """What the worker calls: claim a job under a lease, heartbeat, release, finish; and the reaper.
 
-Every function runs in the caller's transaction (use ``session_scope`` so it commits) and each
-state change is a single conditional ``UPDATE``, so two workers (or two gateway reapers) can never
-both win. Leases are float unix times; the database row is the source of truth, not Celery.
+Every function runs in the caller's transaction (use ``session_scope`` or ``sessionmaker.begin()``
+so it commits) and each state change is a single conditional ``UPDATE``, so two workers (or two
+gateway reapers) can never both win. Leases are float unix times; the database row is the source of
+truth, not Celery. These functions write no events (the worker writes its own, richer ones), except
+the reaper's "Job restarted", which has no worker to write it.
 """
 
 from __future__ import annotations
@@ -55,16 +57,7 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
         started_at=func.coalesce(Job.started_at, int(now)),
         attempt=Job.attempt + 1,
     )
-    if claimed != 1:
-        return None
-    job = _current(session, job_id)
-    add_event(
-        session,
-        job_id,
-        "Job started" if job.attempt == 1 else f"Job resumed (attempt {job.attempt})",
-        data={"attempt": job.attempt, "step": job.steps_completed},
-    )
-    return snapshot(job)
+    return snapshot(_current(session, job_id)) if claimed == 1 else None
 
 
 def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float, steps_completed: int | None = None) -> str:
@@ -95,9 +88,6 @@ def release_job(session: Session, job_id: str, worker_id: str, status: str) -> b
     allowed = {st.RUNNING, st.QUEUED} | ({st.PAUSED} if status == st.PAUSED else set())
     owned = Job.id == job_id, Job.lease_owner == worker_id
     if _update(session, *owned, Job.status.in_(allowed), status=status, **_NO_LEASE) == 1:
-        job = _current(session, job_id)
-        message = "Job paused" if status == st.PAUSED else "Job re-queued by its worker"
-        add_event(session, job_id, f"{message} at step {job.steps_completed}", data={"step": job.steps_completed})
         return True
     return _update(session, *owned, **_NO_LEASE) == 1
 
@@ -132,12 +122,6 @@ def finish_job(
     if _update(session, *owned, Job.status.not_in(st.TERMINAL), **values) != 1:
         _update(session, *owned, **_NO_LEASE)
         return False
-    if status == st.SUCCEEDED:
-        add_event(session, job_id, "The job has successfully completed", data={"fine_tuned_model": fine_tuned_model})
-    elif status == st.FAILED:
-        add_event(session, job_id, f"Job failed: {(error or {}).get('message') or 'unknown error'}", level="error")
-    else:
-        add_event(session, job_id, "Job cancelled")
     return True
 
 
