@@ -98,7 +98,7 @@ class DeviceTrainer:
             logits = reply[protocol.OUTPUT].float().requires_grad_(True)  # (b, c)
             loss = F.cross_entropy(logits, targets)
             loss.backward()
-            grad, loss_value = logits.grad.detach(), float(loss)
+            grad, loss_value = logits.grad.detach(), loss.item()
             mask = tensors[protocol.ATTENTION_MASK]
             self.report.activation_elements += int(mask.sum()) * tensors[protocol.HIDDEN].shape[-1]
             self.report.losses.append(loss_value)

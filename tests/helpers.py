@@ -16,8 +16,7 @@ def make_tiny_bert(path: Path, hidden: int = 32, layers: int = 4, heads: int = 4
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,

@@ -44,7 +44,7 @@ def _wait_status(client, job_id: str, statuses: set[str], timeout: float = 90) -
 
 def _step(job_id: str, step: int, grad: torch.Tensor | None = None, seed: int = 0, **extra) -> bytes:
     g = torch.Generator().manual_seed(seed)
-    tensors = {protocol.HIDDEN: torch.randn(4, 6, D, generator=g), protocol.ATTENTION_MASK: torch.ones(4, 6)}
+    tensors = {protocol.HIDDEN: torch.randn(4, 6, D, generator=g), protocol.ATTENTION_MASK: torch.ones(4, 6, dtype=torch.uint8)}
     if grad is not None:
         tensors[protocol.GRAD_OUTPUT] = grad
     return wire.encode(tensors, wire.WireHeader(job_id, step, "step", extra=extra))
@@ -128,11 +128,11 @@ def test_bad_steps_change_nothing(service):
     nan[0, 0, 0] = float("nan")
     bad_payloads = [
         wire.encode(
-            {protocol.HIDDEN: torch.randn(4, 6, D + 1), protocol.ATTENTION_MASK: torch.ones(4, 6)},
+            {protocol.HIDDEN: torch.randn(4, 6, D + 1), protocol.ATTENTION_MASK: torch.ones(4, 6, dtype=torch.uint8)},
             wire.WireHeader(job.id, 1, "step"),
         ),  # wrong hidden size
         wire.encode(
-            {protocol.HIDDEN: nan, protocol.ATTENTION_MASK: torch.ones(4, 6)},
+            {protocol.HIDDEN: nan, protocol.ATTENTION_MASK: torch.ones(4, 6, dtype=torch.uint8)},
             wire.WireHeader(job.id, 1, "step"),
             float_dtype="float32",
         ),  # NaN
