@@ -10,31 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from api.db import repo
-from api.relay import StepMessage, WorkerChannel
+from api.relay import WorkerChannel
 from client_sdk import protocol, wire
 from client_sdk.models.catalog import describe_model
+from worker.step_server import StepRejected, StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
 
 log = logging.getLogger(__name__)
-
-
-class _Rejected(Exception):
-    def __init__(self, status: int, code: str, message: str, param: str | None = None, expected: int | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.param, self.expected = status, code, message, param, expected
-
-
-@dataclass
-class _Served:
-    step: int
-    reply: bytes
 
 
 class JobRunner:
@@ -55,7 +41,6 @@ class JobRunner:
         self.device = pick_device(device)
         self.limits = wire.WireLimits(max_payload_bytes=settings.max_step_bytes)
         self.trainer: TopTrainer | None = None
-        self.last: _Served | None = None
         self.last_checkpoint_step = 0
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
 
@@ -102,6 +87,9 @@ class JobRunner:
         )
         self.job, self.spec = job, spec
         self.trainer = TopTrainer(spec, self.device, model_cache_dir=self.settings.model_cache_dir)
+        self.server = StepServer(
+            self.trainer, self.shape, self.job_id, self.limits, on_update=self._after_update, on_finish=self._finish
+        )
         checkpoint = self._db(repo.latest_checkpoint)
         if checkpoint:
             step = self.trainer.load(checkpoint["path"])
@@ -137,11 +125,12 @@ class JobRunner:
                 continue
             last_seen = time.monotonic()
             try:
-                finished = self._handle(message)
-            except _Rejected as rej:
+                reply = self.server.handle(message.payload)
+            except StepRejected as rej:
                 self.channel.reject(message.request_id, rej.status, rej.code, rej.message, rej.param, rej.expected)
                 continue
-            if finished:
+            self.channel.reply(message.request_id, reply)
+            if self.server.finished:
                 return "succeeded"
 
     def _pause(self, message: str, idle: bool = False) -> str:
@@ -155,98 +144,6 @@ class JobRunner:
             data={"kind": "job_paused", "step": self.trainer.steps_applied},
         )
         return "paused"
-
-    # ---- one request --------------------------------------------------------------------------
-    def _handle(self, message: StepMessage) -> bool:
-        """Serve one request; returns True when the job finished. Raises _Rejected on bad input."""
-        try:
-            header, tensors = wire.decode(message.payload, self.limits)
-        except wire.WireError as exc:
-            raise _Rejected(400, "invalid_payload", str(exc)) from None
-        if header.job_id != self.job_id or header.kind not in ("step", "infer"):
-            raise _Rejected(400, "invalid_payload", "payload is not a step or inference request of this job")
-        if header.kind == "infer":
-            self._check_activations(tensors)
-            output = self.trainer.infer(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
-            self.channel.reply(message.request_id, self._encode_output(output, header.step, "infer_reply"))
-            return False
-        if header.extra.get(protocol.FINAL) == "1":  # completion: idempotent, not numbered
-            self._finish()
-            self.channel.reply(
-                message.request_id, wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
-            )
-            return True
-        if self.last is not None and header.step == self.last.step:  # a retry: same reply, no second update
-            self.channel.reply(message.request_id, self.last.reply)
-            return False
-        trainer = self.trainer
-        expected = trainer.steps_applied + (2 if trainer.has_pending else 1)
-        if header.step != expected:
-            raise _Rejected(
-                409,
-                "step_out_of_order",
-                f"expected step {expected}, got {header.step}",
-                param="step",
-                expected=expected,
-            )
-        grad = tensors.get(protocol.GRAD_OUTPUT)
-        self._check_gradient(grad)
-        flush = protocol.HIDDEN not in tensors
-        if not flush:
-            self._check_activations(tensors)
-        if grad is not None:
-            grad_norm = trainer.apply_gradient(grad)
-            self._after_update(header, grad_norm, batch=grad.shape[0])
-        if flush:
-            reply = wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
-        else:
-            output = trainer.forward(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
-            reply = self._encode_output(output, header.step, "step_reply")
-        self.last = _Served(header.step, reply)
-        self.channel.reply(message.request_id, reply)
-        return False
-
-    def _encode_output(self, output: torch.Tensor, step: int, kind: str) -> bytes:
-        float_dtype = "float32" if self.shape.task == "classification" else "float16"
-        return wire.encode({protocol.OUTPUT: output}, wire.WireHeader(self.job_id, step, kind), float_dtype=float_dtype)
-
-    def _check_gradient(self, grad: torch.Tensor | None) -> None:
-        if self.trainer.has_pending and grad is None:
-            raise _Rejected(
-                400,
-                "missing_gradient",
-                "this step must carry grad_output for the previous step",
-                param=protocol.GRAD_OUTPUT,
-            )
-        if not self.trainer.has_pending and grad is not None:
-            raise _Rejected(
-                400,
-                "unexpected_gradient",
-                "no pending output: send this step without grad_output",
-                param=protocol.GRAD_OUTPUT,
-            )
-        if grad is not None and tuple(grad.shape) != self.trainer.pending_shape():
-            raise _Rejected(
-                400,
-                "invalid_payload",
-                f"grad_output has shape {list(grad.shape)}; expected {list(self.trainer.pending_shape())}",
-                param=protocol.GRAD_OUTPUT,
-            )
-
-    def _check_activations(self, tensors: dict[str, torch.Tensor]) -> None:
-        for spec in self.shape.activation_specs():
-            t = tensors.get(spec.name)
-            if t is None:
-                raise _Rejected(400, "invalid_payload", f"payload lacks tensor {spec.name!r}", param=spec.name)
-            if t.dim() != len(spec.shape) or any(w is not None and g != w for g, w in zip(t.shape, spec.shape, strict=True)):
-                raise _Rejected(
-                    400, "invalid_payload", f"tensor {spec.name!r} has shape {list(t.shape)}", param=spec.name
-                )
-        reason = self.shape.check_sizes(
-            tuple(tensors[protocol.HIDDEN].shape), tuple(tensors[protocol.ATTENTION_MASK].shape)
-        )
-        if reason:
-            raise _Rejected(400, "invalid_payload", reason, param=protocol.HIDDEN)
 
     def _after_update(self, header: wire.WireHeader, grad_norm: float, batch: int) -> None:
         step = self.trainer.steps_applied
