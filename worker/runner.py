@@ -42,6 +42,7 @@ class JobRunner:
         self.limits = wire.WireLimits(max_payload_bytes=settings.max_step_bytes)
         self.trainer: TopTrainer | None = None
         self.last_checkpoint_step = 0
+        self._last_heartbeat = float("-inf")
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
 
     # ---- database helpers ---------------------------------------------------------------------
@@ -106,9 +107,7 @@ class JobRunner:
         idle_limit = float(getattr(self.settings, "device_idle_timeout_s", 900))
         last_seen = time.monotonic()
         while True:
-            status = self._db(
-                repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied
-            )
+            status = self._control()
             if status == "cancelled":
                 self.channel.discard_pending()
                 self._event("Job cancelled; worker stopped and released its memory", data={"kind": "job_cancelled"})
@@ -132,6 +131,16 @@ class JobRunner:
             self.channel.reply(message.request_id, reply)
             if self.server.finished:
                 return "succeeded"
+
+    def _control(self) -> str:
+        """The job's status, read before every step; the lease is renewed every ``heartbeat_seconds``."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= float(self.settings.heartbeat_seconds):
+            self._last_heartbeat = now
+            return self._db(
+                repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied
+            )
+        return self._db(repo.check_control, self.worker_id)
 
     def _pause(self, message: str, idle: bool = False) -> str:
         if self.trainer.steps_applied > self.last_checkpoint_step:

@@ -23,7 +23,7 @@ from api.db.repo.jobs import (
     resume_job,
 )
 from api.db.repo.keys import Principal, authenticate, create_api_key, get_or_create_organization, revoke_api_key
-from api.db.repo.lease import claim_job, finish_job, heartbeat, reap_expired, release_job
+from api.db.repo.lease import check_control, claim_job, finish_job, heartbeat, reap_expired, release_job
 from api.db.repo.naming import default_model_name
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "add_event",
     "authenticate",
     "cancel_job",
+    "check_control",
     "claim_job",
     "create_api_key",
     "create_file",

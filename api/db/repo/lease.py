@@ -79,6 +79,18 @@ def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float, ste
     raise LeaseLost(job_id, worker_id, job.lease_owner, job.status)
 
 
+def check_control(session: Session, job_id: str, worker_id: str) -> str:
+    """Read-only twin of :func:`heartbeat` for every step between heartbeats: the job's status, or
+    :class:`LeaseLost` when another worker owns it or the reaper re-queued it. One indexed SELECT."""
+    row = session.execute(select(Job.status, Job.lease_owner).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        raise ObjectNotFound("fine-tuning job", job_id)
+    status, owner = row
+    if owner == worker_id or (owner is None and (status in st.TERMINAL or status == st.PAUSED)):
+        return status
+    raise LeaseLost(job_id, worker_id, owner, status)
+
+
 def release_job(session: Session, job_id: str, worker_id: str, status: str) -> bool:
     """Give the job back without finishing it: ``paused`` (after a pause checkpoint) or ``queued``
     (e.g. worker shutdown). Clears the lease. Never overrides a finished/cancelled job, and
