@@ -60,7 +60,9 @@ class Service:
             "PRIVTUNE_CHECKPOINT_EVERY": "4",
             "PRIVTUNE_LOG_EVERY_STEPS": "2",
             "PRIVTUNE_STEP_TIMEOUT_S": "30",
-            "PRIVTUNE_REAPER_INTERVAL_S": "0",
+            "PRIVTUNE_REAPER_INTERVAL_S": "1",
+            "PRIVTUNE_LEASE_SECONDS": "4",
+            "PRIVTUNE_HEARTBEAT_SECONDS": "1",
         }
         self.worker: subprocess.Popen | None = None
         self.server = None
@@ -100,6 +102,16 @@ class Service:
             assert time.monotonic() < deadline, "gateway did not start"
             time.sleep(0.05)
         return self
+
+    def start_worker(self) -> None:
+        log = open(self.tmp / "worker.log", "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "privtune.cli", "worker", "--queues", "gpu,artifacts"]
+        self.worker = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
+
+    def kill_worker(self) -> None:
+        """SIGKILL: no cleanup, no ack, no event; the lease simply stops being renewed."""
+        self.worker.kill()
+        self.worker.wait(timeout=10)
 
     def new_key(self, org: str) -> str:
         from sqlalchemy.orm import sessionmaker

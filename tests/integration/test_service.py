@@ -44,7 +44,10 @@ def _wait_status(client, job_id: str, statuses: set[str], timeout: float = 90) -
 
 def _step(job_id: str, step: int, grad: torch.Tensor | None = None, seed: int = 0, **extra) -> bytes:
     g = torch.Generator().manual_seed(seed)
-    tensors = {protocol.HIDDEN: torch.randn(4, 6, D, generator=g), protocol.ATTENTION_MASK: torch.ones(4, 6, dtype=torch.uint8)}
+    tensors = {
+        protocol.HIDDEN: torch.randn(4, 6, D, generator=g),
+        protocol.ATTENTION_MASK: torch.ones(4, 6, dtype=torch.uint8),
+    }
     if grad is not None:
         tensors[protocol.GRAD_OUTPUT] = grad
     return wire.encode(tensors, wire.WireHeader(job_id, step, "step", extra=extra))
@@ -147,4 +150,56 @@ def test_bad_steps_change_nothing(service):
     assert wire.decode(client.post_step(job.id, _step(job.id, 1)))[0].step == 1
     with pytest.raises(NotFoundError):  # another organization sees nothing
         service.client(service.other_key).retrieve_job(job.id)
+    client.cancel_job(job.id)
+
+
+def _events_text(client, job_id: str) -> str:
+    return "\n".join(e.message for e in client.iter_events(job_id))
+
+
+def _wait_event(client, job_id: str, needle: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in _events_text(client, job_id):
+        assert time.monotonic() < deadline, f"no event containing {needle!r}: {_events_text(client, job_id)}"
+        time.sleep(0.2)
+
+
+def _train_steps(client, job_id: str, first: int, last: int, grad_first: bool) -> None:
+    for step in range(first, last + 1):
+        grad = torch.zeros(4, 2) if (step > first or grad_first) else None
+        client.post_step(job_id, _step(job_id, step, grad=grad, seed=step))
+
+
+def test_pause_checkpoints_and_resume_continues_from_there(service):
+    client = service.client()
+    job = client.create_job(**_job_body(total_steps=10))
+    _wait_status(client, job.id, {"running"})
+    _train_steps(client, job.id, 1, 3, grad_first=False)  # gradients of steps 1 and 2 applied
+    assert client.pause_job(job.id).status == "paused"
+    _wait_event(client, job.id, "Job paused at step 2")
+    assert max(c.step_number for c in client.list_checkpoints(job.id).data) == 2
+    client.resume_job(job.id)
+    _wait_event(client, job.id, "resumed from checkpoint at step 2")
+    _wait_status(client, job.id, {"running"})
+    with pytest.raises(ConflictError) as info:  # step 3's forward was lost with the pause: redo it
+        client.post_step(job.id, _step(job.id, 4, grad=torch.zeros(4, 2)))
+    assert info.value.expected_step == 3
+    client.post_step(job.id, _step(job.id, 3))
+    client.cancel_job(job.id)
+
+
+def test_killed_worker_job_is_requeued_and_resumes_from_checkpoint(service):
+    client = service.client()
+    job = client.create_job(**_job_body(total_steps=20))
+    _wait_status(client, job.id, {"running"})
+    _train_steps(client, job.id, 1, 6, grad_first=False)  # 5 gradients applied; checkpoint at step 4
+    service.kill_worker()
+    service.start_worker()
+    # the lease expires, the gateway's reaper re-queues the job, the new worker resumes it
+    _wait_event(client, job.id, "resumed from checkpoint at step 4", timeout=90)
+    _wait_status(client, job.id, {"running"})
+    with pytest.raises(ConflictError) as info:
+        client.post_step(job.id, _step(job.id, 7, grad=torch.zeros(4, 2)))
+    assert info.value.expected_step == 5
+    client.post_step(job.id, _step(job.id, 5))
     client.cancel_job(job.id)
