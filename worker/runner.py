@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from client_sdk import protocol, wire
 from client_sdk.models.catalog import describe_model
 from worker.step_server import StepRejected, StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
+from worker.upload import load_privatized_file, total_steps, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,14 @@ class JobRunner:
         spec = TrainSpec.from_job(job)
         info = describe_model(spec.model)
         cfg = (job.get("method") or {}).get("privtune") or {}
+        upload_mode = (job.get("method") or {}).get("type") == "supervised"
+        data = None
+        if upload_mode:
+            file = self._db_file(job["training_file"])
+            data = load_privatized_file(file["path"], self.settings.max_file_bytes, info.hidden_size, spec.num_labels)
+            spec = replace(
+                spec, total_steps=total_steps(len(data), int(cfg.get("batch_size", 32)), int(cfg.get("n_epochs", 1)))
+            )
         self.shape = protocol.StepShape(
             hidden_size=info.hidden_size,
             task=spec.task,
@@ -89,8 +99,10 @@ class JobRunner:
         self.job, self.spec = job, spec
         self.trainer = TopTrainer(spec, self.device, model_cache_dir=self.settings.model_cache_dir)
         self.server = StepServer(
-            self.trainer, self.shape, self.job_id, self.limits, on_update=self._after_update, on_finish=self._finish
-        )
+            self.trainer, self.shape, self.job_id, self.limits,
+            on_update=lambda header, norm, batch: self._after_update(header.extra.get(protocol.LOSS), norm, batch),
+            on_finish=self._finish,
+        )  # fmt: skip
         checkpoint = self._db(repo.latest_checkpoint)
         if checkpoint:
             step = self.trainer.load(checkpoint["path"])
@@ -101,22 +113,55 @@ class JobRunner:
             )
         else:
             self._event(f"Training started on {self.device.type} ({self.worker_id})", data={"kind": "job_started"})
+        if data is not None:
+            return self._train_upload(data, int(cfg.get("batch_size", 32)))
         return self._serve()
+
+    def _db_file(self, file_id: str) -> dict[str, Any]:
+        with self.sessionmaker.begin() as session:
+            row = repo.get_file(session, file_id)
+        if row is None:
+            raise ValueError(f"training file {file_id} no longer exists")
+        return row
+
+    def _stop_requested(self, status: str) -> str | None:
+        """React to a control status: the end state to return, or None to go on."""
+        if status == "cancelled":
+            self.channel.discard_pending()
+            self._event("Job cancelled; worker stopped and released its memory", data={"kind": "job_cancelled"})
+            return "cancelled"
+        if status == "paused":
+            return self._pause("Job paused")
+        if status != "running":
+            log.warning("job %s has status %s; stopping", self.job_id, status)
+            return status
+        return None
+
+    def _train_upload(self, data, batch_size: int) -> str:
+        """Upload mode: no device in the loop; the same checkpoints, events, cancel and pause."""
+        outcome: list[str] = []
+
+        def should_stop() -> bool:
+            end = self._stop_requested(self._control())
+            if end:
+                outcome.append(end)
+            return end is not None
+
+        steps = train_steps(self.trainer, data, batch_size, self.spec.seed, self.spec.total_steps, should_stop)
+        for loss, grad_norm, batch in steps:
+            self._after_update(loss, grad_norm, batch)
+        if outcome:
+            return outcome[0]
+        self._finish()
+        return "succeeded"
 
     def _serve(self) -> str:
         idle_limit = float(getattr(self.settings, "device_idle_timeout_s", 900))
         last_seen = time.monotonic()
         while True:
-            status = self._control()
-            if status == "cancelled":
-                self.channel.discard_pending()
-                self._event("Job cancelled; worker stopped and released its memory", data={"kind": "job_cancelled"})
-                return "cancelled"
-            if status == "paused":
-                return self._pause("Job paused")
-            if status != "running":
-                log.warning("job %s has status %s; stopping", self.job_id, status)
-                return status
+            end = self._stop_requested(self._control())
+            if end:
+                return end
             message = self.channel.receive(timeout_s=1.0)
             if message is None:
                 if time.monotonic() - last_seen > idle_limit:
@@ -154,13 +199,12 @@ class JobRunner:
         )
         return "paused"
 
-    def _after_update(self, header: wire.WireHeader, grad_norm: float, batch: int) -> None:
+    def _after_update(self, loss: float | str | None, grad_norm: float, batch: int) -> None:
         step = self.trainer.steps_applied
         start, samples = self._window
         samples += batch
         self._window = (start, samples)
         every = int(getattr(self.settings, "log_every_steps", 10))
-        loss = header.extra.get(protocol.LOSS)
         if step % every == 0 or step == self.spec.total_steps:
             elapsed = max(time.monotonic() - start, 1e-9)
             data = {

@@ -203,3 +203,36 @@ def test_killed_worker_job_is_requeued_and_resumes_from_checkpoint(service):
     assert info.value.expected_step == 5
     client.post_step(job.id, _step(job.id, 5))
     client.cancel_job(job.id)
+
+
+def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
+    """Upload mode with the official client, unmodified: files.create + fine_tuning.jobs.create."""
+    import openai
+
+    from client_sdk.models import load_bottom
+    from client_sdk.privatizer import Privatizer
+    from client_sdk.upload import write_privatized_file
+
+    sdk = service.client()
+    bottom, tokenizer, manifest = load_bottom(sdk.download_bottom(TINY_MODEL, 2, cache_dir=tmp_path / "cache"))
+    data = toy_dataset(64)
+    privatizer = Privatizer(bottom, tokenizer, "dchi", max_length=16).fit([t for t, _ in data])
+    path = write_privatized_file(privatizer, data, tmp_path / "train.safetensors", model=TINY_MODEL)
+
+    client = openai.OpenAI(base_url=service.base_url, api_key=service.api_key, max_retries=0)
+    file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL, training_file=file.id, suffix="upload", hyperparameters={"n_epochs": 2, "batch_size": 8}
+    )
+    deadline = time.monotonic() + 120
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, service.worker_log()
+        time.sleep(0.3)
+    assert job.status == "succeeded", (job.error, service.worker_log())
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
+    events = list(client.fine_tuning.jobs.list_events(job.id))
+    assert any(e.type == "metrics" for e in events)
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert max(c.step_number for c in checkpoints) == 16  # 64 examples / 8 per batch x 2 epochs
+    with pytest.raises(openai.BadRequestError):  # raw text is refused
+        client.files.create(file=("train.jsonl", b'{"text": "secret", "label": 1}\n'), purpose="fine-tune")
