@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,50 +120,19 @@ class FineTuneJob:
         if task != "classification":
             raise ValueError(f"task {task!r} is not supported by FineTuneJob.create yet; use 'classification'")
         session = _DeviceSession.prepare(
-            dataset,
-            model,
-            privacy or PrivacyConfig(),
-            hyperparameters,
-            split_layer,
-            max_length,
-            validation_split,
-            seed,
-            client,
-            cache_dir,
-        )
+            dataset, model=model, privacy=privacy, hyperparameters=hyperparameters, split_layer=split_layer,
+            max_length=max_length, validation_split=validation_split, seed=seed, client=client, cache_dir=cache_dir,
+        )  # fmt: skip
         record = session.client.create_job(**session.job_body(suffix, metadata))
         return session.run(record, start_step=1, progress=progress)
 
     @classmethod
-    def resume(
-        cls,
-        job_id: str,
-        dataset: Any,
-        model: str = "minilm-l6",
-        privacy: PrivacyConfig | None = None,
-        hyperparameters: Hyperparameters | dict | None = None,
-        *,
-        split_layer: int = 3,
-        max_length: int = 64,
-        validation_split: float = 0.1,
-        seed: int = 0,
-        client: Client | None = None,
-        progress: bool = True,
-        cache_dir: str | None = None,
-    ) -> FineTuneJob:
-        """Continue an interrupted or paused job with the same data and settings it was created with."""
-        session = _DeviceSession.prepare(
-            dataset,
-            model,
-            privacy or PrivacyConfig(),
-            hyperparameters,
-            split_layer,
-            max_length,
-            validation_split,
-            seed,
-            client,
-            cache_dir,
-        )
+    def resume(cls, job_id: str, dataset: Any, *, progress: bool = True, **options: Any) -> FineTuneJob:
+        """Continue an interrupted or paused job. Pass the dataset and the keyword arguments of
+        :meth:`create` (model, privacy, hyperparameters, split_layer, seed, ...) that created it."""
+        for create_only in ("suffix", "metadata", "task"):
+            options.pop(create_only, None)
+        session = _DeviceSession.prepare(dataset, **options)
         record = session.client.retrieve_job(job_id)
         if record.status == "paused":
             record = session.client.resume_job(job_id)
@@ -177,23 +146,25 @@ class _DeviceSession:
     @classmethod
     def prepare(
         cls,
-        dataset,
-        model,
-        privacy,
-        hyperparameters,
-        split_layer,
-        max_length,
-        validation_split,
-        seed,
-        client,
-        cache_dir,
+        dataset: Any,
+        *,
+        model: str = "minilm-l6",
+        privacy: PrivacyConfig | None = None,
+        hyperparameters: Hyperparameters | dict | None = None,
+        split_layer: int = 3,
+        max_length: int = 64,
+        validation_split: float = 0.1,
+        seed: int = 0,
+        client: Client | None = None,
+        cache_dir: str | None = None,
     ) -> _DeviceSession:
         from client_sdk.models import load_bottom
         from client_sdk.privatizer import Privatizer
 
         self = cls()
         self.client = client or Client()
-        self.model, self.privacy, self.split_layer, self.seed = model, privacy, split_layer, seed
+        self.model, self.split_layer, self.seed = model, split_layer, seed
+        self.privacy = privacy = privacy or PrivacyConfig()
         self.max_length = max_length
         hp = (
             hyperparameters
@@ -208,8 +179,12 @@ class _DeviceSession:
         bottom, tokenizer, manifest = load_bottom(path)
         self.privatizer = Privatizer(bottom, tokenizer, privacy.build(), max_length=max_length)
         # Neighbour sets depend only on the bottom model: cache them next to it, keyed by its digest.
-        self.privatizer.fit([ex.text for ex in self.train], [self.labels.encode(ex.label) for ex in self.train],
-                            cache_dir=Path(path).parent / "neighbours", model_id=manifest["digest"])
+        self.privatizer.fit(
+            [ex.text for ex in self.train],
+            [self.labels.encode(ex.label) for ex in self.train],
+            cache_dir=Path(path).parent / "neighbours",
+            model_id=manifest["digest"],
+        )
         self.total_steps = -(-len(self.train) // hp.batch_size) * hp.n_epochs
         return self
 

@@ -22,9 +22,16 @@ from client_sdk import wire
 from client_sdk.data import LabelMap, load_examples
 
 
-def write_privatized_file(privatizer: Any, dataset: Any, path: str | os.PathLike, *, model: str,
-                          batch_size: int = 64, generator: torch.Generator | None = None,
-                          labels: LabelMap | None = None) -> Path:
+def write_privatized_file(
+    privatizer: Any,
+    dataset: Any,
+    path: str | os.PathLike,
+    *,
+    model: str,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    labels: LabelMap | None = None,
+) -> Path:
     """Privatize every example of ``dataset`` and write the upload file to ``path``; returns it.
 
     Sequences are padded to the privatizer's ``max_length`` so all batches share one (n, t, d) tensor.

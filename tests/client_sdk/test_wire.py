@@ -140,7 +140,9 @@ def test_non_finite_rejected_by_decode():
 
 def test_step_specs_check_names_dtypes_and_shapes():
     shape = protocol.StepShape(hidden_size=8, task="classification", num_labels=2, max_batch_size=4, max_tokens=16)
-    good = wire.encode({"hidden": torch.ones(2, 5, 8), "attention_mask": torch.ones(2, 5, dtype=torch.int64)}, _header())
+    good = wire.encode(
+        {"hidden": torch.ones(2, 5, 8), "attention_mask": torch.ones(2, 5, dtype=torch.int64)}, _header()
+    )
     _, infos = wire.inspect(good)
     wire.check_specs(infos, shape.activation_specs())
     assert shape.check_sizes(infos["hidden"].shape, infos["attention_mask"].shape) is None

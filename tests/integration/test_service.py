@@ -236,3 +236,32 @@ def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
     assert max(c.step_number for c in checkpoints) == 16  # 64 examples / 8 per batch x 2 epochs
     with pytest.raises(openai.BadRequestError):  # raw text is refused
         client.files.create(file=("train.jsonl", b'{"text": "secret", "label": 1}\n'), purpose="fine-tune")
+
+
+def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
+    from client_sdk import FineTuneJob
+    from client_sdk.jobs import _DeviceSession
+    from client_sdk.training import DeviceTrainer
+
+    options = dict(
+        model=TINY_MODEL,
+        split_layer=2,
+        max_length=16,
+        hyperparameters={"batch_size": 8, "n_epochs": 2},
+        client=service.client(),
+    )
+    data = toy_dataset(64)
+    session = _DeviceSession.prepare(data, **options)
+    client = session.client
+    job = client.create_job(**session.job_body(None, None))
+    _wait_status(client, job.id, {"running"})
+    first = DeviceTrainer(
+        job.id, lambda p: client.post_step(job.id, p), session.privatizer, session.labels, session.train, 8
+    )
+    first.train(5)  # the device goes away after 5 steps (their gradients applied)
+    client.pause_job(job.id)
+    _wait_event(client, job.id, "Job paused at step 5")
+    resumed = FineTuneJob.resume(job.id, data, progress=False, **options)
+    assert resumed.record.status == "succeeded", service.worker_log()
+    assert resumed.report.steps == session.total_steps
+    assert max(c.step_number for c in resumed.checkpoints()) == session.total_steps

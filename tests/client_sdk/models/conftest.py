@@ -29,21 +29,9 @@ def _save(model, tokenizer, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 4-layer BERT encoder (d=32) with a WordPiece tokenizer over a 64-token vocabulary."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from tests.helpers import make_tiny_bert
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return _save(BertModel(config), tokenizer, path)
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), hidden=HIDDEN, layers=LAYERS, heads=HEADS)
 
 
 @pytest.fixture(scope="session")
