@@ -1,0 +1,398 @@
+"""One privacy-utility experiment, trained through the service's own split code, in one process.
+
+``run_experiment(config, resources)`` does, for one ``ExperimentConfig``:
+
+1. load the dataset's private / public / test parts (``evaluation.data``);
+2. fit a ``Privatizer`` (the device's audit point) on the private training texts and labels;
+3. train with ``DeviceTrainer`` posting the real wire payloads to the worker's ``StepServer.handle``
+   (``TopTrainer``: LoRA on the top blocks), i.e. the same code as a service job minus HTTP and
+   Redis; every step privatizes its batch again, so each epoch sees fresh noise;
+4. measure utility: test accuracy through the same perturbed path (private inference), and,
+   labelled separately, with unperturbed representations at inference time;
+5. record what the server observed during the last epoch (``ServerView``: the decoded payloads,
+   i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``) for the first
+   ``n_attack`` private texts of that epoch, and run the attacks on it under both threat models
+   (``evaluation.attacks_adapter``).
+
+The result is one JSON-able row. The undefended figures (the same attacks with mechanism ``none``)
+are attached by ``evaluation.sweep.Runner``, which runs and caches the baseline row first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client_sdk import protocol, wire
+from client_sdk.data import Example, LabelMap, batch_indices
+from evaluation.data import EvalData, load_eval_data
+
+HARNESS_VERSION = 1  # part of every key: bump when a change makes old rows incomparable
+NOISELESS = ("none", "opt3", "opt3_importance")
+OPT3_MECHANISMS = ("opt3", "opt3_importance", "privtune")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one experiment (and so its key).
+
+    ``eta`` is the d_chi privacy parameter of the noise mechanisms (``dchi``, ``dchi_importance``,
+    ``privtune``); for ``gaussian`` it sets ``noise_multiplier = sqrt(2) / eta``, the same
+    per-coordinate standard deviation as l1 d_chi noise at that eta (Delta = 2C for both), so all
+    noise mechanisms share one axis. It must be None for ``none``/``opt3``/``opt3_importance``
+    (no noise); None for a noise mechanism means its configured default. ``hops`` sets the OPT-3
+    hop count n (OPT-3 mechanisms only). ``params`` are further mechanism options as sorted
+    (name, value) pairs, e.g. (("metric", "l2"),). ``attack_budget`` ("quick" | "full") is passed to
+    the attacks. ``n_attack`` private texts of the last epoch are attacked.
+    """
+
+    dataset: str = "vader-movie"
+    model: str = "minilm-l6"
+    mechanism: str = "privtune"
+    eta: float | None = None
+    hops: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    split_layer: int = 3
+    n_train: int = 2000
+    n_public: int = 2000
+    n_test: int = 1000
+    n_attack: int = 256
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    lora_r: int = 8
+    max_length: int = 64
+    seed: int = 0
+    attack_budget: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.mechanism in NOISELESS and self.eta is not None:
+            raise ValueError(f"mechanism {self.mechanism!r} adds no noise: eta must be None")
+        if self.hops is not None and self.mechanism not in OPT3_MECHANISMS:
+            raise ValueError(f"hops applies to OPT-3 mechanisms {OPT3_MECHANISMS}, not {self.mechanism!r}")
+        object.__setattr__(self, "params", tuple(sorted(tuple(p) for p in self.params)))
+        if self.eta is not None:
+            object.__setattr__(self, "eta", float(self.eta))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``params`` as a dict. ``from_dict`` inverts it."""
+        out = asdict(self)
+        out["params"] = dict(self.params)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Inverse of ``to_dict`` (unknown keys raise ``TypeError``)."""
+        data = dict(data)
+        data["params"] = tuple(sorted((data.get("params") or {}).items()))
+        return cls(**data)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the config and the harness version (the JSONL row key)."""
+        blob = json.dumps({"v": HARNESS_VERSION, **self.to_dict()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def baseline(self) -> ExperimentConfig:
+        """The same experiment with mechanism ``none`` (plain split learning): the undefended row."""
+        return replace(self, mechanism="none", eta=None, hops=None, params=())
+
+    def mechanism_params(self) -> dict[str, Any]:
+        """Keyword arguments for ``client_sdk.privacy.get_mechanism(self.mechanism, ...)``."""
+        params = dict(self.params)
+        if self.eta is not None:
+            if self.mechanism == "gaussian":
+                params["noise_multiplier"] = math.sqrt(2.0) / self.eta
+            else:
+                params["eta"] = self.eta
+        if self.hops is not None:
+            params["hops"] = self.hops
+        return params
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``privtune eta=20 l=3 hops=3``."""
+        parts = [self.mechanism]
+        if self.eta is not None:
+            parts.append(f"eta={self.eta:g}")
+        parts.append(f"l={self.split_layer}")
+        if self.hops is not None:
+            parts.append(f"hops={self.hops}")
+        parts += [f"{k}={v}" for k, v in self.params]
+        return " ".join(parts)
+
+
+def config_fields() -> tuple[str, ...]:
+    """The field names of ``ExperimentConfig`` (for CLIs and reports)."""
+    return tuple(f.name for f in fields(ExperimentConfig))
+
+
+# ---------------------------------------------------------------- shared, cached resources
+
+
+@dataclass
+class Resources:
+    """Per-process caches: bottom + tokenizer and token prototypes per (model, l), datasets.
+
+    Prototypes are also cached on disk under ``cache_dir`` (with the neighbour index), so a resumed
+    sweep does not recompute them. ``data_dir`` is passed to ``evaluation.data``.
+    """
+
+    cache_dir: Path
+    data_dir: str | None = None
+    _bottoms: dict[tuple[str, int], tuple[Any, Any]] = field(default_factory=dict)
+    _data: dict[tuple, EvalData] = field(default_factory=dict)
+
+    def bottom(self, model: str, split_layer: int) -> tuple[Any, Any]:
+        """(bottom, tokenizer) for ``model`` cut after ``split_layer``; ``token_prototypes`` memoised."""
+        key = (model, split_layer)
+        if key not in self._bottoms:
+            from client_sdk.models import build_bottom
+
+            bottom, tokenizer = build_bottom(model, split_layer)
+            prototypes = self._prototypes(bottom, model, split_layer)
+            bottom.token_prototypes = lambda *args, **kwargs: prototypes  # the fit reuses them
+            self._bottoms = {key: (bottom, tokenizer)}  # keep one bottom at a time (memory)
+        return self._bottoms[key]
+
+    def _prototypes(self, bottom: Any, model: str, split_layer: int) -> torch.Tensor:
+        from safetensors.torch import load_file, save_file
+
+        name = hashlib.sha256(f"{model}:{split_layer}".encode()).hexdigest()[:12]
+        path = self.cache_dir / f"prototypes-{name}.safetensors"
+        if path.exists():
+            return load_file(str(path))["prototypes"]
+        prototypes = bottom.token_prototypes().detach().float().cpu().contiguous()  # (|V|, d)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"prototypes": prototypes}, str(path))
+        return prototypes
+
+    def data(self, config: ExperimentConfig) -> EvalData:
+        """The dataset parts for ``config`` (cached per dataset, sizes and seed)."""
+        key = (config.dataset, config.n_train, config.n_public, config.n_test, config.seed)
+        if key not in self._data:
+            self._data[key] = load_eval_data(*key[:4], seed=config.seed, data_dir=self.data_dir)
+        return self._data[key]
+
+
+def model_id(model: str, split_layer: int) -> str:
+    """The id the neighbour cache is keyed by (a path is reduced to a short hash)."""
+    return model if "/" not in model else "path-" + hashlib.sha256(model.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- what the server sees
+
+
+class ServerView:
+    """A ``post`` wrapper that keeps what the server received on chosen steps, then forwards.
+
+    ``steps``: the training steps whose activations are kept; their ``grad_output`` (which arrives
+    with the next step's payload, or with the final flush) is kept too. Payloads are decoded with
+    the same codec the worker uses, so the tensors are exactly what the server saw (float16).
+    """
+
+    def __init__(self, post: Any, steps: set[int]):
+        self.post, self.steps = post, steps
+        self.hidden: dict[int, torch.Tensor] = {}
+        self.mask: dict[int, torch.Tensor] = {}
+        self.grad: dict[int, torch.Tensor] = {}
+
+    def __call__(self, payload: bytes) -> bytes:
+        header, tensors = wire.decode(payload)
+        if header.kind == "step":
+            if header.step in self.steps and protocol.HIDDEN in tensors:
+                self.hidden[header.step] = tensors[protocol.HIDDEN].float()
+                self.mask[header.step] = tensors[protocol.ATTENTION_MASK].long()
+            if header.step - 1 in self.steps and protocol.GRAD_OUTPUT in tensors:
+                self.grad[header.step - 1] = tensors[protocol.GRAD_OUTPUT].float()
+        return self.post(payload)
+
+
+def _pad_cat(chunks: list[torch.Tensor], length: int, value: float = 0) -> torch.Tensor:
+    """Concatenate (b_i, t_i, ...) chunks along dim 0, right-padding dim 1 to ``length``."""
+    out = []
+    for c in chunks:
+        pad = [0, 0] * (c.dim() - 2) + [0, length - c.shape[1]]
+        out.append(torch.nn.functional.pad(c, pad, value=value))
+    return torch.cat(out)
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, seconds."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def machine() -> dict[str, Any]:
+    """CPU, core count and torch threads of this machine (for the report)."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+# ---------------------------------------------------------------- the experiment
+
+
+def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, Any]:
+    """Train, evaluate and attack one configuration; returns its result row (JSON-able).
+
+    Promises: the row has ``key``, ``config``, ``utility`` (``accuracy`` through the perturbed path,
+    ``accuracy_unperturbed_inference``, ``chance``), ``noise`` (measured noise-to-signal ratio of what
+    was sent, the privacy record), ``attacks`` (one entry per attack and threat model with ``asr``
+    and ``chance``), ``timing`` and ``machine``. Nothing is written anywhere but the neighbour /
+    prototype cache in ``resources.cache_dir``.
+    """
+    from client_sdk.privacy import get_mechanism
+    from client_sdk.privatizer import Privatizer
+    from client_sdk.training import DeviceTrainer
+    from evaluation.attacks_adapter import run_attacks
+    from worker.step_server import StepServer
+    from worker.trainer import TopTrainer, TrainSpec
+
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    data = resources.data(config)
+    bottom, tokenizer = resources.bottom(config.model, config.split_layer)
+    mechanism = get_mechanism(config.mechanism, **config.mechanism_params())
+    labels = LabelMap.fit(r.label for r in data.private)
+    examples = [r.example() for r in data.private]
+    texts = [ex.text for ex in examples]
+    label_ids = [labels.encode(ex.label) for ex in examples]
+    test = [r.example() for r in data.test if r.label in labels.names]
+
+    t0 = time.perf_counter()
+    privatizer = Privatizer(bottom, tokenizer, mechanism, max_length=config.max_length)
+    if config.mechanism != "none":
+        privatizer.fit(texts, label_ids, cache_dir=resources.cache_dir / "neighbours",
+                       model_id=model_id(config.model, config.split_layer),
+                       generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+    timing["fit_s"] = time.perf_counter() - t0
+
+    per_epoch = -(-len(examples) // config.batch_size)
+    total_steps = per_epoch * config.epochs
+    first = per_epoch * (config.epochs - 1) + 1  # the last epoch's first step
+    watched = set(range(first, min(total_steps, first - 1 + -(-config.n_attack // config.batch_size)) + 1))
+    spec = TrainSpec(
+        model=config.model, split_layer=config.split_layer, task="classification", num_labels=len(labels.names),
+        total_steps=total_steps, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
+        learning_rate=config.learning_rate, seed=config.seed,
+    )  # fmt: skip
+    job_id = f"eval-{config.key()}"
+    top = TopTrainer(spec)
+    shape = protocol.StepShape(bottom.hidden_size, "classification", len(labels.names), 1024, config.max_length)
+    server = StepServer(top, shape, job_id)
+    view = ServerView(server.handle, watched)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, generator)
+    t0 = time.perf_counter()
+    report = device.train(total_steps)
+    timing["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    accuracy = device.evaluate(test)
+    plain = Privatizer(bottom, tokenizer, "none", max_length=config.max_length)
+    accuracy_plain = DeviceTrainer(job_id, server.handle, plain, labels, examples, config.batch_size).evaluate(test)
+    timing["eval_s"] = time.perf_counter() - t0
+    majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
+
+    observation = build_observation(view, data, examples, config, privatizer, per_epoch)
+    t0 = time.perf_counter()
+    attacks = run_attacks(observation, config, resources, data, privatizer, top, labels)
+    timing["attack_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - started
+    top.close()
+    return {
+        "key": config.key(),
+        "label": config.label(),
+        "config": config.to_dict(),
+        "harness_version": HARNESS_VERSION,
+        "status": "ok",
+        "utility": {
+            "accuracy": accuracy,
+            "accuracy_unperturbed_inference": accuracy_plain,
+            "chance": majority,
+            "n_test": len(test),
+            "final_loss": sum(report.losses[-per_epoch:]) / max(len(report.losses[-per_epoch:]), 1),
+            "steps": report.steps,
+        },
+        "noise": {"ratio": observation.noise_ratio, "privacy": _privacy(privatizer)},
+        "attacks": attacks,
+        "data": data.summary(),
+        "timing": {k: round(v, 2) for k, v in timing.items()},
+        "machine": machine(),
+        "finished_at": now_iso(),
+    }
+
+
+def _privacy(privatizer: Any) -> dict[str, Any]:
+    """The privacy record, reduced to JSON-able scalars."""
+    record = privatizer.privacy_record()
+    return json.loads(json.dumps(record, default=lambda o: o.tolist() if torch.is_tensor(o) else str(o)))
+
+
+@dataclass
+class ObservedBatch:
+    """What the attacks get: the server's view plus, for scoring only, the truth about the texts."""
+
+    hidden: torch.Tensor  # (n, t, d) perturbed, as sent (float16 on the wire)
+    attention_mask: torch.Tensor  # (n, t)
+    input_ids: torch.Tensor  # (n, t) scoring only
+    special_mask: torch.Tensor  # (n, t) bool, scoring only
+    clean: torch.Tensor  # (n, t, d) unperturbed bottom output, scoring / diagnostics only
+    grad_output: torch.Tensor | None  # (n, C) dL/d(logits) the server received
+    labels: torch.Tensor  # (n,) task labels, scoring only
+    attributes: list[str | None]  # private attribute per text, scoring only
+    texts: list[str]
+    noise_ratio: float  # mean over real, non-special tokens of ||sent - clean|| / ||clean||
+
+
+@torch.no_grad()
+def build_observation(
+    view: ServerView, data: EvalData, examples: list[Example], config: ExperimentConfig, privatizer: Any, per_epoch: int
+) -> ObservedBatch:
+    """Assemble the watched steps into one batch, with the ground truth for scoring."""
+    hidden, masks, ids, clean, grads, label_ids, attributes, texts = [], [], [], [], [], [], [], []
+    labels = LabelMap.fit(ex.label for ex in examples)
+    for step in sorted(view.hidden):
+        idx = batch_indices(len(examples), config.batch_size, step, config.seed)
+        batch_texts = [examples[i].text for i in idx]
+        input_ids, mask = privatizer.encode(batch_texts)  # the same tokenisation the device used
+        if not torch.equal(mask, view.mask[step]):
+            raise RuntimeError(f"step {step}: re-encoded batch does not match what was sent")
+        hidden.append(view.hidden[step])
+        masks.append(mask)
+        ids.append(input_ids)
+        clean.append(privatizer._bottom(input_ids, mask).hidden.float().cpu())  # (b, t, d)
+        if step in view.grad:
+            grads.append(view.grad[step])
+        label_ids += [labels.encode(examples[i].label) for i in idx]
+        attributes += [data.private[i].attribute for i in idx]
+        texts += batch_texts
+    length = max(m.shape[1] for m in masks)
+    n = min(config.n_attack, sum(m.shape[0] for m in masks))
+    input_ids = _pad_cat(ids, length)[:n]
+    mask = _pad_cat(masks, length)[:n]
+    special = privatizer._special_mask(input_ids)
+    sent, plain = _pad_cat(hidden, length)[:n], _pad_cat(clean, length)[:n]
+    real = mask.bool() & ~special
+    ratio = ((sent - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-8))[real]
+    return ObservedBatch(
+        hidden=sent, attention_mask=mask, input_ids=input_ids, special_mask=special, clean=plain,
+        grad_output=torch.cat(grads)[:n] if len(grads) == len(hidden) else None,
+        labels=torch.tensor(label_ids[:n]), attributes=attributes[:n], texts=texts[:n],
+        noise_ratio=float(ratio.mean()) if ratio.numel() else float("nan"),
+    )  # fmt: skip
