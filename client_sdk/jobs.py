@@ -208,7 +208,7 @@ class _DeviceSession:
                         "weight_decay": hp.weight_decay,
                         "warmup_steps": hp.warmup_steps,
                     },
-                    "privacy": self.privacy.declared(),
+                    "privacy": {**self.privacy.declared(), "record": self.privatizer.privacy_record()},
                 },
             },
             "hyperparameters": {"batch_size": hp.batch_size, "n_epochs": hp.n_epochs, "learning_rate_multiplier": 1.0},
@@ -259,7 +259,7 @@ class _DeviceSession:
             "bytes_sent": trainer.report.bytes_sent,
             "bytes_received": trainer.report.bytes_received,
             "samples_per_second": round(report.samples_per_second, 3),
-            "privacy": self.privacy.declared(),
+            "privacy": {**self.privacy.declared(), "record": self.privatizer.privacy_record()},
             "hyperparameters": asdict(self.hp),
         }
         return FineTuneJob(self.client, record, report, metrics)

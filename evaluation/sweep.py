@@ -1,0 +1,214 @@
+"""Grids of experiments, run resumably into a JSON-lines file (one row per finished experiment).
+
+    from evaluation.sweep import ResultStore, Runner, grid
+    runner = Runner(ResultStore("results.jsonl"), Resources(Path(".privtune/eval-cache")))
+    runner.run_all(grid(quick=True))
+
+Every row carries its config's ``key`` (a hash of the config and the harness version); a re-run
+skips every config whose key is already in the file, so an interrupted sweep resumes where it
+stopped. Before a defended experiment the runner makes sure the undefended baseline (the same
+config with mechanism ``none``) has a row, and copies its ASRs into the defended row.
+
+Grids (``grid(quick)`` concatenates them, shared configs run once):
+    eta        dchi and privtune over ETAS (+ the ``none`` row = the paper's "None" column; ``opt3``
+               = privtune's eta -> infinity limit); gaussian and dchi_importance in the full grid
+    ablation   all seven mechanisms at ETA_REF (Table V shape)
+    split      none and privtune at ETA_REF for split layers 3 / 4 / 5 (Table IV shape)
+    hops       privtune at ETA_REF for hops 3 / 4 / 5 (Table V hop rows)
+    attribute  vader-mixed and multiemo (domain attribute): none, dchi and privtune at two etas
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from evaluation.harness import ExperimentConfig, Resources, run_experiment
+
+ETAS_FULL = (5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 160.0, 320.0)
+ETAS_QUICK = (10.0, 40.0, 160.0)
+ETA_REF = 40.0
+MECHANISMS = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
+
+FULL_BASE = ExperimentConfig(n_train=2000, n_public=2000, n_test=1000, n_attack=256, epochs=3, attack_budget="full")
+QUICK_BASE = ExperimentConfig(
+    n_train=512, n_public=1000, n_test=300, n_attack=128, epochs=1, attack_budget="quick"
+)
+
+
+def _noise(mechanism: str, eta: float | None) -> float | None:
+    return None if mechanism in ("none", "opt3", "opt3_importance") else eta
+
+
+def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[ExperimentConfig]:
+    """The configs of the named grids (default: all) in run order, without duplicates."""
+    base = QUICK_BASE if quick else FULL_BASE
+    etas = ETAS_QUICK if quick else ETAS_FULL
+    chosen = tuple(names or GRIDS)
+    unknown = set(chosen) - set(GRIDS)
+    if unknown:
+        raise ValueError(f"unknown grid(s) {sorted(unknown)}; known: {list(GRIDS)}")
+    configs: list[ExperimentConfig] = []
+    for name in chosen:
+        configs += GRIDS[name](base, etas, quick)
+    seen: set[str] = set()
+    return [c for c in configs if not (c.key() in seen or seen.add(c.key()))]
+
+
+def _eta_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    mechanisms = ("dchi", "privtune") if quick else ("dchi", "privtune", "gaussian", "dchi_importance")
+    out = [replace(base, mechanism="none"), replace(base, mechanism="opt3")]
+    for mechanism in mechanisms:
+        out += [replace(base, mechanism=mechanism, eta=eta) for eta in etas]
+    return out
+
+
+def _ablation_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    return [replace(base, mechanism=m, eta=_noise(m, ETA_REF)) for m in MECHANISMS]
+
+
+def _split_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    layers = (3, 5) if quick else (3, 4, 5)
+    out = []
+    for layer in layers:
+        out += [replace(base, mechanism="none", split_layer=layer)]
+        out += [replace(base, mechanism="privtune", eta=ETA_REF, split_layer=layer)]
+    return out
+
+
+def _hops_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    hops = (3, 5) if quick else (3, 4, 5)
+    return [replace(base, mechanism="privtune", eta=ETA_REF, hops=n) for n in hops]
+
+
+def _attribute_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    datasets = ("vader-mixed",) if quick else ("vader-mixed", "multiemo")
+    levels = (ETA_REF,) if quick else (10.0, ETA_REF)
+    out = []
+    for dataset in datasets:
+        at = replace(base, dataset=dataset)
+        out.append(replace(at, mechanism="none"))
+        for eta in levels:
+            out += [replace(at, mechanism="dchi", eta=eta), replace(at, mechanism="privtune", eta=eta)]
+    return out
+
+
+GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[ExperimentConfig]]] = {
+    "eta": _eta_grid,
+    "ablation": _ablation_grid,
+    "split": _split_grid,
+    "hops": _hops_grid,
+    "attribute": _attribute_grid,
+}
+
+
+class ResultStore:
+    """Append-only JSON-lines file of result rows, indexed by ``key``.
+
+    A truncated last line (a crash mid-write) is ignored on reading; rows are flushed and fsynced
+    one at a time, so a finished experiment is never lost.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and "key" in row:
+                    self._rows[row["key"]] = row
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The row with ``key``, or None."""
+        return self._rows.get(key)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows, in file order (later duplicates replace earlier ones)."""
+        return list(self._rows.values())
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row durably and index it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._rows[row["key"]] = row
+
+
+def attach_undefended(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Copy the baseline's ASR of the same attack and threat model into each attack entry of ``row``."""
+    base = {(a["name"], a["threat_model"]): a for a in baseline.get("attacks", [])}
+    for attack in row.get("attacks", []):
+        ref = base.get((attack["name"], attack["threat_model"]))
+        attack["undefended_asr"] = None if ref is None else ref["asr"]
+    row["undefended_key"] = baseline["key"]
+    row["utility"]["undefended_accuracy"] = baseline["utility"]["accuracy"]
+    return row
+
+
+class Runner:
+    """Runs configs into a ``ResultStore``, skipping finished keys and running baselines first."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        resources: Resources,
+        log: Callable[[str], None] | None = None,
+        experiment: Callable[[ExperimentConfig, Resources], dict[str, Any]] = run_experiment,
+    ):
+        self.store, self.resources, self.experiment = store, resources, experiment
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.trained = 0  # experiments actually run (not skipped) by this runner
+
+    def run(self, config: ExperimentConfig) -> dict[str, Any]:
+        """The row of ``config``: from the store if finished, else run (baseline first) and stored."""
+        row = self.store.get(config.key())
+        if row is not None:
+            return row
+        baseline = self.run(config.baseline()) if config.mechanism != "none" else None
+        started = time.perf_counter()
+        self.log(f"[eval] running {config.dataset} {config.label()} ({config.key()})")
+        row = self.experiment(config, self.resources)
+        self.trained += 1
+        row = attach_undefended(row, baseline if baseline is not None else row)
+        self.store.append(row)
+        self.log(f"[eval] done in {time.perf_counter() - started:.0f} s: accuracy {row['utility']['accuracy']:.3f}")
+        return row
+
+    def run_all(self, configs: Iterable[ExperimentConfig], budget_s: float | None = None) -> dict[str, int]:
+        """Run every config (finished ones are skipped); a failing config is logged and left for a re-run.
+
+        ``budget_s``: stop starting new experiments after this many seconds. Returns counts of
+        ``done`` (already in the store), ``ran``, ``failed`` and ``left`` (not started: budget).
+        """
+        counts = {"done": 0, "ran": 0, "failed": 0, "left": 0}
+        started = time.perf_counter()
+        for config in configs:
+            if config.key() in self.store:
+                counts["done"] += 1
+                continue
+            if budget_s is not None and time.perf_counter() - started > budget_s:
+                counts["left"] += 1
+                continue
+            before = self.trained
+            try:
+                self.run(config)
+                counts["ran"] += self.trained - before
+            except Exception:  # one broken config must not stop a long sweep
+                counts["failed"] += 1
+                self.log(f"[eval] FAILED {config.label()} ({config.key()}):\n{traceback.format_exc()}")
+        return counts
