@@ -12,14 +12,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import make_tiny_bert
 
-PG_URL = os.environ.get("PRIVTUNE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("PRIVTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_BASE = os.environ.get("PRIVTUNE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("PRIVTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DBS = range(8, 16)  # one per concurrent test run, claimed with a lock key
 TINY_MODEL = "tiny-bert"
 
 
@@ -28,33 +30,60 @@ def _require_services() -> None:
     import sqlalchemy
 
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        redis.Redis.from_url(REDIS_BASE, socket_connect_timeout=2).ping()
     except Exception as exc:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis is not reachable at {REDIS_BASE}: {exc}")
     try:
-        with sqlalchemy.create_engine(PG_URL).connect() as conn:
+        with sqlalchemy.create_engine(PG_BASE).connect() as conn:
             conn.exec_driver_sql("select 1")
     except Exception as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_BASE}: {exc}")
 
 
-def _reset_database(url: str) -> None:
+def _claim_redis_db(run_id: str) -> str:
+    """A Redis database of our own (Celery queues are per database), so concurrent runs never share."""
+    import redis
+
+    for db in REDIS_DBS:
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
+        if client.set("privtune-test-lock", run_id, nx=True, ex=3600):
+            for key in client.scan_iter():  # leftovers of an earlier, killed run
+                if key != b"privtune-test-lock":
+                    client.delete(key)
+            return f"{REDIS_BASE}/{db}"
+    pytest.skip(f"all Redis databases {list(REDIS_DBS)} are in use by other test runs")
+
+
+def _create_schema(schema: str) -> str:
+    """A fresh PostgreSQL schema for this run; the URL makes it the search path of every connection."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
+    engine = sqlalchemy.create_engine(PG_BASE)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    engine.dispose()
+    return f"{PG_BASE}?options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(schema: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(PG_BASE)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     engine.dispose()
 
 
 class Service:
     def __init__(self, tmp: Path):
         self.tmp = tmp
+        self.run_id = f"pt_it_{uuid.uuid4().hex[:10]}"
+        self.pg_url = _create_schema(self.run_id)
+        self.redis_url = _claim_redis_db(self.run_id)
         self.model_dir = make_tiny_bert(tmp / "models" / TINY_MODEL)
         self.env = {
-            "PRIVTUNE_DATABASE_URL": PG_URL,
-            "PRIVTUNE_REDIS_URL": REDIS_URL,
+            "PRIVTUNE_DATABASE_URL": self.pg_url,
+            "PRIVTUNE_REDIS_URL": self.redis_url,
             "PRIVTUNE_DATA_DIR": str(tmp / "data"),
             "PRIVTUNE_EXTRA_MODELS": json.dumps({TINY_MODEL: str(self.model_dir)}),
             "PRIVTUNE_CHECKPOINT_EVERY": "4",
@@ -68,18 +97,15 @@ class Service:
         self.server = None
 
     def start(self) -> Service:
-        import redis
         import uvicorn
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        _reset_database(PG_URL)
         os.environ.update(self.env)
         from api.db.migrate import upgrade_to_head
         from api.settings import get_settings
 
         get_settings.cache_clear()
         self.settings = get_settings()
-        upgrade_to_head(PG_URL)
+        upgrade_to_head(self.pg_url)
         self.api_key = self.new_key("integration")
         self.other_key = self.new_key("someone-else")
         log = open(self.tmp / "worker.log", "wb")  # noqa: SIM115
@@ -119,7 +145,7 @@ class Service:
         from api.db.keys import create_api_key
         from api.db.session import make_engine
 
-        with sessionmaker(make_engine(PG_URL)).begin() as session:
+        with sessionmaker(make_engine(self.pg_url)).begin() as session:
             return create_api_key(session, org)[0]
 
     @property
@@ -145,6 +171,11 @@ class Service:
                 self.worker.kill()
         for key in self.env:
             os.environ.pop(key, None)
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        client.flushdb()  # also releases the lock key
+        _drop_schema(self.run_id)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,294 @@
+"""The attacker's resources (``AttackKit``) and the helpers that turn texts into observations.
+
+``AttackKit.from_privatizer(privatizer, public_texts, ...)`` gives the white-box attacker: the bottom
+model, tokenizer, split-layer prototypes and input embeddings, public (shadow) text with its
+attributes and task labels, the server's top model (for the gradient attacks), and, for the
+adaptive attacker, the victim's mechanism applied to public text (``privatize_public``) and a model
+of that mechanism (``KnownMechanism``). Public representations are computed once per threat model
+with the kit's own seed, so results do not depend on the order in which attacks run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from client_sdk.privacy import PerturbContext, clip_by_norm, generation_importance, mechanism_from_config
+from client_sdk.privacy.config import ClipOptions, Opt3Config
+
+from .base import AttackUnavailable, Observation, check_threat_models
+
+__all__ = ["AttackKit", "KnownMechanism", "observe", "observe_gradients", "top_mode"]
+
+Encode = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+Run = Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _device(module: Any) -> torch.device:
+    first = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _represent(
+    texts: Sequence[str], encode: Encode, run: Run, special_ids: Sequence[int], batch_size: int
+) -> Observation:
+    """Tokenise ``texts`` together (one T) and fill (N, T, d) with ``run`` on batches of ``batch_size``."""
+    texts = list(texts)
+    input_ids, mask = encode(texts)  # (n, t)
+    hidden = None
+    for start in range(0, len(texts), batch_size):
+        rows = slice(start, start + batch_size)
+        t_b = int(mask[rows].sum(dim=1).max())
+        out = run(texts[rows], input_ids[rows, :t_b], mask[rows, :t_b]).float().cpu()  # (b, t_b', d)
+        if hidden is None:
+            hidden = torch.zeros(len(texts), input_ids.shape[1], out.shape[-1])
+        hidden[rows, : out.shape[1]] = out
+    special = torch.isin(input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype)) | ~mask.bool()
+    return Observation(hidden, mask.long(), input_ids.long(), special)
+
+
+def observe(
+    privatizer: Any,
+    texts: Sequence[str],
+    *,
+    attributes: Sequence[int] | torch.Tensor | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 32,
+) -> Observation:
+    """What the server sees when the device sends ``texts`` through ``privatizer`` (no gradients).
+
+    ``privatize`` runs on batches of ``batch_size`` (as the device would); the result is right-padded to
+    one T. ``attributes`` / ``labels`` (one int per text) are stored for scoring only.
+    """
+    run = lambda batch, ids, mask: privatizer.privatize(batch, generator=generator)["hidden"]
+    obs = _represent(texts, privatizer.encode, run, privatizer.special_ids, batch_size)
+    as_long = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.long)
+    return replace(obs, attribute=as_long(attributes), labels=as_long(labels))
+
+
+@contextmanager
+def top_mode(top: torch.nn.Module, eager: bool = False) -> Iterator[torch.nn.Module]:
+    """Run ``top`` in eval mode (no dropout) and, with ``eager``, with eager attention (double backward);
+    both are restored afterwards."""
+    configs = {id(c): c for m in top.modules() if (c := getattr(m, "config", None)) is not None}
+    saved = {k: getattr(c, "_attn_implementation", None) for k, c in configs.items()}
+    was_training = top.training
+    top.eval()
+    try:
+        if eager:
+            for c in configs.values():
+                c._attn_implementation = "eager"
+        yield top
+    finally:
+        top.train(was_training)
+        if eager:
+            for k, c in configs.items():
+                c._attn_implementation = saved[k]
+
+
+@torch.no_grad()
+def observe_gradients(observation: Observation, top: torch.nn.Module, batch_size: int = 8) -> Observation:
+    """Add the gradients the device would return: rows in consecutive steps of ``batch_size``, each
+    dL/d(logits) of the step's mean cross-entropy (so scaled by 1 / step size), from ``top`` in eval mode.
+
+    Needs ``observation.labels``. Real runs should record ``grad_output`` during training instead
+    (the top then changes between steps); this helper is for tests and quick studies.
+    """
+    if observation.labels is None:
+        raise AttackUnavailable("observe_gradients needs the observation's task labels")
+    device = _device(top)
+    with top_mode(top):
+        logits = torch.cat([
+            top(observation.hidden[s : s + 64].to(device), observation.attention_mask[s : s + 64].to(device)).float().cpu()
+            for s in range(0, observation.n, 64)
+        ])  # (n, c)
+    sizes = torch.full((observation.n,), batch_size, dtype=torch.long)
+    last = observation.n % batch_size
+    if last:
+        sizes[-last:] = last
+    grad = (logits.softmax(dim=-1) - F.one_hot(observation.labels, logits.shape[-1]).float()) / sizes.unsqueeze(1)
+    return replace(observation, grad_output=grad, grad_batch_size=sizes)
+
+
+class KnownMechanism:
+    """The adaptive attacker's model of the victim's mechanism (Kerckhoffs: config and fitted state known).
+
+    Deterministic part: clipping to C (mechanisms with a clip norm) and, for OPT-3 mechanisms, the
+    shift delta* (privtune: OPT-3 with the same options and eps_local). ``noise``: 'none', 'gaussian',
+    'laplace' (d_chi, metric l1) or 'l2' (d_chi, metric l2), which sets the likelihood in ``distance``.
+    Importance-scaled budgets use the state's classification table, the bottom's attentions when the
+    sequence is real, else w = 1.
+    """
+
+    def __init__(self, privatizer: Any) -> None:
+        mech, state = privatizer.mechanism, privatizer.state
+        self.name = mech.name
+        self.state, self.bottom = state, privatizer.bottom
+        self.special_ids = torch.tensor(tuple(privatizer.special_ids), dtype=torch.long)
+        self.clip_norm = state.clip_norm if isinstance(mech.config, ClipOptions) and state is not None else None
+        self.shift_mechanism = None
+        if mech.uses_opt3:
+            if mech.uses_noise:  # privtune: its deterministic part is OPT-3 with the same options
+                config = Opt3Config(**{f.name: getattr(mech.config, f.name) for f in fields(Opt3Config)})
+                self.shift_mechanism = mechanism_from_config(config)
+            else:
+                self.shift_mechanism = mech
+        if not mech.uses_noise:
+            self.noise = "none"
+        elif mech.name == "gaussian":
+            self.noise = "gaussian"
+        else:
+            self.noise = "laplace" if mech.config.metric == "l1" else "l2"
+
+    @property
+    def has_shift(self) -> bool:
+        return self.shift_mechanism is not None
+
+    def clip(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Clip to C along the last axis (differentiable); identity without a clip norm."""
+        return hidden if self.clip_norm is None else clip_by_norm(hidden, self.clip_norm)
+
+    @torch.no_grad()
+    def shift(
+        self, hidden: torch.Tensor, mask: torch.Tensor, input_ids: torch.Tensor, use_attention: bool = True
+    ) -> torch.Tensor:
+        """delta* (B, T, d) for ``hidden`` (B, T, d) of tokens ``input_ids`` (B, T); zeros without OPT-3."""
+        if not self.has_shift:
+            return torch.zeros_like(hidden)
+        hidden, mask, ids = hidden.detach().float(), mask.to(hidden.device), input_ids.to(hidden.device)
+        importance = None
+        if self.shift_mechanism.uses_importance:
+            table = getattr(self.state, "importance_table", None)
+            if table is not None:
+                importance = table.to(ids.device)[ids]  # (b, t)
+            elif use_attention:
+                out = self.bottom(ids, mask, output_attentions=True)
+                importance = generation_importance(
+                    out.attentions, mask, causal=bool(self.bottom.is_causal),
+                    exclude_mask=torch.isin(ids, self.special_ids.to(ids.device)),
+                )  # fmt: skip
+            else:
+                importance = torch.zeros(ids.shape, device=hidden.device)  # w = 1 (sigmoid map)
+        context = PerturbContext(state=self.state, input_ids=ids, importance=importance)
+        moved = self.shift_mechanism.perturb(hidden, mask, context, generator=None)  # (b, t, d) = clip(h) + delta
+        return (moved - self.clip(hidden)) * mask.unsqueeze(-1)
+
+    def apply(
+        self, hidden: torch.Tensor, mask: torch.Tensor, input_ids: torch.Tensor, use_attention: bool = True
+    ) -> torch.Tensor:
+        """The mechanism's deterministic output clip(h) + delta*(h), differentiable in ``hidden`` through
+        the clip (the shift is treated as a constant: straight-through)."""
+        out = self.clip(hidden)
+        if self.has_shift:
+            out = out + self.shift(hidden, mask, input_ids, use_attention).to(out.dtype)
+        return out
+
+    def distance(self, predicted: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood of ``observed`` given the noiseless ``predicted`` (..., d) -> (...),
+        up to constants and scale: squared L2 (none, gaussian), L1 (laplace) or L2 norm (d_chi l2)."""
+        diff = predicted - observed
+        if self.noise == "laplace":
+            return diff.abs().sum(dim=-1)
+        if self.noise == "l2":
+            return diff.norm(dim=-1)
+        return diff.pow(2).sum(dim=-1)
+
+
+@dataclass
+class AttackKit:
+    """Everything the white-box attacker holds besides the observation.
+
+    ``prototypes`` (|V|, d): the bottom's token prototypes; ``embeddings`` (|V|, d_e): its input
+    embedding matrix; ``privatize_public(texts, generator=...)`` -> ``{"hidden", ...}``: the victim's
+    mechanism applied to public text (adaptive attacker); ``encode(texts)`` -> (ids, mask): the
+    victim's tokenisation; ``public_texts`` with ``public_attributes`` / ``public_labels`` (N_pub,)
+    ints: shadow data; ``known``: the model of the mechanism; ``top``: the server's top model.
+    """
+
+    bottom: Any
+    tokenizer: Any
+    prototypes: torch.Tensor
+    embeddings: torch.Tensor
+    privatize_public: Callable[..., dict[str, torch.Tensor]]
+    encode: Encode
+    public_texts: tuple[str, ...]
+    special_ids: tuple[int, ...]
+    known: KnownMechanism
+    public_attributes: torch.Tensor | None = None
+    public_labels: torch.Tensor | None = None
+    top: torch.nn.Module | None = None
+    batch_size: int = 32
+    seed: int = 0
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_privatizer(
+        cls,
+        privatizer: Any,
+        public_texts: Sequence[str],
+        *,
+        public_attributes: Sequence[int] | torch.Tensor | None = None,
+        public_labels: Sequence[int] | torch.Tensor | None = None,
+        top: torch.nn.Module | None = None,
+        prototypes: torch.Tensor | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+    ) -> AttackKit:
+        """The kit for attacking ``privatizer``'s output (fitted; its mechanism is what the adaptive
+        attacker knows). ``prototypes`` may be passed to skip recomputing them (one pass over |V|)."""
+        bottom = privatizer.bottom
+        as_long = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.long)
+        if prototypes is None:
+            prototypes = bottom.token_prototypes()
+        return cls(
+            bottom=bottom, tokenizer=privatizer.tokenizer, prototypes=prototypes.detach().float(),
+            embeddings=bottom.input_embeddings().detach().float(), privatize_public=privatizer.privatize,
+            encode=privatizer.encode, public_texts=tuple(public_texts), special_ids=tuple(privatizer.special_ids),
+            known=KnownMechanism(privatizer), public_attributes=as_long(public_attributes),
+            public_labels=as_long(public_labels), top=top, batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.bottom)
+
+    def public(self, threat_model: str) -> Observation:
+        """Shadow representations of the public texts: clean bottom outputs ("naive") or the victim's
+        mechanism applied to them ("adaptive", noise drawn from the kit's seed); cached."""
+        (threat_model,) = check_threat_models(threat_model)
+        if threat_model not in self._cache:
+            if not self.public_texts:
+                raise AttackUnavailable("the kit has no public texts")
+            if threat_model == "naive":
+                device = self.device
+                run = lambda batch, ids, mask: self.bottom(ids.to(device), mask.to(device)).hidden
+            else:
+                g = torch.Generator().manual_seed(self.seed)
+                run = lambda batch, ids, mask: self.privatize_public(batch, generator=g)["hidden"]
+            obs = _represent(self.public_texts, self.encode, run, self.special_ids, self.batch_size)
+            self._cache[threat_model] = replace(obs, attribute=self.public_attributes, labels=self.public_labels)
+        return self._cache[threat_model]
+
+    def attack_prototypes(self, threat_model: str) -> torch.Tensor:
+        """(|V|, d) prototypes as the attacker expects to observe them: raw ("naive"), or through the
+        mechanism's deterministic part ("adaptive"; clipping alone leaves cosine unchanged)."""
+        (threat_model,) = check_threat_models(threat_model)
+        if threat_model == "naive" or not self.known.has_shift:
+            return self.prototypes
+        if "prototypes_adaptive" not in self._cache:
+            v = self.prototypes.shape[0]
+            ids = torch.arange(v).unsqueeze(1)  # (V, 1): each token alone
+            chunks = [
+                self.known.apply(self.prototypes[s : s + 4096].unsqueeze(1), torch.ones(ids[s : s + 4096].shape),
+                                 ids[s : s + 4096], use_attention=False)[:, 0]
+                for s in range(0, v, 4096)
+            ]  # fmt: skip
+            self._cache["prototypes_adaptive"] = torch.cat(chunks)
+        return self._cache["prototypes_adaptive"]
