@@ -251,15 +251,15 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
     """Train, evaluate and attack one configuration; returns its result row (JSON-able).
 
     Promises: the row has ``key``, ``config``, ``utility`` (``accuracy`` through the perturbed path,
-    ``accuracy_unperturbed_inference``, ``chance``), ``noise`` (measured noise-to-signal ratio of what
-    was sent, the privacy record), ``attacks`` (one entry per attack and threat model with ``asr``
-    and ``chance``), ``timing`` and ``machine``. Nothing is written anywhere but the neighbour /
-    prototype cache in ``resources.cache_dir``.
+    ``accuracy_unperturbed_inference``, ``chance`` = majority share of the test labels), ``noise``
+    (the measured noise-to-signal ratio of what was sent, the privacy record), ``attacks`` (one entry
+    per attack and threat model: ``name``, ``threat_model``, ``asr``, ``chance``, ``n``, ``details``;
+    ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
+    written but the prototype / neighbour cache under ``resources.cache_dir``.
     """
     from client_sdk.privacy import get_mechanism
     from client_sdk.privatizer import Privatizer
     from client_sdk.training import DeviceTrainer
-    from evaluation.attacks_adapter import run_attacks
     from worker.step_server import StepServer
     from worker.trainer import TopTrainer, TrainSpec
 
@@ -267,17 +267,17 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
     timing: dict[str, float] = {}
     data = resources.data(config)
     bottom, tokenizer = resources.bottom(config.model, config.split_layer)
-    mechanism = get_mechanism(config.mechanism, **config.mechanism_params())
     labels = LabelMap.fit(r.label for r in data.private)
     examples = [r.example() for r in data.private]
-    texts = [ex.text for ex in examples]
-    label_ids = [labels.encode(ex.label) for ex in examples]
-    test = [r.example() for r in data.test if r.label in labels.names]
+    test = [r.example() for r in data.test if r.label in labels.names]  # a label the device never saw: dropped
 
     t0 = time.perf_counter()
+    mechanism = get_mechanism(config.mechanism, **config.mechanism_params())
     privatizer = Privatizer(bottom, tokenizer, mechanism, max_length=config.max_length)
+    plain = Privatizer(bottom, tokenizer, "none", max_length=config.max_length)
     if config.mechanism != "none":
-        privatizer.fit(texts, label_ids, cache_dir=resources.cache_dir / "neighbours",
+        privatizer.fit([ex.text for ex in examples], [labels.encode(ex.label) for ex in examples],
+                       cache_dir=resources.cache_dir / "neighbours",
                        model_id=model_id(config.model, config.split_layer),
                        generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
     timing["fit_s"] = time.perf_counter() - t0
@@ -296,25 +296,25 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
     shape = protocol.StepShape(bottom.hidden_size, "classification", len(labels.names), 1024, config.max_length)
     server = StepServer(top, shape, job_id)
     view = ServerView(server.handle, watched)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, generator)
+    noise = torch.Generator().manual_seed(config.seed + 1)
+    device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, noise)
     t0 = time.perf_counter()
     report = device.train(total_steps)
     timing["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     accuracy = device.evaluate(test)
-    plain = Privatizer(bottom, tokenizer, "none", max_length=config.max_length)
     accuracy_plain = DeviceTrainer(job_id, server.handle, plain, labels, examples, config.batch_size).evaluate(test)
     timing["eval_s"] = time.perf_counter() - t0
     majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
 
-    observation = build_observation(view, data, examples, config, privatizer, per_epoch)
+    observed = build_observation(view, data, config, privatizer, plain)
     t0 = time.perf_counter()
-    attacks = run_attacks(observation, config, resources, data, privatizer, top, labels)
+    attacks = run_attacks(observed, config, resources, data, privatizer, top.model, labels)
     timing["attack_s"] = time.perf_counter() - t0
-    timing["total_s"] = time.perf_counter() - started
     top.close()
+    timing["total_s"] = time.perf_counter() - started
+    last = report.losses[-per_epoch:]
     return {
         "key": config.key(),
         "label": config.label(),
@@ -326,11 +326,12 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
             "accuracy_unperturbed_inference": accuracy_plain,
             "chance": majority,
             "n_test": len(test),
-            "final_loss": sum(report.losses[-per_epoch:]) / max(len(report.losses[-per_epoch:]), 1),
+            "last_epoch_loss": sum(last) / max(len(last), 1),
             "steps": report.steps,
         },
-        "noise": {"ratio": observation.noise_ratio, "privacy": _privacy(privatizer)},
+        "noise": {"ratio": observed.noise_ratio, "privacy": _privacy(privatizer)},
         "attacks": attacks,
+        "observation": {"texts": observed.observation.n, "attribute_values": list(observed.attribute_names)},
         "data": data.summary(),
         "timing": {k: round(v, 2) for k, v in timing.items()},
         "machine": machine(),
@@ -339,60 +340,65 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
 
 
 def _privacy(privatizer: Any) -> dict[str, Any]:
-    """The privacy record, reduced to JSON-able scalars."""
+    """The privacy record, reduced to JSON-able values."""
     record = privatizer.privacy_record()
     return json.loads(json.dumps(record, default=lambda o: o.tolist() if torch.is_tensor(o) else str(o)))
 
 
 @dataclass
-class ObservedBatch:
-    """What the attacks get: the server's view plus, for scoring only, the truth about the texts."""
+class Observed:
+    """The server's view of the watched texts as an attack ``Observation``, plus diagnostics.
 
-    hidden: torch.Tensor  # (n, t, d) perturbed, as sent (float16 on the wire)
-    attention_mask: torch.Tensor  # (n, t)
-    input_ids: torch.Tensor  # (n, t) scoring only
-    special_mask: torch.Tensor  # (n, t) bool, scoring only
-    clean: torch.Tensor  # (n, t, d) unperturbed bottom output, scoring / diagnostics only
-    grad_output: torch.Tensor | None  # (n, C) dL/d(logits) the server received
-    labels: torch.Tensor  # (n,) task labels, scoring only
-    attributes: list[str | None]  # private attribute per text, scoring only
+    ``observation.hidden`` is what was sent (float16 on the wire), ``grad_output`` the dL/d(logits)
+    the device returned for those rows; input ids, attributes and labels are there for scoring only.
+    ``noise_ratio``: mean over real, non-special tokens of ||sent - clean|| / ||clean||.
+    """
+
+    observation: Any
     texts: list[str]
-    noise_ratio: float  # mean over real, non-special tokens of ||sent - clean|| / ||clean||
+    attribute_names: tuple[str, ...]
+    noise_ratio: float
 
 
 @torch.no_grad()
 def build_observation(
-    view: ServerView, data: EvalData, examples: list[Example], config: ExperimentConfig, privatizer: Any, per_epoch: int
-) -> ObservedBatch:
-    """Assemble the watched steps into one batch, with the ground truth for scoring."""
-    hidden, masks, ids, clean, grads, label_ids, attributes, texts = [], [], [], [], [], [], [], []
+    view: ServerView, data: EvalData, config: ExperimentConfig, privatizer: Any, plain: Any
+) -> Observed:
+    """Assemble the watched steps into one ``Observation`` (rows in step order, at most ``n_attack``)."""
+    from evaluation.attacks.base import Observation
+
+    examples = [r.example() for r in data.private]
     labels = LabelMap.fit(ex.label for ex in examples)
+    attribute_names = tuple(sorted({str(r.attribute) for r in (*data.private, *data.public)}))
+    hidden, masks, ids, clean, grads, sizes, label_ids, attributes, texts = ([] for _ in range(9))
     for step in sorted(view.hidden):
         idx = batch_indices(len(examples), config.batch_size, step, config.seed)
         batch_texts = [examples[i].text for i in idx]
         input_ids, mask = privatizer.encode(batch_texts)  # the same tokenisation the device used
         if not torch.equal(mask, view.mask[step]):
-            raise RuntimeError(f"step {step}: re-encoded batch does not match what was sent")
+            raise RuntimeError(f"step {step}: the re-encoded batch does not match what was sent")
         hidden.append(view.hidden[step])
         masks.append(mask)
         ids.append(input_ids)
-        clean.append(privatizer._bottom(input_ids, mask).hidden.float().cpu())  # (b, t, d)
-        if step in view.grad:
-            grads.append(view.grad[step])
+        clean.append(plain.privatize(batch_texts)["hidden"])  # (b, t, d) unperturbed bottom output
+        grads.append(view.grad.get(step))
+        sizes += [len(idx)] * len(idx)
         label_ids += [labels.encode(examples[i].label) for i in idx]
-        attributes += [data.private[i].attribute for i in idx]
+        attributes += [attribute_names.index(str(data.private[i].attribute)) for i in idx]
         texts += batch_texts
     length = max(m.shape[1] for m in masks)
-    n = min(config.n_attack, sum(m.shape[0] for m in masks))
-    input_ids = _pad_cat(ids, length)[:n]
-    mask = _pad_cat(masks, length)[:n]
-    special = privatizer._special_mask(input_ids)
-    sent, plain = _pad_cat(hidden, length)[:n], _pad_cat(clean, length)[:n]
-    real = mask.bool() & ~special
-    ratio = ((sent - plain).norm(dim=-1) / plain.norm(dim=-1).clamp_min(1e-8))[real]
-    return ObservedBatch(
-        hidden=sent, attention_mask=mask, input_ids=input_ids, special_mask=special, clean=plain,
-        grad_output=torch.cat(grads)[:n] if len(grads) == len(hidden) else None,
-        labels=torch.tensor(label_ids[:n]), attributes=attributes[:n], texts=texts[:n],
-        noise_ratio=float(ratio.mean()) if ratio.numel() else float("nan"),
+    n = min(config.n_attack, len(texts))
+    input_ids, mask = _pad_cat(ids, length)[:n], _pad_cat(masks, length)[:n]
+    special = torch.isin(input_ids, torch.tensor(privatizer.special_ids, dtype=input_ids.dtype)) | ~mask.bool()
+    sent, unperturbed = _pad_cat(hidden, length)[:n], _pad_cat(clean, length)[:n]
+    real = ~special
+    ratio = ((sent - unperturbed).norm(dim=-1) / unperturbed.norm(dim=-1).clamp_min(1e-8))[real]
+    has_grad = all(g is not None for g in grads)
+    observation = Observation(
+        hidden=sent, attention_mask=mask, input_ids=input_ids, special_mask=special,
+        attribute=torch.tensor(attributes[:n]) if data.has_attribute else None,
+        labels=torch.tensor(label_ids[:n]), grad_output=torch.cat(grads)[:n] if has_grad else None,
+        grad_batch_size=torch.tensor(sizes[:n]),
     )  # fmt: skip
+    mean_ratio = float(ratio.mean()) if ratio.numel() else float("nan")
+    return Observed(observation, texts[:n], attribute_names, mean_ratio)

@@ -242,6 +242,9 @@ class JobRunner:
         if self.trainer.steps_applied > self.last_checkpoint_step:
             self._checkpoint()
         self.trainer.save(self._job_dir() / "final")
+        self._db(
+            repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied
+        )
         self._db(repo.finish_job, self.worker_id, "succeeded", fine_tuned_model=self._model_name())
         self._event(
             f"Job succeeded after {self.trainer.steps_applied} steps; model {self._model_name()}",

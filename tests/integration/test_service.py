@@ -69,6 +69,7 @@ def test_sdk_trains_through_the_service(service):
         progress=False,
     )
     assert job.record.status == "succeeded", service.worker_log()
+    assert job.record.steps_completed == job.record.total_steps == job.report.steps
     assert job.record.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
     events = job.events()
     metrics = [e for e in events if e.type == "metrics"]
