@@ -12,7 +12,7 @@
 5. record what the server observed during the last epoch (``ServerView``: the decoded payloads,
    i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``) for the first
    ``n_attack`` private texts of that epoch, and run the attacks on it under both threat models
-   (``evaluation.attacks_adapter``).
+   (``run_attacks`` below, on ``evaluation.attacks``).
 
 The result is one JSON-able row. The undefended figures (the same attacks with mechanism ``none``)
 are attached by ``evaluation.sweep.Runner``, which runs and caches the baseline row first.
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from client_sdk import protocol, wire
-from client_sdk.data import Example, LabelMap, batch_indices
+from client_sdk.data import LabelMap, batch_indices
 from evaluation.data import EvalData, load_eval_data
 
 HARNESS_VERSION = 1  # part of every key: bump when a change makes old rows incomparable
@@ -402,3 +402,94 @@ def build_observation(
     )  # fmt: skip
     mean_ratio = float(ratio.mean()) if ratio.numel() else float("nan")
     return Observed(observation, texts[:n], attribute_names, mean_ratio)
+
+
+# ---------------------------------------------------------------- the attacks
+
+#: extra keyword arguments per attack and budget (the attacks' defaults otherwise)
+ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {"A0-opt": {"max_sequences": 16}},
+    "full": {"A0-opt": {"max_sequences": 64}},
+}
+
+#: fallback (attack name, module, function) when ``evaluation.attacks`` exports no registry
+_KNOWN_ATTACKS = (
+    ("A0-opt", "evaluation.attacks.a0_optimisation", "a0_optimisation"),
+    ("A0-learned", "evaluation.attacks.a0_learned", "a0_learned"),
+    ("A2", "evaluation.attacks.a2_nearest", "a2_nearest_prototype"),
+)
+
+
+def attack_functions() -> dict[str, Any]:
+    """name -> ``fn(observation, kit, threat_models, generator, **kwargs) -> list[AttackResult]``.
+
+    Uses ``evaluation.attacks.ATTACKS`` when the package exports it, else the modules it knows;
+    attacks whose module is missing are left out.
+    """
+    import importlib
+
+    try:
+        from evaluation.attacks import ATTACKS  # type: ignore[attr-defined]
+
+        return dict(ATTACKS)
+    except ImportError:
+        pass
+    found = {}
+    for name, module, function in _KNOWN_ATTACKS:
+        try:
+            found[name] = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+def run_attacks(
+    observed: Observed,
+    config: ExperimentConfig,
+    resources: Resources,
+    data: EvalData,
+    privatizer: Any,
+    top: torch.nn.Module,
+    labels: LabelMap,
+) -> list[dict[str, Any]]:
+    """Every available attack under both threat models on ``observed``; one JSON-able dict each.
+
+    The kit (``AttackKit.from_privatizer``) holds the victim's fitted privatizer (Kerckhoffs: the
+    adaptive attacker knows the mechanism, its parameters and fitted state), the public texts with
+    their attributes and task labels, the cached prototypes and the server's top model. With
+    mechanism ``none`` both threat models see the same thing, so "adaptive" copies "naive".
+    An attack that cannot run (``AttackUnavailable``) gets ``asr`` None and ``skipped``.
+    """
+    from evaluation.attacks.base import AttackUnavailable
+    from evaluation.attacks.kit import AttackKit
+
+    names = observed.attribute_names
+    public = data.public
+    kit = AttackKit.from_privatizer(
+        privatizer, [r.text for r in public],
+        public_attributes=[names.index(str(r.attribute)) for r in public] if data.has_attribute else None,
+        public_labels=[labels.encode(r.label) for r in public if r.label in labels.names]
+        if all(r.label in labels.names for r in public) else None,
+        top=top, prototypes=resources.bottom(config.model, config.split_layer)[0].token_prototypes(),
+        seed=config.seed, batch_size=config.batch_size,
+    )  # fmt: skip
+    threat_models = ("naive",) if config.mechanism == "none" else ("naive", "adaptive")
+    budget = ATTACK_BUDGETS.get(config.attack_budget, {})
+    out: list[dict[str, Any]] = []
+    for name, attack in attack_functions().items():
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed)
+        try:
+            results = [r.to_dict() for r in attack(observed.observation, kit, threat_models, generator,
+                                                     **budget.get(name, {}))]  # fmt: skip
+        except AttackUnavailable as exc:
+            results = [{"name": name, "threat_model": m, "asr": None, "chance": None, "n": 0,
+                        "skipped": str(exc), "details": {}} for m in threat_models]  # fmt: skip
+        seconds = round(time.perf_counter() - started, 2)
+        for r in results:
+            r["details"]["harness_seconds"] = seconds
+        if config.mechanism == "none":
+            results += [{**r, "threat_model": "adaptive", "details": {**r["details"], "same_as": "naive"}}
+                        for r in results if r["threat_model"] == "naive"]  # fmt: skip
+        out += results
+    return out

@@ -38,9 +38,7 @@ ETA_REF = 40.0
 MECHANISMS = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
 
 FULL_BASE = ExperimentConfig(n_train=2000, n_public=2000, n_test=1000, n_attack=256, epochs=3, attack_budget="full")
-QUICK_BASE = ExperimentConfig(
-    n_train=512, n_public=1000, n_test=300, n_attack=128, epochs=1, attack_budget="quick"
-)
+QUICK_BASE = ExperimentConfig(n_train=512, n_public=1000, n_test=300, n_attack=128, epochs=1, attack_budget="quick")
 
 
 def _noise(mechanism: str, eta: float | None) -> float | None:

@@ -85,3 +85,18 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tiny, tmp_path):
         t.forward(hidden, mask)
         t.apply_gradient(g)
     assert torch.allclose(trainer.infer(hidden, mask), restored.infer(hidden, mask), atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_trains_and_checkpoints_on_cuda(tiny, tmp_path):
+    trainer = TopTrainer(_spec(tiny), device="cuda")
+    hidden, mask = _batch()
+    logits = trainer.forward(hidden, mask)
+    assert logits.device.type == "cuda"
+    trainer.apply_gradient(torch.randn(4, 3))
+    path = trainer.save(tmp_path / "step-1")
+    restored = TopTrainer(_spec(tiny), device="cuda")
+    assert restored.load(path) == 1
+    assert torch.allclose(restored.infer(hidden, mask), trainer.infer(hidden, mask), atol=1e-5)
+    trainer.close()
+    restored.close()
