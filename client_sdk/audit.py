@@ -7,8 +7,10 @@ model recovers from what the SDK would send (``Privatizer.privatize``), with two
   split-layer token prototypes p_v (the whole vocabulary).
 - **A0, learned inversion, adaptive** (``TokenDiscriminant``): a linear discriminant (class-conditional
   Gaussians with one shared, shrunk covariance; method.md section 8) fitted on *public* text passed
-  through the same mechanism with the same parameters (Kerckhoffs). Its classes are the tokens seen in
-  the public text; other tokens are never predicted (``coverage`` says how many scored tokens could be).
+  through the same mechanism with the same parameters (Kerckhoffs): class means from the mechanism's
+  noiseless output (``expected_privatizer``), covariance from its noisy output. Its classes are the
+  tokens seen in the public text plus, as a fallback, every other vocabulary token centred on its
+  prototype's noiseless output (``coverage`` says how many scored tokens were seen in public text).
 
 Both attacks score top-1 recovery over real, non-special tokens; ``chance`` is the rate of the most
 frequent scored token (a majority guesser). The report also gives the *undefended* ASR (the same
@@ -17,19 +19,23 @@ attacks on the clean representations) and ``max_asr`` over the attacks.
 ``search_eta(factory, texts, target_asr)`` audits privatizers built for a grid of eta values and picks
 the largest eta (least noise) whose audited ``max_asr`` meets the target.
 
-The evaluation package reuses ``nearest_prototype``, ``prototype_shortlist`` and ``TokenDiscriminant``;
-this module depends only on torch and the SDK.
+The evaluation package reuses ``nearest_prototype``, ``prototype_shortlist``, ``TokenDiscriminant`` and
+the noiseless twin of a mechanism; this module depends only on torch and the SDK.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .privacy import Mechanism, PerturbContext, PreparedState, mechanism_from_config
+from .privacy.config import DChiOptions
+from .privatizer import Privatizer
 
 __all__ = [
     "DEFAULT_ETAS",
@@ -38,8 +44,11 @@ __all__ = [
     "EtaPoint",
     "EtaSearchResult",
     "TokenDiscriminant",
+    "expected_lone_tokens",
+    "expected_privatizer",
     "majority_rate",
     "nearest_prototype",
+    "noiseless_mechanism",
     "privacy_audit",
     "prototype_shortlist",
     "search_eta",
@@ -81,48 +90,80 @@ def nearest_prototype(hidden: torch.Tensor, prototypes: torch.Tensor, *, block_s
 
 @dataclass(frozen=True)
 class TokenDiscriminant:
-    """Learned inversion model: linear discriminant over the tokens seen in training.
+    """Learned inversion model: a linear discriminant over token classes.
 
     Each token class c is a Gaussian N(mu_c, S) with one pooled within-class covariance S, shrunk
     toward a scaled identity: S' = (1 - shrinkage) S + shrinkage * (tr S / d) I. Prediction is the
     maximum posterior class: argmax_c x^T S'^-1 mu_c - mu_c^T S'^-1 mu_c / 2 + log prior_c.
-    ``classes`` (C,) token ids, ``weight`` (d, C), ``bias`` (C,).
+    ``classes`` (C,) token ids, ``weight`` (d, C), ``bias`` (C,); ``trained`` (C,) bool: the class was
+    seen in training (the others are fallback classes).
     """
 
     classes: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
+    trained: torch.Tensor
     shrinkage: float
 
     @classmethod
     def fit(
-        cls, hidden: torch.Tensor, token_ids: torch.Tensor, *, shrinkage: float = 0.1, prior: str = "empirical"
+        cls,
+        hidden: torch.Tensor,
+        token_ids: torch.Tensor,
+        *,
+        mean_hidden: torch.Tensor | None = None,
+        fallback_ids: torch.Tensor | None = None,
+        fallback_means: torch.Tensor | None = None,
+        fallback_count: float = 0.5,
+        shrinkage: float = 0.1,
+        prior: str = "empirical",
     ) -> TokenDiscriminant:
         """Fit on representations ``hidden`` (n, d) labelled with their ``token_ids`` (n,).
 
-        ``prior``: 'empirical' (class frequencies: the Bayes classifier under the model) or 'uniform'.
+        ``mean_hidden`` (n, d), aligned with ``hidden``: take the class means from these rows instead
+        (e.g. the mechanism's noiseless output, when the attacker can compute it) and the covariance
+        from ``hidden`` around them. ``fallback_ids`` (m,) with ``fallback_means`` (m, d): extra classes
+        for tokens absent from ``token_ids`` (e.g. every vocabulary token, with its prototype as mean),
+        each with prior weight ``fallback_count`` samples. ``prior``: 'empirical' (class frequencies:
+        the Bayes classifier under the model) or 'uniform'.
         """
         if hidden.shape[0] == 0 or hidden.shape[0] != token_ids.shape[0]:
-            raise ValueError(f"need n >= 1 rows with one token id each, got {tuple(hidden.shape)} and {tuple(token_ids.shape)}")
+            raise ValueError(
+                f"need n >= 1 rows with one token id each, got {tuple(hidden.shape)} and {tuple(token_ids.shape)}"
+            )
         if not 0.0 <= shrinkage <= 1.0 or prior not in ("empirical", "uniform"):
-            raise ValueError(f"shrinkage must be in [0, 1] and prior 'empirical' or 'uniform', got {shrinkage}, {prior!r}")
+            raise ValueError(
+                f"shrinkage must be in [0, 1] and prior 'empirical' or 'uniform', got {shrinkage}, {prior!r}"
+            )
         x = hidden.detach().double()  # (n, d)
-        classes, inverse, counts = torch.unique(token_ids.reshape(-1), return_inverse=True, return_counts=True)
-        means = torch.zeros(classes.shape[0], x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+        source = x if mean_hidden is None else mean_hidden.detach().double().to(x.device)  # (n, d)
+        classes, inverse, counts = torch.unique(
+            token_ids.reshape(-1).to(x.device), return_inverse=True, return_counts=True
+        )
+        means = torch.zeros(classes.shape[0], x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, inverse, source)
         means = means / counts.unsqueeze(1)  # (C, d)
         centred = x - means[inverse]  # (n, d)
         cov = centred.T @ centred / x.shape[0]  # (d, d) pooled within-class
+        counts = counts.double()
+        trained = torch.ones(classes.shape[0], dtype=torch.bool, device=x.device)
+        if fallback_ids is not None:
+            extra = ~torch.isin(fallback_ids.to(x.device), classes)  # (m,)
+            classes = torch.cat([classes, fallback_ids.to(x.device)[extra]])
+            means = torch.cat([means, fallback_means.detach().double().to(x.device)[extra]])
+            counts = torch.cat(
+                [counts, torch.full((int(extra.sum()),), float(fallback_count), dtype=x.dtype, device=x.device)]
+            )
+            trained = torch.cat([trained, torch.zeros(int(extra.sum()), dtype=torch.bool, device=x.device)])
         scale = float(torch.trace(cov)) / x.shape[1]
         scale = scale if scale > 0 else float(x.pow(2).mean()) or 1.0  # all classes singletons: isotropic
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         cov = (1.0 - shrinkage) * cov + (shrinkage * scale) * eye + 1e-6 * scale * eye
-        chol = torch.linalg.cholesky(cov)
-        weight = torch.cholesky_solve(means.T, chol)  # (d, C) = S'^-1 mu_c
-        log_prior = torch.log(counts.double() / counts.sum()) if prior == "empirical" else torch.zeros_like(weight[0])
-        bias = -0.5 * (means.T * weight).sum(dim=0) + log_prior.to(x.device)  # (C,)
-        return cls(classes, weight.float(), bias.float(), float(shrinkage))
+        weight = torch.cholesky_solve(means.T, torch.linalg.cholesky(cov))  # (d, C) = S'^-1 mu_c
+        log_prior = torch.log(counts / counts.sum()) if prior == "empirical" else torch.zeros_like(counts)
+        bias = -0.5 * (means.T * weight).sum(dim=0) + log_prior  # (C,)
+        return cls(classes, weight.float(), bias.float(), trained, float(shrinkage))
 
-    def predict(self, hidden: torch.Tensor, *, block_size: int = 8192) -> torch.Tensor:
+    def predict(self, hidden: torch.Tensor, *, block_size: int = 4096) -> torch.Tensor:
         """The most probable token id for each row of ``hidden`` (n, d): (n,)."""
         weight, bias = self.weight.to(hidden.device), self.bias.to(hidden.device)
         out = [
@@ -132,10 +173,54 @@ class TokenDiscriminant:
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=hidden.device)
 
     def coverage(self, token_ids: torch.Tensor) -> float:
-        """Fraction of ``token_ids`` that are classes of this model (an upper bound on its recovery rate)."""
+        """Fraction of ``token_ids`` that were classes seen in training (fallback classes excluded)."""
         if token_ids.numel() == 0:
             return 0.0
-        return float(torch.isin(token_ids.reshape(-1), self.classes.to(token_ids.device)).float().mean())
+        seen = self.classes[self.trained].to(token_ids.device)
+        return float(torch.isin(token_ids.reshape(-1), seen).float().mean())
+
+
+# ---------------------------------------------------------------- the mechanism's deterministic part
+
+_NOISELESS = 1e-12  # noise scale factor of the noiseless twin
+
+
+def noiseless_mechanism(mechanism: Mechanism) -> Mechanism:
+    """The same mechanism with its noise scaled by 1e-12: clipping, the OPT-3 shift and importance
+    unchanged, so its output is the mechanism's deterministic part (the mean of the noisy output)."""
+    config = mechanism.config
+    if not mechanism.uses_noise:
+        return mechanism
+    if isinstance(config, DChiOptions):
+        return mechanism_from_config(replace(config, eta=config.eta / _NOISELESS))
+    return mechanism_from_config(replace(config, noise_multiplier=config.noise_multiplier * _NOISELESS))
+
+
+def expected_privatizer(privatizer: Privatizer) -> Privatizer:
+    """A Privatizer sharing ``privatizer``'s bottom, tokenizer and fitted state whose mechanism is
+    ``noiseless_mechanism(privatizer.mechanism)``: its ``privatize`` gives the expected output."""
+    return Privatizer(privatizer.bottom, privatizer.tokenizer, noiseless_mechanism(privatizer.mechanism),
+                      state=privatizer.state, max_length=privatizer.max_length)  # fmt: skip
+
+
+@torch.no_grad()
+def expected_lone_tokens(privatizer: Privatizer, prototypes: torch.Tensor, block_size: int = 4096) -> torch.Tensor:
+    """The mechanism's deterministic output for each prototype (|V|, d) taken as a lone token (its own
+    id; importance from the state's table, else w = 1): (|V|, d). For noise-only mechanisms, clipping."""
+    mechanism = noiseless_mechanism(privatizer.mechanism)
+    state = privatizer.state or PreparedState()
+    table = state.importance_table
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in range(0, prototypes.shape[0], block_size):
+        h = prototypes[s : s + block_size].detach().float().unsqueeze(1)  # (b, 1, d)
+        ids = torch.arange(s, s + h.shape[0]).unsqueeze(1)  # (b, 1)
+        importance = None
+        if mechanism.uses_importance:
+            importance = table[ids] if table is not None else torch.zeros(ids.shape)
+        context = PerturbContext(state=state, input_ids=ids, importance=importance)
+        out.append(mechanism.perturb(h, torch.ones(ids.shape, dtype=torch.long), context, g)[:, 0])
+    return torch.cat(out)
 
 
 # ---------------------------------------------------------------- the audit
@@ -182,31 +267,43 @@ def _default_generator(generator: torch.Generator | None) -> torch.Generator:
     return generator if generator is not None else torch.Generator().manual_seed(0)
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Real, non-special tokens of some texts: clean (n, d), sent (n, d), expected (n, d) or None, ids (n,)."""
+
+    clean: torch.Tensor
+    sent: torch.Tensor
+    expected: torch.Tensor | None
+    ids: torch.Tensor
+
+
 @torch.no_grad()
 def _token_rows(
-    privatizer: Any, texts: Sequence[str], generator: torch.Generator, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(clean (n, d), sent (n, d), token ids (n,)) of the real, non-special tokens of ``texts``."""
+    privatizer: Privatizer, texts: Sequence[str], generator: torch.Generator, batch_size: int, expected: bool = False
+) -> _Rows:
     bottom = privatizer.bottom
     first = next(iter(bottom.parameters()), None) if hasattr(bottom, "parameters") else None
     device = first.device if first is not None else torch.device("cpu")
     special = torch.tensor(privatizer.special_ids, dtype=torch.long)
-    clean, sent, ids = [], [], []
+    twin = expected_privatizer(privatizer) if expected else None
+    parts: dict[str, list[torch.Tensor]] = {"clean": [], "sent": [], "expected": [], "ids": []}
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         input_ids, mask = privatizer.encode(batch)  # (b, t)
-        hidden = bottom(input_ids.to(device), mask.to(device)).hidden.float().cpu()  # (b, t, d)
-        out = privatizer.privatize(batch, generator=generator)["hidden"]  # (b, t, d): what is sent
-        if out.shape[:2] != input_ids.shape:
-            raise RuntimeError(f"privatize returned {tuple(out.shape)} for token ids {tuple(input_ids.shape)}")
         keep = mask.bool() & ~torch.isin(input_ids, special)  # (b, t)
-        clean.append(hidden[keep])
-        sent.append(out[keep])
-        ids.append(input_ids[keep])
+        hidden = bottom(input_ids.to(device), mask.to(device)).hidden.float().cpu()  # (b, t, d)
+        sent = privatizer.privatize(batch, generator=generator)["hidden"]  # (b, t, d): what is sent
+        if sent.shape[:2] != input_ids.shape:
+            raise RuntimeError(f"privatize returned {tuple(sent.shape)} for token ids {tuple(input_ids.shape)}")
+        parts["clean"].append(hidden[keep])
+        parts["sent"].append(sent[keep])
+        parts["ids"].append(input_ids[keep])
+        if twin is not None:
+            parts["expected"].append(twin.privatize(batch, generator=torch.Generator().manual_seed(0))["hidden"][keep])
     d = int(getattr(bottom, "hidden_size", 0))
-    if not ids:
-        return torch.empty(0, d), torch.empty(0, d), torch.empty(0, dtype=torch.long)
-    return torch.cat(clean), torch.cat(sent), torch.cat(ids)
+    cat = lambda key: torch.cat(parts[key]) if parts[key] else torch.empty(0, d)
+    ids = torch.cat(parts["ids"]) if parts["ids"] else torch.empty(0, dtype=torch.long)
+    return _Rows(cat("clean"), cat("sent"), cat("expected") if expected else None, ids)
 
 
 def _split(
@@ -228,16 +325,8 @@ def _split(
     return private[:sample_size], public[:public_size], source
 
 
-def _prototypes(privatizer: Any, prototypes: torch.Tensor | None) -> torch.Tensor:
-    if prototypes is not None:
-        return prototypes
-    state = getattr(privatizer, "state", None)
-    unit = getattr(state, "proto_unit", None)  # OPT-3 mechanisms keep unit prototypes: cosine needs no more
-    return unit if unit is not None else privatizer.bottom.token_prototypes().detach().float().cpu()
-
-
 def privacy_audit(
-    privatizer: Any,
+    privatizer: Privatizer,
     texts: Sequence[str],
     public_texts: Sequence[str] | None = None,
     sample_size: int = 128,
@@ -245,6 +334,7 @@ def privacy_audit(
     *,
     public_size: int = 512,
     prototypes: torch.Tensor | None = None,
+    fallback: bool = True,
     shrinkage: float = 0.1,
     batch_size: int = 32,
 ) -> AuditReport:
@@ -253,18 +343,24 @@ def privacy_audit(
     The attacker's public text is ``public_texts`` (up to ``public_size`` of them) or, by default, a
     random half of ``texts`` held out as a stand-in for public text from the same distribution (then
     the other half is attacked). Up to ``sample_size`` of the remaining texts are privatized exactly as
-    the SDK sends them and attacked with A2 (nearest prototype) and the adaptive learned A0 (a
-    ``TokenDiscriminant`` fitted on the public text passed through the same mechanism). The undefended
-    ASR is the same attacks on the clean representations (A0 then fitted on clean public text).
-    ``generator`` (default: seed 0, so audits are reproducible) draws the split and the noise;
-    ``prototypes`` (|V|, d) may be passed to avoid recomputing them. Nothing is sent anywhere.
+    the SDK sends them and attacked with A2 (nearest prototype over the whole vocabulary) and the
+    adaptive learned A0: a ``TokenDiscriminant`` whose class means are the mechanism's noiseless
+    output on the public text and whose covariance is that of the public text passed through the
+    mechanism itself (noise included); with ``fallback``, tokens absent from the public text are
+    extra classes centred on their prototypes' noiseless output. The undefended ASR is the same
+    attacks on clean representations (A0 then fitted on clean public text). ``generator`` (default:
+    seed 0, so audits are reproducible) draws the split and the noise; ``prototypes`` (|V|, d), the
+    bottom's ``token_prototypes()``, may be passed to skip recomputing them. Nothing is sent anywhere.
     """
     g = _default_generator(generator)
     private, public, source = _split(texts, public_texts, sample_size, public_size, g)
-    protos = _prototypes(privatizer, prototypes)
-    clean, sent, ids = _token_rows(privatizer, private, g, batch_size)  # (n, d), (n, d), (n,)
-    pub_clean, pub_sent, pub_ids = _token_rows(privatizer, public, g, batch_size)
-    if ids.numel() == 0 or pub_ids.numel() == 0:
+    if prototypes is None:
+        prototypes = privatizer.bottom.token_prototypes()
+    prototypes = prototypes.detach().float().cpu()  # (V, d)
+    target = _token_rows(privatizer, private, g, batch_size)
+    pub = _token_rows(privatizer, public, g, batch_size, expected=True)
+    ids = target.ids
+    if ids.numel() == 0 or pub.ids.numel() == 0:
         raise ValueError("no real, non-special tokens to audit in the texts or the public texts")
     chance = majority_rate(ids)
 
@@ -272,15 +368,20 @@ def privacy_audit(
         return float((pred.cpu() == ids).float().mean())
 
     a2 = AttackScore(
-        "A2-nearest-prototype", rate(nearest_prototype(sent, protos)), chance,
-        rate(nearest_prototype(clean, protos)), int(ids.numel()), {"vocabulary": int(protos.shape[0])},
+        "A2-nearest-prototype", rate(nearest_prototype(target.sent, prototypes)), chance,
+        rate(nearest_prototype(target.clean, prototypes)), int(ids.numel()), {"vocabulary": int(prototypes.shape[0])},
     )  # fmt: skip
-    adaptive = TokenDiscriminant.fit(pub_sent, pub_ids, shrinkage=shrinkage)
-    undefended = TokenDiscriminant.fit(pub_clean, pub_ids, shrinkage=shrinkage)
+    vocab = torch.arange(prototypes.shape[0])
+    extra = lambda means: {"fallback_ids": vocab, "fallback_means": means} if fallback else {}
+    adaptive = TokenDiscriminant.fit(
+        pub.sent, pub.ids, mean_hidden=pub.expected, shrinkage=shrinkage,
+        **extra(expected_lone_tokens(privatizer, prototypes) if fallback else None),
+    )  # fmt: skip
+    undefended = TokenDiscriminant.fit(pub.clean, pub.ids, shrinkage=shrinkage, **extra(prototypes))
     a0 = AttackScore(
-        "A0-learned-adaptive", rate(adaptive.predict(sent)), chance, rate(undefended.predict(clean)), int(ids.numel()),
-        {"classes": int(adaptive.classes.numel()), "coverage": adaptive.coverage(ids), "shrinkage": shrinkage,
-         "public_tokens": int(pub_ids.numel())},
+        "A0-learned-adaptive", rate(adaptive.predict(target.sent)), chance, rate(undefended.predict(target.clean)),
+        int(ids.numel()), {"classes": int(adaptive.classes.numel()), "coverage": adaptive.coverage(ids),
+                           "fallback": fallback, "shrinkage": shrinkage, "public_tokens": int(pub.ids.numel())},
     )  # fmt: skip
     mechanism = privatizer.mechanism.config.to_dict()
     return AuditReport(mechanism, (a2, a0), len(private), len(public), source)
@@ -348,7 +449,7 @@ def search_eta(
         if i not in audited:
             privatizer = privatizer_factory(grid[i])
             if prototypes is None:
-                prototypes = _prototypes(privatizer, None)
+                prototypes = privatizer.bottom.token_prototypes().detach().float().cpu()
             report = privacy_audit(
                 privatizer, texts, public_texts, sample_size, torch.Generator().manual_seed(seed),
                 prototypes=prototypes, **audit_options,

@@ -68,7 +68,7 @@ class ExperimentConfig:
     n_attack: int = 256
     epochs: int = 3
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     lora_r: int = 8
     max_length: int = 64
     seed: int = 0
@@ -406,41 +406,11 @@ def build_observation(
 
 # ---------------------------------------------------------------- the attacks
 
-#: extra keyword arguments per attack and budget (the attacks' defaults otherwise)
+#: keyword options per attack and budget (the attacks' own defaults otherwise)
 ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {"A0-opt": {"max_sequences": 16}},
-    "full": {"A0-opt": {"max_sequences": 64}},
+    "quick": {"A0-opt": {"max_sequences": 16}, "A1": {"max_sequences": 4, "steps": 50}},
+    "full": {"A0-opt": {"max_sequences": 64}, "A1": {"max_sequences": 8}},
 }
-
-#: fallback (attack name, module, function) when ``evaluation.attacks`` exports no registry
-_KNOWN_ATTACKS = (
-    ("A0-opt", "evaluation.attacks.a0_optimisation", "a0_optimisation"),
-    ("A0-learned", "evaluation.attacks.a0_learned", "a0_learned"),
-    ("A2", "evaluation.attacks.a2_nearest", "a2_nearest_prototype"),
-)
-
-
-def attack_functions() -> dict[str, Any]:
-    """name -> ``fn(observation, kit, threat_models, generator, **kwargs) -> list[AttackResult]``.
-
-    Uses ``evaluation.attacks.ATTACKS`` when the package exports it, else the modules it knows;
-    attacks whose module is missing are left out.
-    """
-    import importlib
-
-    try:
-        from evaluation.attacks import ATTACKS  # type: ignore[attr-defined]
-
-        return dict(ATTACKS)
-    except ImportError:
-        pass
-    found = {}
-    for name, module, function in _KNOWN_ATTACKS:
-        try:
-            found[name] = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            continue
-    return found
 
 
 def run_attacks(
@@ -452,39 +422,39 @@ def run_attacks(
     top: torch.nn.Module,
     labels: LabelMap,
 ) -> list[dict[str, Any]]:
-    """Every available attack under both threat models on ``observed``; one JSON-able dict each.
+    """Every attack of ``evaluation.attacks.ATTACKS`` under both threat models; one JSON-able dict each.
 
     The kit (``AttackKit.from_privatizer``) holds the victim's fitted privatizer (Kerckhoffs: the
     adaptive attacker knows the mechanism, its parameters and fitted state), the public texts with
-    their attributes and task labels, the cached prototypes and the server's top model. With
-    mechanism ``none`` both threat models see the same thing, so "adaptive" copies "naive".
-    An attack that cannot run (``AttackUnavailable``) gets ``asr`` None and ``skipped``.
+    their attributes and task labels, the cached prototypes and the server's top model after
+    training. With mechanism ``none`` both threat models see the same thing, so "adaptive" copies
+    "naive". An attack that cannot run (e.g. attribute attacks without an attribute) gets ``asr``
+    None and ``skipped``. ``details["harness_seconds"]``: wall time of the attack (both threat models).
     """
-    from evaluation.attacks.base import AttackUnavailable
-    from evaluation.attacks.kit import AttackKit
+    from evaluation.attacks import ATTACKS, AttackKit, AttackUnavailable
+    from evaluation.attacks import run_attacks as run_suite
 
     names = observed.attribute_names
-    public = data.public
+    public = [r for r in data.public if r.label in labels.names]
     kit = AttackKit.from_privatizer(
         privatizer, [r.text for r in public],
         public_attributes=[names.index(str(r.attribute)) for r in public] if data.has_attribute else None,
-        public_labels=[labels.encode(r.label) for r in public if r.label in labels.names]
-        if all(r.label in labels.names for r in public) else None,
-        top=top, prototypes=resources.bottom(config.model, config.split_layer)[0].token_prototypes(),
+        public_labels=[labels.encode(r.label) for r in public], top=top,
+        prototypes=resources.bottom(config.model, config.split_layer)[0].token_prototypes(),
         seed=config.seed, batch_size=config.batch_size,
     )  # fmt: skip
     threat_models = ("naive",) if config.mechanism == "none" else ("naive", "adaptive")
-    budget = ATTACK_BUDGETS.get(config.attack_budget, {})
+    options = ATTACK_BUDGETS.get(config.attack_budget, {})
     out: list[dict[str, Any]] = []
-    for name, attack in attack_functions().items():
+    for name in ATTACKS:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed)
         try:
-            results = [r.to_dict() for r in attack(observed.observation, kit, threat_models, generator,
-                                                     **budget.get(name, {}))]  # fmt: skip
+            suite = run_suite(observed.observation, kit, [name], threat_models, generator, options, False)
+            results = [r.to_dict() for r in suite]
         except AttackUnavailable as exc:
-            results = [{"name": name, "threat_model": m, "asr": None, "chance": None, "n": 0,
-                        "skipped": str(exc), "details": {}} for m in threat_models]  # fmt: skip
+            results = [{"name": name, "threat_model": m, "asr": None, "chance": None, "n": 0, "details": {},
+                        "skipped": str(exc)} for m in threat_models]  # fmt: skip
         seconds = round(time.perf_counter() - started, 2)
         for r in results:
             r["details"]["harness_seconds"] = seconds

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from client_sdk.privacy import PerturbContext, clip_by_norm, generation_importance, mechanism_from_config
-from client_sdk.privacy.config import ClipOptions, Opt3Config
+from client_sdk.audit import expected_lone_tokens, expected_privatizer, noiseless_mechanism
+from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm, generation_importance
+from client_sdk.privacy.config import ClipOptions
 
 from .base import AttackUnavailable, Observation, check_threat_models
 
-__all__ = ["AttackKit", "KnownMechanism", "observe", "observe_gradients", "top_mode"]
+__all__ = ["AttackKit", "KnownMechanism", "observe", "observe_gradients", "top_logits", "top_mode"]
 
 Encode = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 Run = Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,6 +95,19 @@ def top_mode(top: torch.nn.Module, eager: bool = False) -> Iterator[torch.nn.Mod
 
 
 @torch.no_grad()
+def top_logits(
+    top: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """The top's output (N, C) for ``hidden`` (N, T, d) in eval mode, ``chunk`` texts at a time (CPU, float32)."""
+    device = _device(top)
+    with top_mode(top):
+        parts = [
+            top(hidden[s : s + chunk].to(device), attention_mask[s : s + chunk].to(device)).float().cpu()
+            for s in range(0, hidden.shape[0], chunk)
+        ]  # each (b, c)
+    return torch.cat(parts)
+
+
 def observe_gradients(observation: Observation, top: torch.nn.Module, batch_size: int = 8) -> Observation:
     """Add the gradients the device would return: rows in consecutive steps of ``batch_size``, each
     dL/d(logits) of the step's mean cross-entropy (so scaled by 1 / step size), from ``top`` in eval mode.
@@ -103,12 +117,7 @@ def observe_gradients(observation: Observation, top: torch.nn.Module, batch_size
     """
     if observation.labels is None:
         raise AttackUnavailable("observe_gradients needs the observation's task labels")
-    device = _device(top)
-    with top_mode(top):
-        logits = torch.cat([
-            top(observation.hidden[s : s + 64].to(device), observation.attention_mask[s : s + 64].to(device)).float().cpu()
-            for s in range(0, observation.n, 64)
-        ])  # (n, c)
+    logits = top_logits(top, observation.hidden, observation.attention_mask)  # (n, c)
     sizes = torch.full((observation.n,), batch_size, dtype=torch.long)
     last = observation.n % batch_size
     if last:
@@ -120,26 +129,22 @@ def observe_gradients(observation: Observation, top: torch.nn.Module, batch_size
 class KnownMechanism:
     """The adaptive attacker's model of the victim's mechanism (Kerckhoffs: config and fitted state known).
 
-    Deterministic part: clipping to C (mechanisms with a clip norm) and, for OPT-3 mechanisms, the
-    shift delta* (privtune: OPT-3 with the same options and eps_local). ``noise``: 'none', 'gaussian',
-    'laplace' (d_chi, metric l1) or 'l2' (d_chi, metric l2), which sets the likelihood in ``distance``.
-    Importance-scaled budgets use the state's classification table, the bottom's attentions when the
-    sequence is real, else w = 1.
+    Deterministic part: the mechanism with its noise scaled to ~0 (``client_sdk.audit.noiseless_mechanism``):
+    clipping to C and, for OPT-3 mechanisms, the shift delta*. ``noise``: 'none', 'gaussian', 'laplace'
+    (d_chi, metric l1) or 'l2' (d_chi, metric l2), which sets the likelihood in ``distance``. When the
+    shift depends on importance (opt3_importance) it uses the state's classification table, else the
+    bottom's attentions on the given tokens, else w = 1.
     """
 
     def __init__(self, privatizer: Any) -> None:
         mech, state = privatizer.mechanism, privatizer.state
-        self.name = mech.name
-        self.state, self.bottom = state, privatizer.bottom
+        self.privatizer, self.name = privatizer, mech.name
+        self.twin = noiseless_mechanism(mech)
+        self.state = state or PreparedState()
         self.special_ids = torch.tensor(tuple(privatizer.special_ids), dtype=torch.long)
-        self.clip_norm = state.clip_norm if isinstance(mech.config, ClipOptions) and state is not None else None
-        self.shift_mechanism = None
-        if mech.uses_opt3:
-            if mech.uses_noise:  # privtune: its deterministic part is OPT-3 with the same options
-                config = Opt3Config(**{f.name: getattr(mech.config, f.name) for f in fields(Opt3Config)})
-                self.shift_mechanism = mechanism_from_config(config)
-            else:
-                self.shift_mechanism = mech
+        self.clip_norm = self.state.clip_norm if isinstance(mech.config, ClipOptions) else None
+        self.has_shift = bool(mech.uses_opt3)
+        self._shift_needs_importance = mech.uses_importance and not mech.uses_noise  # opt3_importance
         if not mech.uses_noise:
             self.noise = "none"
         elif mech.name == "gaussian":
@@ -147,13 +152,24 @@ class KnownMechanism:
         else:
             self.noise = "laplace" if mech.config.metric == "l1" else "l2"
 
-    @property
-    def has_shift(self) -> bool:
-        return self.shift_mechanism is not None
-
     def clip(self, hidden: torch.Tensor) -> torch.Tensor:
         """Clip to C along the last axis (differentiable); identity without a clip norm."""
         return hidden if self.clip_norm is None else clip_by_norm(hidden, self.clip_norm)
+
+    def _importance(self, hidden: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, use_attention: bool):
+        if not self.twin.uses_importance:
+            return None
+        table = self.state.importance_table
+        if table is not None:
+            return table.to(ids.device)[ids]  # (b, t)
+        if self._shift_needs_importance and use_attention:
+            bottom = self.privatizer.bottom
+            out = bottom(ids, mask, output_attentions=True)
+            return generation_importance(
+                out.attentions, mask, causal=bool(bottom.is_causal),
+                exclude_mask=torch.isin(ids, self.special_ids.to(ids.device)),
+            )  # fmt: skip
+        return torch.zeros(ids.shape, device=hidden.device)  # w = 1 (sigmoid map); only the noise uses it otherwise
 
     @torch.no_grad()
     def shift(
@@ -163,21 +179,11 @@ class KnownMechanism:
         if not self.has_shift:
             return torch.zeros_like(hidden)
         hidden, mask, ids = hidden.detach().float(), mask.to(hidden.device), input_ids.to(hidden.device)
-        importance = None
-        if self.shift_mechanism.uses_importance:
-            table = getattr(self.state, "importance_table", None)
-            if table is not None:
-                importance = table.to(ids.device)[ids]  # (b, t)
-            elif use_attention:
-                out = self.bottom(ids, mask, output_attentions=True)
-                importance = generation_importance(
-                    out.attentions, mask, causal=bool(self.bottom.is_causal),
-                    exclude_mask=torch.isin(ids, self.special_ids.to(ids.device)),
-                )  # fmt: skip
-            else:
-                importance = torch.zeros(ids.shape, device=hidden.device)  # w = 1 (sigmoid map)
-        context = PerturbContext(state=self.state, input_ids=ids, importance=importance)
-        moved = self.shift_mechanism.perturb(hidden, mask, context, generator=None)  # (b, t, d) = clip(h) + delta
+        context = PerturbContext(
+            state=self.state, input_ids=ids, importance=self._importance(hidden, mask, ids, use_attention)
+        )
+        g = torch.Generator(device=hidden.device).manual_seed(0)
+        moved = self.twin.perturb(hidden, mask, context, generator=g)  # (b, t, d) = clip(h) + delta
         return (moved - self.clip(hidden)) * mask.unsqueeze(-1)
 
     def apply(
@@ -248,7 +254,7 @@ class AttackKit:
         if prototypes is None:
             prototypes = bottom.token_prototypes()
         return cls(
-            bottom=bottom, tokenizer=privatizer.tokenizer, prototypes=prototypes.detach().float(),
+            bottom=bottom, tokenizer=privatizer.tokenizer, prototypes=prototypes.detach().float().cpu(),
             embeddings=bottom.input_embeddings().detach().float(), privatize_public=privatizer.privatize,
             encode=privatizer.encode, public_texts=tuple(public_texts), special_ids=tuple(privatizer.special_ids),
             known=KnownMechanism(privatizer), public_attributes=as_long(public_attributes),
@@ -263,32 +269,33 @@ class AttackKit:
         """Shadow representations of the public texts: clean bottom outputs ("naive") or the victim's
         mechanism applied to them ("adaptive", noise drawn from the kit's seed); cached."""
         (threat_model,) = check_threat_models(threat_model)
-        if threat_model not in self._cache:
+        if threat_model == "naive":
+            device = self.device
+            return self._public("naive", lambda batch, ids, mask: self.bottom(ids.to(device), mask.to(device)).hidden)
+        g = torch.Generator().manual_seed(self.seed)
+        return self._public("adaptive", lambda batch, ids, mask: self.privatize_public(batch, generator=g)["hidden"])
+
+    def public_expected(self) -> Observation:
+        """The mechanism's noiseless output on the public texts (what the adaptive attacker expects on
+        average; ``client_sdk.audit.expected_privatizer``); cached."""
+        twin = expected_privatizer(self.known.privatizer)
+        g = torch.Generator().manual_seed(self.seed)
+        return self._public("expected", lambda batch, ids, mask: twin.privatize(batch, generator=g)["hidden"])
+
+    def _public(self, key: str, run: Run) -> Observation:
+        if key not in self._cache:
             if not self.public_texts:
                 raise AttackUnavailable("the kit has no public texts")
-            if threat_model == "naive":
-                device = self.device
-                run = lambda batch, ids, mask: self.bottom(ids.to(device), mask.to(device)).hidden
-            else:
-                g = torch.Generator().manual_seed(self.seed)
-                run = lambda batch, ids, mask: self.privatize_public(batch, generator=g)["hidden"]
             obs = _represent(self.public_texts, self.encode, run, self.special_ids, self.batch_size)
-            self._cache[threat_model] = replace(obs, attribute=self.public_attributes, labels=self.public_labels)
-        return self._cache[threat_model]
+            self._cache[key] = replace(obs, attribute=self.public_attributes, labels=self.public_labels)
+        return self._cache[key]
 
     def attack_prototypes(self, threat_model: str) -> torch.Tensor:
-        """(|V|, d) prototypes as the attacker expects to observe them: raw ("naive"), or through the
-        mechanism's deterministic part ("adaptive"; clipping alone leaves cosine unchanged)."""
+        """(|V|, d) prototypes as the attacker expects to observe each token: raw ("naive"), or the
+        mechanism's noiseless output for each prototype as a lone token ("adaptive"); cached."""
         (threat_model,) = check_threat_models(threat_model)
-        if threat_model == "naive" or not self.known.has_shift:
+        if threat_model == "naive":
             return self.prototypes
         if "prototypes_adaptive" not in self._cache:
-            v = self.prototypes.shape[0]
-            ids = torch.arange(v).unsqueeze(1)  # (V, 1): each token alone
-            chunks = [
-                self.known.apply(self.prototypes[s : s + 4096].unsqueeze(1), torch.ones(ids[s : s + 4096].shape),
-                                 ids[s : s + 4096], use_attention=False)[:, 0]
-                for s in range(0, v, 4096)
-            ]  # fmt: skip
-            self._cache["prototypes_adaptive"] = torch.cat(chunks)
+            self._cache["prototypes_adaptive"] = expected_lone_tokens(self.known.privatizer, self.prototypes)
         return self._cache["prototypes_adaptive"]

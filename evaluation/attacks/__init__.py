@@ -1,0 +1,110 @@
+"""The paper's attacks (method.md section 7), one small module each, under two threat models.
+
+Every attack has the signature ``attack(observation, kit, threat_models=("naive", "adaptive"),
+generator=None, **options) -> list[AttackResult]`` (one result per threat model), runs batched
+tensor code with bounded cost, and raises ``AttackUnavailable`` when the observation or kit lacks
+what it needs (attributes, gradients, the top model)::
+
+    kit = AttackKit.from_privatizer(privatizer, public_texts, public_attributes=..., public_labels=..., top=top)
+    obs = observe(privatizer, private_texts, attributes=..., labels=...)   # or the harness's recording
+    obs = observe_gradients(obs, top)                                      # A1 / A1-label / A4
+    results = run_attacks(obs, kit)                                        # every attack that can run
+
+=========== ============================================================ ==================
+name        attack                                                        scored on
+=========== ============================================================ ==================
+A0-opt      inversion by optimisation through the bottom                 tokens (subset)
+A0-learned  linear-discriminant token classifier fitted on public text   tokens
+A1          DLG: match per-text parameter gradients of the server's top  tokens (subset)
+A1-label    label = argmin of the returned dL/d(logits) row              texts
+A2          nearest split-layer prototype (cosine)                       tokens
+A3          attribute classifier on pooled h~                            texts
+A4          attribute classifier on the returned gradients               texts
+A5          K-means on pooled h~, clusters named by shadow attributes    texts
+=========== ============================================================ ==================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .a0_learned import a0_learned
+from .a0_optimisation import a0_optimisation
+from .a1_gradient import a1_gradient_inversion, a1_label_leakage
+from .a2_nearest import a2_nearest_prototype
+from .a3_attribute import a3_attribute
+from .a4_gradient_attribute import a4_gradient_attribute
+from .a5_kmeans import a5_kmeans
+from .base import THREAT_MODELS, AttackResult, AttackUnavailable, Observation, check_threat_models
+from .kit import AttackKit, KnownMechanism, observe, observe_gradients
+
+__all__ = [
+    "ATTACKS",
+    "THREAT_MODELS",
+    "AttackKit",
+    "AttackResult",
+    "AttackUnavailable",
+    "KnownMechanism",
+    "Observation",
+    "a0_learned",
+    "a0_optimisation",
+    "a1_gradient_inversion",
+    "a1_label_leakage",
+    "a2_nearest_prototype",
+    "a3_attribute",
+    "a4_gradient_attribute",
+    "a5_kmeans",
+    "observe",
+    "observe_gradients",
+    "run_attacks",
+]
+
+Attack = Callable[..., list[AttackResult]]
+
+ATTACKS: dict[str, Attack] = {
+    "A0-opt": a0_optimisation,
+    "A0-learned": a0_learned,
+    "A1": a1_gradient_inversion,
+    "A1-label": a1_label_leakage,
+    "A2": a2_nearest_prototype,
+    "A3": a3_attribute,
+    "A4": a4_gradient_attribute,
+    "A5": a5_kmeans,
+}
+"""Attack name -> function, in method.md order."""
+
+
+def run_attacks(
+    observation: Observation,
+    kit: AttackKit,
+    names: Sequence[str] | None = None,
+    threat_models: str | Sequence[str] = THREAT_MODELS,
+    generator: torch.Generator | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    skip_unavailable: bool = True,
+) -> list[AttackResult]:
+    """Run the attacks ``names`` (default: all of ``ATTACKS``) and concatenate their results.
+
+    ``options`` maps an attack name to its keyword options. Each attack gets its own generator seeded
+    from ``generator`` (default seed 0), so results do not depend on which others ran. An attack that
+    raises ``AttackUnavailable`` is skipped when ``skip_unavailable`` (else the error propagates).
+    """
+    names = list(ATTACKS) if names is None else list(names)
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; known: {list(ATTACKS)}")
+    models = check_threat_models(threat_models)
+    base = generator if generator is not None else torch.Generator().manual_seed(0)
+    seeds = torch.randint(0, 2**62, (len(ATTACKS),), generator=base).tolist()
+    results: list[AttackResult] = []
+    for name in names:
+        g = torch.Generator().manual_seed(seeds[list(ATTACKS).index(name)])
+        try:
+            results += ATTACKS[name](observation, kit, models, g, **dict((options or {}).get(name, {})))
+        except AttackUnavailable:
+            if not skip_unavailable:
+                raise
+    return results
