@@ -51,8 +51,8 @@ class ExperimentConfig:
     noise mechanisms share one axis. It must be None for ``none``/``opt3``/``opt3_importance``
     (no noise); None for a noise mechanism means its configured default. ``hops`` sets the OPT-3
     hop count n (OPT-3 mechanisms only). ``params`` are further mechanism options as sorted
-    (name, value) pairs, e.g. (("metric", "l2"),). ``attack_budget`` ("quick" | "full") is passed to
-    the attacks. ``n_attack`` private texts of the last epoch are attacked.
+    (name, value) pairs, e.g. (("metric", "l2"),). ``attack_budget`` ("full" | "quick" | "smoke", see
+    ``ATTACK_BUDGETS``) sets the attacks' cost options. ``n_attack`` private texts of the last epoch are attacked.
     """
 
     dataset: str = "vader-movie"
@@ -79,6 +79,8 @@ class ExperimentConfig:
             raise ValueError(f"mechanism {self.mechanism!r} adds no noise: eta must be None")
         if self.hops is not None and self.mechanism not in OPT3_MECHANISMS:
             raise ValueError(f"hops applies to OPT-3 mechanisms {OPT3_MECHANISMS}, not {self.mechanism!r}")
+        if self.attack_budget not in ATTACK_BUDGETS:
+            raise ValueError(f"attack_budget must be one of {tuple(ATTACK_BUDGETS)}, got {self.attack_budget!r}")
         object.__setattr__(self, "params", tuple(sorted(tuple(p) for p in self.params)))
         if self.eta is not None:
             object.__setattr__(self, "eta", float(self.eta))
@@ -149,6 +151,7 @@ class Resources:
     data_dir: str | None = None
     _bottoms: dict[tuple[str, int], tuple[Any, Any]] = field(default_factory=dict)
     _data: dict[tuple, EvalData] = field(default_factory=dict)
+    _kit_entries: dict[str, Any] = field(default_factory=dict)  # attack-kit entries shared across experiments
 
     def bottom(self, model: str, split_layer: int) -> tuple[Any, Any]:
         """(bottom, tokenizer) for ``model`` cut after ``split_layer``; ``token_prototypes`` memoised."""
@@ -173,6 +176,19 @@ class Resources:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         save_file({"prototypes": prototypes}, str(path))
         return prototypes
+
+    def kit_entries(self, keys: dict[str, str]) -> dict[str, Any]:
+        """Cached attack-kit entries for ``{entry name: fingerprint}`` (those present)."""
+        return {name: self._kit_entries[fp] for name, fp in keys.items() if fp in self._kit_entries}
+
+    def keep_kit_entries(self, keys: dict[str, str], entries: dict[str, Any], limit: int = 6) -> None:
+        """Remember ``entries`` under their fingerprints (the ``limit`` most recent are kept: memory)."""
+        for name, fp in keys.items():
+            if name in entries:
+                self._kit_entries.pop(fp, None)
+                self._kit_entries[fp] = entries[name]
+        while len(self._kit_entries) > limit:
+            self._kit_entries.pop(next(iter(self._kit_entries)))
 
     def data(self, config: ExperimentConfig) -> EvalData:
         """The dataset parts for ``config`` (cached per dataset, sizes and seed)."""
@@ -408,9 +424,43 @@ def build_observation(
 
 #: keyword options per attack and budget (the attacks' own defaults otherwise)
 ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {"A0-opt": {"max_sequences": 16}, "A1": {"max_sequences": 4, "steps": 50}},
     "full": {"A0-opt": {"max_sequences": 64}, "A1": {"max_sequences": 8}},
+    "quick": {"A0-opt": {"max_sequences": 16}, "A1": {"max_sequences": 4, "steps": 50}},
+    "smoke": {"A0-opt": {"max_sequences": 4, "steps": 5}, "A1": {"max_sequences": 2, "steps": 3}},  # tests only
 }
+
+
+NOISE_FIELDS = ("eta", "noise_multiplier")
+
+
+def kit_fingerprints(config: ExperimentConfig, privatizer: Any, public_texts: list[str]) -> dict[str, str]:
+    """Fingerprints of the attack-kit entries that do not depend on the noise draw or level.
+
+    ``naive``: clean public representations (model, split, public texts, tokenisation).
+    ``expected`` / ``prototypes_adaptive``: the mechanism's noiseless output on public text and on lone
+    prototypes, which depend on its config without the noise level and on the fitted state (clip
+    norm, OPT-3 constraints, centroids, importance table), not on eta. Equal fingerprints, equal values
+    (up to the 1e-12-scaled noise of ``client_sdk.audit.noiseless_mechanism``).
+    """
+    base = hashlib.sha256()
+    base.update(
+        json.dumps([config.model, config.split_layer, config.max_length, config.batch_size, config.seed]).encode()
+    )
+    for text in public_texts:
+        base.update(text.encode() + b"\0")
+    naive = base.hexdigest()
+    mech = hashlib.sha256(naive.encode())
+    settings = {k: v for k, v in privatizer.mechanism.config.to_dict().items() if k not in NOISE_FIELDS}
+    mech.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    state = privatizer.state
+    if state is not None:
+        mech.update(json.dumps(state.summary(), sort_keys=True, default=str).encode())
+        for name in ("mu", "centroids", "centroid_labels", "importance_table"):
+            value = getattr(state, name, None)
+            if torch.is_tensor(value):
+                mech.update(value.detach().cpu().contiguous().numpy().tobytes())
+    fp = mech.hexdigest()
+    return {"naive": "naive:" + naive, "expected": "expected:" + fp, "prototypes_adaptive": "protos:" + fp}
 
 
 def run_attacks(
@@ -443,6 +493,10 @@ def run_attacks(
         prototypes=resources.bottom(config.model, config.split_layer)[0].token_prototypes(),
         seed=config.seed, batch_size=config.batch_size,
     )  # fmt: skip
+    shared = kit_fingerprints(config, privatizer, [r.text for r in public])
+    cache = getattr(kit, "_cache", None)  # the kit's own memo (evaluation.attacks.kit); reused if present
+    if isinstance(cache, dict):
+        cache.update(resources.kit_entries(shared))
     threat_models = ("naive",) if config.mechanism == "none" else ("naive", "adaptive")
     options = ATTACK_BUDGETS.get(config.attack_budget, {})
     out: list[dict[str, Any]] = []
@@ -462,4 +516,6 @@ def run_attacks(
             results += [{**r, "threat_model": "adaptive", "details": {**r["details"], "same_as": "naive"}}
                         for r in results if r["threat_model"] == "naive"]  # fmt: skip
         out += results
+    if isinstance(cache, dict):
+        resources.keep_kit_entries(shared, cache)
     return out

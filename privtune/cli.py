@@ -6,6 +6,7 @@ privtune worker    production Celery worker (solo pool: one process per GPU)
 privtune keys create --org NAME
 privtune models export MODEL --split-layer L
 privtune demo [--json]   the README's main job
+privtune eval [--quick] [--out results.jsonl] [--data-dir DIR] [--report]   privacy-utility evaluation
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from evaluation.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privtune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--data-dir", default=".privtune")
     p.set_defaults(func=_demo)
+
+    from evaluation.cli import add_arguments  # argparse only: no torch at parser build
+
+    p = add_arguments(sub.add_parser("eval", help="privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md"))
+    p.set_defaults(func=_eval)
     return parser
 
 

@@ -60,7 +60,7 @@ def a0_learned(
             options.update(fallback_ids=torch.arange(protos.shape[0]), fallback_means=protos)
         lda = TokenDiscriminant.fit(public.hidden[keep], public.input_ids[keep], **options)
         predicted = torch.zeros_like(observation.input_ids)  # (n, t)
-        predicted[scored] = lda.predict(observation.hidden[scored]).cpu()
+        predicted[scored] = lda.predict(observation.hidden[scored].to(kit.device)).cpu()
         details = {
             "classes": int(lda.classes.numel()), "coverage": lda.coverage(truth), "public_tokens": int(keep.sum()),
             "shrinkage": shrinkage, "prior": prior, "fallback": fallback, "seconds": round(time.perf_counter() - started, 3),

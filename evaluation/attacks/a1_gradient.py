@@ -16,6 +16,13 @@ and texts of 1 - cosine similarity (one tensor cannot drown the others). The can
 the tokens of the public text plus the special tokens (``vocabulary="public"``) or all of |V|.
 Per-text gradients use ``torch.func`` (vmap of grad), with the top run in eval mode and eager
 attention (double backward through it). Cost is bounded by ``max_sequences`` and ``steps``.
+``details["final_loss"]`` is the mean 1 - cosine per tensor and text at the end: a low loss with a
+low ASR means the gradients are matched by a wrong (relaxed) input, i.e. they do not pin the tokens.
+
+Measured (no noise, untrained top, LoRA r=8): tiny random BERT (|V| = 64) ~0.9 of tokens in 100
+steps; minilm-l6 split at 3 (3,123 public-text candidates) ~0.01-0.03 in 100-300 steps with final
+loss ~0.05: at LoRA initialisation B = 0, so only the B and head gradients carry signal, and they
+are matched by wrong mixtures. The server's stronger channel is h~ itself (A0, A2) and the label (A1-label).
 """
 
 from __future__ import annotations
@@ -114,7 +121,7 @@ def a1_gradient_inversion(
     temperature: float = 1.0,
     vocabulary: str = "public",
     params: str = "trainable",
-    max_sequences: int | None = 8,
+    max_sequences: int | None = 4,
     batch_size: int = 8,
 ) -> list[AttackResult]:
     """A1 on (a random subset of) ``observation``: top-1 token recovery from per-text parameter
@@ -135,7 +142,7 @@ def a1_gradient_inversion(
         per_sample = _per_sample_grads(top, theta)
         for model in check_threat_models(threat_models):
             started = time.perf_counter()
-            predicted = torch.zeros_like(obs.input_ids)
+            predicted, final = torch.zeros_like(obs.input_ids), []
             for s in range(0, obs.n, batch_size):
                 hidden = obs.hidden[s : s + batch_size].to(device).float()  # (b, t, d)
                 mask = obs.attention_mask[s : s + batch_size].to(device)  # (b, t)
@@ -143,7 +150,8 @@ def a1_gradient_inversion(
                 observed = {n: v for n, v in per_sample(theta, hidden, mask, g).items() if v.abs().sum() > 0}
                 z = torch.zeros(*mask.shape, vocab.shape[0], device=device, requires_grad=True)  # (b, t, k)
                 opt = torch.optim.Adam([z], lr=lr)
-                for _ in range(steps):
+                loss = torch.zeros(())
+                for _ in range(steps if observed else 0):  # all-zero gradients: nothing to match
                     x = (z / temperature).softmax(dim=-1) @ emb  # (b, t, d_e)
                     out = kit.bottom(None, mask, inputs_embeds=x).hidden  # (b, t, d)
                     if model == "adaptive":
@@ -152,12 +160,14 @@ def a1_gradient_inversion(
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                final.append(float(loss.detach()) / max(len(observed) * mask.shape[0], 1))
                 predicted[s : s + batch_size] = vocab[z.detach().argmax(dim=-1)].cpu()
             coverage = float(torch.isin(obs.input_ids[obs.scored], vocab.cpu()).float().mean())
             details = {
                 "steps": steps, "lr": lr, "temperature": temperature, "vocabulary": vocabulary,
                 "candidates": int(vocab.numel()), "coverage": coverage, "params": params,
-                "matched_tensors": len(theta), "sequences": obs.n, "seconds": round(time.perf_counter() - started, 3),
+                "matched_tensors": len(theta), "final_loss": sum(final) / max(len(final), 1), "sequences": obs.n,
+                "seconds": round(time.perf_counter() - started, 3),
             }  # fmt: skip
             results.append(token_result("A1", model, predicted, obs, details))
     return results

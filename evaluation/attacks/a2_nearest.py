@@ -40,7 +40,8 @@ def a2_nearest_prototype(
         started = time.perf_counter()
         protos = kit.attack_prototypes(model)  # (V, d)
         predicted = torch.zeros_like(observation.input_ids)  # (n, t)
-        predicted[scored] = nearest_prototype(observation.hidden[scored], protos, block_size=block_size).cpu()
+        rows = observation.hidden[scored].to(kit.device)  # (n_scored, d)
+        predicted[scored] = nearest_prototype(rows, protos, block_size=block_size).cpu()
         details = {"vocabulary": int(protos.shape[0]), "seconds": round(time.perf_counter() - started, 3)}
         results.append(token_result("A2", model, predicted, observation, details))
     return results

@@ -216,6 +216,10 @@ class AttackKit:
     mechanism applied to public text (adaptive attacker); ``encode(texts)`` -> (ids, mask): the
     victim's tokenisation; ``public_texts`` with ``public_attributes`` / ``public_labels`` (N_pub,)
     ints: shadow data; ``known``: the model of the mechanism; ``top``: the server's top model.
+
+    Memo (``_cache``): the public observations ``"naive"``, ``"adaptive"`` (noise from ``seed``) and
+    ``"expected"`` (noiseless mechanism output), and ``"prototypes_adaptive"``. A caller may pre-seed
+    the entries that do not depend on the noise level (all but ``"adaptive"``) to share them.
     """
 
     bottom: Any

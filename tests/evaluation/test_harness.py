@@ -1,0 +1,175 @@
+"""The evaluation harness end to end on a tiny random model: one experiment, resume, report."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from evaluation.data import load_eval_data
+from evaluation.harness import ExperimentConfig, Resources
+from evaluation.report import load_rows, render
+from evaluation.sweep import ResultStore, Runner, grid
+from tests.helpers import WORDS, make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("eval-model") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A toy ``sentiment_vader.jsonl.gz``: sentiment from w0-9 / w10-19, domain from w20-28 / 29-37 / 38-46."""
+    rng = random.Random(0)
+    domains = {"movie": WORDS[20:29], "tweet": WORDS[29:38], "amazon": WORDS[38:47]}
+    rows = []
+    for i in range(360):
+        label = "positive" if i % 2 else "negative"
+        domain = list(domains)[i % 3]
+        own = WORDS[10:20] if label == "positive" else WORDS[:10]
+        words = rng.sample(own, 2) + rng.sample(domains[domain], 2) + rng.sample(WORDS[47:], 2)
+        rng.shuffle(words)
+        split = "test" if i % 5 == 4 else "train"  # every label x domain pair
+        rows.append({"text": " ".join(words), "label": label, "domain": domain, "split": split, "score": 0.0})
+    path = tmp_path_factory.mktemp("eval-data")
+    with gzip.open(path / "sentiment_vader.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def _config(tiny: str, **kw) -> ExperimentConfig:
+    base = dict(
+        dataset="vader-mixed", model=tiny, mechanism="privtune", eta=20.0, split_layer=2, n_train=96, n_public=48,
+        n_test=30, n_attack=24, epochs=2, batch_size=16, learning_rate=1e-2, max_length=16, attack_budget="smoke",
+    )  # fmt: skip
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_data_parts_are_disjoint_and_balanced(data_dir):
+    data = load_eval_data("vader-mixed", 96, 48, 30, data_dir=data_dir)
+    assert not {r.text for r in data.private} & {r.text for r in data.public}
+    assert data.summary()["private_attributes"] == {"amazon": 32, "movie": 32, "tweet": 32}
+    assert set(data.summary()["public_attributes"]) == {"amazon", "movie", "tweet"}
+    assert data.has_attribute and len(data.test) == 30
+    assert load_eval_data("vader-mixed", 96, 48, 30, data_dir=data_dir) == data  # deterministic
+
+
+def test_config_key_is_stable_and_baseline_is_none(tiny):
+    cfg = _config(tiny)
+    assert cfg.key() == ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).key()
+    assert cfg.key() != replace(cfg, eta=40.0).key()
+    assert cfg.baseline().mechanism == "none" and cfg.baseline().eta is None
+    assert replace(cfg, mechanism="gaussian").mechanism_params()["noise_multiplier"] == pytest.approx(2**0.5 / 20)
+    with pytest.raises(ValueError, match="eta must be None"):
+        _config(tiny, mechanism="opt3")
+
+
+def test_experiment_end_to_end_then_resume_does_no_training(tiny, data_dir, tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    runner = Runner(store, Resources(tmp_path / "cache", str(data_dir)), log=lambda msg: None)
+    cfg = _config(tiny)
+    row = runner.run(cfg)
+    assert runner.trained == 2  # the undefended baseline first, then the experiment
+    assert row["key"] == cfg.key() and row["status"] == "ok"
+    utility = row["utility"]
+    assert 0.0 <= utility["accuracy"] <= 1.0 and 0.0 <= utility["accuracy_unperturbed_inference"] <= 1.0
+    assert utility["steps"] == 2 * 6 and 0 < utility["chance"] <= 1
+    assert row["noise"]["ratio"] > 0.1  # eta=20 on d=32: noise is of the order of the signal
+    attacks = {(a["name"], a["threat_model"]): a for a in row["attacks"]}
+    for name in ("A0-learned", "A2", "A1-label", "A3", "A5"):
+        for threat in ("naive", "adaptive"):
+            entry = attacks[(name, threat)]
+            assert 0.0 <= entry["asr"] <= 1.0 and 0.0 < entry["chance"] <= 1.0
+            assert entry["undefended_asr"] is not None
+    assert attacks[("A1-label", "naive")]["asr"] == 1.0  # the returned gradient row gives the label away
+    baseline = store.get(cfg.baseline().key())
+    assert baseline is not None and baseline["config"]["mechanism"] == "none"
+    assert baseline["noise"]["ratio"] < 1e-2  # float16 on the wire only
+
+    (tmp_path / "results.jsonl").open("a").write('{"key": "trunc')  # a crash mid-write
+
+    def no_training(config, resources):
+        raise AssertionError(f"{config.label()} should have been skipped")
+
+    again = Runner(ResultStore(tmp_path / "results.jsonl"), Resources(tmp_path / "cache", str(data_dir)),
+                   log=lambda msg: None, experiment=no_training)  # fmt: skip
+    counts = again.run_all([cfg.baseline(), cfg])
+    assert counts == {"done": 2, "ran": 0, "failed": 0, "left": 0} and again.trained == 0
+
+
+def test_run_all_logs_failures_and_respects_the_budget(tiny, tmp_path):
+    calls = []
+
+    def fake(config, resources):
+        calls.append(config.mechanism)
+        if config.mechanism == "dchi":
+            raise RuntimeError("boom")
+        return _fake_row(config, acc=0.8, asr=0.9)
+
+    logs = []
+    runner = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=logs.append, experiment=fake)
+    counts = runner.run_all([_config(tiny, mechanism="dchi"), _config(tiny)])
+    assert counts == {"done": 0, "ran": 2, "failed": 1, "left": 0}
+    assert any("FAILED" in line for line in logs) and calls == ["none", "dchi", "privtune"]
+    later = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=logs.append, experiment=fake)
+    assert later.run_all([_config(tiny, eta=99.0)], budget_s=-1) == {"done": 0, "ran": 0, "failed": 0, "left": 1}
+
+
+def test_grids_have_unique_keys_and_a_baseline():
+    for quick in (True, False):
+        configs = grid(quick=quick)
+        assert len({c.key() for c in configs}) == len(configs)
+        assert any(c.mechanism == "none" and c.split_layer == 3 for c in configs)
+        assert {c.mechanism for c in configs} >= {"none", "dchi", "privtune", "opt3", "gaussian"}
+
+
+def _fake_row(config: ExperimentConfig, acc: float, asr: float, ratio: float = 1.0) -> dict:
+    attacks = []
+    for name, chance in (("A0-learned", 0.05), ("A2", 0.05), ("A1-label", 0.5), ("A3", 0.34)):
+        for threat in ("naive", "adaptive"):
+            value = asr if threat == "naive" else min(1.0, asr * 1.1)
+            attacks.append({"name": name, "threat_model": threat, "asr": value, "chance": chance, "n": 100,
+                            "details": {}, "undefended_asr": 0.95})  # fmt: skip
+    return {
+        "key": config.key(), "label": config.label(), "config": config.to_dict(), "status": "ok",
+        "utility": {"accuracy": acc, "accuracy_unperturbed_inference": acc + 0.01, "chance": 0.5},
+        "noise": {"ratio": ratio}, "attacks": attacks,
+        "timing": {"fit_s": 1.0, "train_s": 2.0, "eval_s": 1.0, "attack_s": 3.0, "total_s": 7.0},
+        "machine": {"cpu": "test cpu", "nproc": 2, "torch_threads": 2, "torch": "x"},
+        "finished_at": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+
+
+def test_report_renders_the_paper_shaped_tables(tmp_path):
+    base = ExperimentConfig(n_train=64, n_public=32, n_test=32, n_attack=16, epochs=1, attack_budget="quick")
+    rows = [_fake_row(base.baseline(), 0.80, 0.92, ratio=0.0), _fake_row(replace(base, mechanism="opt3"), 0.78, 0.5)]
+    for mechanism in ("privtune", "dchi", "gaussian"):
+        for eta, acc, asr in ((10.0, 0.55, 0.08), (40.0, 0.78, 0.40), (160.0, 0.795, 0.85)):
+            rows.append(_fake_row(replace(base, mechanism=mechanism, eta=eta), acc, asr, ratio=57 / eta))
+    rows += [_fake_row(replace(base, split_layer=5, mechanism="none"), 0.79, 0.7),
+             _fake_row(replace(base, split_layer=5, mechanism="privtune", eta=40.0), 0.76, 0.3),
+             _fake_row(replace(base, mechanism="privtune", eta=40.0, hops=5), 0.77, 0.38),
+             _fake_row(replace(base, dataset="vader-mixed", mechanism="none"), 0.7, 0.9)]  # fmt: skip
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    out = tmp_path / "docs" / "RESULTS.md"
+    text = render(load_rows([results]), out, sources=[str(results)])
+    assert out.read_text() == text
+    for heading in ("Headline check", "Table III shape: `privtune`", "Table III shape: `dchi`", "paper's Table III",
+                    "Table IV shape", "Table V shape: OPT-3 hop count", "Table V shape: mechanism ablation",
+                    "Attribute inference on `vader-mixed`", "test cpu"):  # fmt: skip
+        assert heading in text, heading
+    assert "| 10 | 5.70 | 55.0 | +25.0 | 56.0 | 8.0 / 8.8 |" in text  # eta row: ratio, UP, drop, strongest ASR
+    assert "None (no noise = undefended)" in text and "inf (opt3: shift only)" in text
+    assert "| privtune | naive |" in text and "| privtune | adaptive |" in text
+    pngs = sorted(p.name for p in out.parent.glob("*.png"))
+    assert pngs == ["eta_quick-n64-e1-s0.png", "privacy_utility_quick-n64-e1-s0.png"]
+    # hand-written notes survive a re-render
+    out.write_text(text.replace("(hand-written analysis goes here; kept when the report is regenerated)", "MY NOTES"))
+    assert "MY NOTES" in render(load_rows([results]), out)
