@@ -20,19 +20,38 @@ from client_sdk.client import Client
 from client_sdk.data import LabelMap, load_examples, train_validation_split
 from client_sdk.training import DeviceTrainer, TrainingReport
 
+ETA_MECHANISMS = ("dchi", "dchi_importance", "privtune")
+
+
+class PrivacyTargetError(ValueError):
+    """No eta on the search grid met ``PrivacyConfig.target_asr`` on the user's data."""
+
 
 @dataclass(frozen=True)
 class PrivacyConfig:
     """The mechanism the device applies and its parameters (see ``client_sdk.privacy``).
 
     ``seed=None`` (production) seeds the noise generator from the operating system's entropy;
-    a fixed seed makes runs reproducible for experiments.
+    a fixed seed makes runs reproducible for experiments. ``target_asr`` (e.g. 0.10) makes the SDK
+    search eta on the user's own data before training: the largest eta (least noise) whose on-device
+    audit (nearest-prototype and learned inversion attacks, ``client_sdk.audit``) stays at or below the
+    target; the chosen eta and the measured ASR are recorded in the job's metadata and privacy record.
     """
 
     mechanism: str = "privtune"
     eta: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    target_asr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_asr is not None:
+            if not 0 < self.target_asr < 1:
+                raise ValueError(f"target_asr must be in (0, 1), got {self.target_asr}")
+            if self.mechanism not in ETA_MECHANISMS:
+                raise ValueError(
+                    f"target_asr searches eta, so the mechanism must be one of {ETA_MECHANISMS}, got {self.mechanism!r}"
+                )
 
     def build(self) -> Any:
         from client_sdk.privacy import get_mechanism
@@ -185,8 +204,45 @@ class _DeviceSession:
             cache_dir=Path(path).parent / "neighbours",
             model_id=manifest["digest"],
         )
+        self.audit: dict[str, Any] | None = None
+        if privacy.target_asr is not None:
+            self._search_eta(bottom, tokenizer)
         self.total_steps = -(-len(self.train) // hp.batch_size) * hp.n_epochs
         return self
+
+    def _search_eta(self, bottom: Any, tokenizer: Any) -> None:
+        """Pick eta for ``privacy.target_asr`` by auditing the user's own perturbed texts on the device."""
+        from dataclasses import replace
+
+        from client_sdk.audit import search_eta
+        from client_sdk.privatizer import Privatizer
+
+        state = self.privatizer.state  # independent of eta: fitted once, shared by every candidate
+
+        def factory(eta: float) -> Any:
+            return Privatizer(
+                bottom, tokenizer, replace(self.privacy, eta=eta).build(), state=state, max_length=self.max_length
+            )
+
+        result = search_eta(
+            factory,
+            [ex.text for ex in self.train],
+            self.privacy.target_asr,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if result.chosen_eta is None:
+            raise PrivacyTargetError(
+                f"no eta on the grid keeps the audited ASR at or below {self.privacy.target_asr}; the closest "
+                f"point was eta={result.closest.eta:g} with ASR {result.closest.max_asr:.3f}"
+            )
+        self.privacy = replace(self.privacy, eta=result.chosen_eta)
+        self.privatizer = factory(result.chosen_eta)
+        self.audit = {
+            "target_asr": self.privacy.target_asr,
+            "chosen_eta": result.chosen_eta,
+            "measured_asr": round(result.measured_asr, 4),
+            "audited": [{"eta": pt.eta, "max_asr": round(pt.max_asr, 4)} for pt in result.table],
+        }
 
     def job_body(self, suffix: str | None, metadata: dict[str, str] | None) -> dict[str, Any]:
         hp = self.hp
@@ -216,6 +272,14 @@ class _DeviceSession:
         }
         if suffix:
             body["suffix"] = suffix
+        if self.audit is not None:
+            body["method"]["privtune"]["privacy"]["audit"] = self.audit
+            metadata = {
+                **(metadata or {}),
+                "privtune_target_asr": str(self.audit["target_asr"]),
+                "privtune_eta": f"{self.audit['chosen_eta']:g}",
+                "privtune_audit_asr": f"{self.audit['measured_asr']:.4f}",
+            }
         if metadata:
             body["metadata"] = metadata
         return body

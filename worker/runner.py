@@ -113,9 +113,25 @@ class JobRunner:
             )
         else:
             self._event(f"Training started on {self.device.type} ({self.worker_id})", data={"kind": "job_started"})
+            self._privacy_event(cfg.get("privacy") or {})
         if data is not None:
             return self._train_upload(data, int(cfg.get("batch_size", 32)))
         return self._serve()
+
+    def _privacy_event(self, privacy: dict[str, Any]) -> None:
+        """Record what the device declared about its privacy mechanism (and its eta search, if any)."""
+        message = f"Privacy declared by the device: mechanism {privacy.get('mechanism', 'none')}"
+        if privacy.get("eta") is not None:
+            message += f", eta {privacy['eta']:g}"
+        audit = privacy.get("audit")
+        if audit:
+            message += (
+                f"; eta chosen on the device for target ASR {audit['target_asr']} (audited ASR {audit['measured_asr']})"
+            )
+        self._event(
+            message,
+            data={"kind": "privacy", "mechanism": privacy.get("mechanism"), "eta": privacy.get("eta"), "audit": audit},
+        )
 
     def _db_file(self, file_id: str) -> dict[str, Any]:
         with self.sessionmaker.begin() as session:

@@ -266,3 +266,22 @@ def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     assert resumed.record.status == "succeeded", service.worker_log()
     assert resumed.report.steps == session.total_steps
     assert max(c.step_number for c in resumed.checkpoints()) == session.total_steps
+
+
+def test_target_asr_picks_eta_on_the_device_and_records_it(service):
+    from client_sdk import FineTuneJob, PrivacyConfig
+
+    job = FineTuneJob.create(
+        toy_dataset(64),
+        model=TINY_MODEL,
+        split_layer=2,
+        max_length=16,
+        privacy=PrivacyConfig(mechanism="dchi", seed=0, target_asr=0.5),
+        client=service.client(),
+        hyperparameters={"batch_size": 8, "n_epochs": 1},
+        progress=False,
+    )
+    assert job.record.status == "succeeded", service.worker_log()
+    meta = job.record.metadata
+    assert float(meta["privtune_audit_asr"]) <= 0.5 and float(meta["privtune_eta"]) > 0
+    assert "chosen on the device for target ASR 0.5" in _events_text(service.client(), job.record.id)
