@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 DEFAULT_DIR = Path(".privtune") / "eval"
-GRID_NAMES = ("eta", "ablation", "split", "hops", "attribute", "eta-extra")  # evaluation.sweep.GRIDS (not imported: no torch here)
+GRID_NAMES = (
+    "eta",
+    "ablation",
+    "split",
+    "hops",
+    "attribute",
+    "eta-extra",
+)  # evaluation.sweep.GRIDS (not imported: no torch here)
 QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid targets < 15 min in all
 
 
@@ -39,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help=f"start no experiment after this many minutes (default {QUICK_BUDGET_MIN:g} with --quick, "
                              "none otherwise); the rest runs on the next invocation")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran ~3x slower "
+                             "under contention and starve other jobs)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="write the results document after running")
     parser.add_argument("--report-out", type=Path, default=Path("docs") / "RESULTS.md")
     parser.add_argument("--report-include", type=Path, action="append", default=[],
@@ -62,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     status = 0
     if not args.no_run:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
         budget = args.budget_minutes if args.budget_minutes is not None else (QUICK_BUDGET_MIN if args.quick else None)
         started = time.perf_counter()
         runner = Runner(store, Resources(args.cache_dir, args.data_dir))

@@ -424,8 +424,8 @@ def build_observation(
 
 #: keyword options per attack and budget (the attacks' own defaults otherwise)
 ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {"A0-opt": {"max_sequences": 64}, "A1": {"max_sequences": 8}},
-    "quick": {"A0-opt": {"max_sequences": 16}, "A1": {"max_sequences": 4, "steps": 50}},
+    "full": {"A0-opt": {"max_sequences": 32}, "A1": {"max_sequences": 4}},
+    "quick": {"A0-opt": {"max_sequences": 8}, "A1": {"max_sequences": 2, "steps": 50}},
     "smoke": {"A0-opt": {"max_sequences": 4, "steps": 5}, "A1": {"max_sequences": 2, "steps": 3}},  # tests only
 }
 

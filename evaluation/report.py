@@ -335,6 +335,9 @@ def plot_privacy_utility(rows: list[dict[str, Any]], dataset: str, path: Path, t
         ax.axhline(100 * accuracy(base) - PAPER_HEADLINE["up_drop"], color="green", ls=":", lw=1,
                    label="undefended - 3.33 pts")  # fmt: skip
         ax.axvline(PAPER_HEADLINE["asr"], color="red", ls=":", lw=1, label="ASR 10%")
+        ax.axvspan(-2, PAPER_HEADLINE["asr"], ymin=0, ymax=1, color="green", alpha=0.06)
+        ax.text(1, 100 * accuracy(base) - PAPER_HEADLINE["up_drop"] + 0.5, "paper's headline:\nASR <= 10%,\ndrop <= 3.33",
+                fontsize=7, color="green", va="bottom")  # fmt: skip
         ax.set_title(f"{threat} attacker")
         ax.set_xlabel("strongest token-inversion ASR (%)  [numbers: eta]")
         ax.set_xlim(-2, 102)
@@ -378,6 +381,10 @@ def plot_eta(rows: list[dict[str, Any]], dataset: str, path: Path, title: str) -
         return None
     base = next(iter(pick(rows, dataset=dataset, split_layer=3, mechanism="none")), None)
     if base is not None:
+        entry = strongest(base, "naive")
+        if entry is not None:
+            left.axhline(100 * entry["asr"], color="black", lw=1, label="none (undefended)")
+            left.axhline(100 * entry["chance"], color="grey", ls="--", lw=1, label="chance (majority token)")
         right.axhline(100 * accuracy(base), color="black", lw=1, label="none (undefended)")
         right.axhline(100 * base["utility"]["chance"], color="grey", ls="--", lw=1, label="chance")
     for ax, label in ((left, "strongest token-inversion ASR (%)"), (right, "test accuracy (%)")):
@@ -455,8 +462,11 @@ def _setting_lines(rows: list[dict[str, Any]], plots_dir: Path, doc_dir: Path) -
         f"{c['seed']}. {len(rows)} experiments, {total / 60:.1f} min of compute in all "
         f"(median {sorted(r['timing']['total_s'] for r in rows)[len(rows) // 2]:.0f} s per experiment).",
         "",
-        "ASR cells are **naive / adaptive** in percent. UP drop = undefended accuracy minus this accuracy.",
+        "ASR cells are **naive / adaptive** in percent. UP drop = undefended accuracy minus this accuracy. "
+        f"One seed: an accuracy near 80% on {c['n_test']} test texts has a binomial standard error of "
+        f"{100 * math.sqrt(0.8 * 0.2 / max(c['n_test'], 1)):.1f} points, so drops smaller than about twice that are noise.",
         "",
+        *_coverage(rows),
     ]
     datasets = sorted({r["config"]["dataset"] for r in rows})
     if "vader-movie" in datasets:
@@ -494,6 +504,23 @@ def _setting_lines(rows: list[dict[str, Any]], plots_dir: Path, doc_dir: Path) -
           ("fit_s", "train_s", "eval_s", "attack_s", "total_s"))] for r in rows],
     )  # fmt: skip
     return lines + [""]
+
+
+def _coverage(rows: list[dict[str, Any]]) -> list[str]:
+    """A line saying how much of the matching quick / full grid these rows cover (empty if neither)."""
+    from evaluation.sweep import grid
+
+    for quick, name in ((True, "quick"), (False, "full")):
+        configs = grid(quick=quick)
+        if setting_of({"config": configs[0].to_dict()}) != setting_of(rows[0]):
+            continue
+        done = {r["key"] for r in rows}
+        missing = [c for c in configs if c.key() not in done]
+        line = f"These rows cover {len(configs) - len(missing)} of the {len(configs)} configs of the {name} grid."
+        if missing:
+            line += " Not (yet) run: " + ", ".join(f"{c.dataset} {c.label()}" for c in missing) + "."
+        return [line, ""]
+    return []
 
 
 def _ref_eta(rows: list[dict[str, Any]]) -> float:
