@@ -102,6 +102,36 @@ def opt3_objective(
     return value
 
 
+def _unit_term_grad(x: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value <unit(x), a> and its gradient (a - <u, a> u) / ||x|| (closed form, no autograd)."""
+    norm = x.norm(dim=-1, keepdim=True).clamp_min(_EPS)  # (n, 1)
+    u = x / norm
+    value = (u * direction).sum(dim=-1)  # (n,)
+    return value, (direction - value.unsqueeze(-1) * u) / norm
+
+
+def opt3_value_and_grad(
+    x: torch.Tensor,
+    dir_cos: torch.Tensor | None,
+    dir_pearson: torch.Tensor | None,
+    centroid: torch.Tensor,
+    lam: float,
+    aia_sign: float = -1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`opt3_objective` (N,) and its gradient (N, d) in closed form (same values as autograd)."""
+    diff = x - centroid
+    dist = torch.sqrt((diff**2).sum(dim=-1) + _EPS)  # (n,)
+    value = lam * aia_sign * dist
+    grad = (lam * aia_sign / dist).unsqueeze(-1) * diff
+    if dir_cos is not None:
+        v, g = _unit_term_grad(x, dir_cos)
+        value, grad = value + v, grad + g
+    if dir_pearson is not None:
+        v, g = _unit_term_grad(x - x.mean(dim=-1, keepdim=True), dir_pearson)
+        value, grad = value + v, grad + (g - g.mean(dim=-1, keepdim=True))  # through the centring
+    return value, grad
+
+
 @dataclass(frozen=True)
 class Opt3Result:
     """``delta`` (N, d): the best feasible iterate; objective per token at delta = 0 and at ``delta``."""
@@ -150,22 +180,19 @@ def opt3_delta(
     radius = torch.maximum(torch.as_tensor(radius, dtype=h.dtype, device=h.device).expand(n), (h - mu).norm(dim=-1))
     delta = torch.zeros_like(h)  # (n, d)
     best_delta, best_value, start_value = delta, None, None
-    with torch.enable_grad():
-        for step in range(steps + 1):
-            x = (h + delta).requires_grad_(True)
-            value = opt3_objective(x, dir_cos, dir_pearson, centroid, lam, aia_sign)  # (n,)
-            if best_value is None:
-                start_value = best_value = value.detach()
-            else:
-                better = value.detach() < best_value
-                best_value = torch.where(better, value.detach(), best_value)
-                best_delta = torch.where(better.unsqueeze(-1), delta, best_delta)
-            if step == steps:
-                break
-            (grad,) = torch.autograd.grad(value.sum(), x)
-            if step_rule == "normalized":
-                grad = grad / grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            delta = _project(delta - step_size * eps.unsqueeze(-1) * grad, h, mu, eps, radius).detach()
-            if callback is not None:
-                callback(step, delta)
+    for step in range(steps + 1):
+        value, grad = opt3_value_and_grad(h + delta, dir_cos, dir_pearson, centroid, lam, aia_sign)  # (n,), (n, d)
+        if best_value is None:
+            start_value = best_value = value
+        else:
+            better = value < best_value
+            best_value = torch.where(better, value, best_value)
+            best_delta = torch.where(better.unsqueeze(-1), delta, best_delta)
+        if step == steps:
+            break
+        if step_rule == "normalized":
+            grad = grad / grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        delta = _project(delta - step_size * eps.unsqueeze(-1) * grad, h, mu, eps, radius)
+        if callback is not None:
+            callback(step, delta)
     return Opt3Result(best_delta, start_value, best_value)
