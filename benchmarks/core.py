@@ -71,7 +71,7 @@ def bench_mechanisms(data_dir: Path, repeats: int, cache_dir: Path) -> dict:
         context = PerturbContext(state=priv.state, input_ids=ids, importance=importance)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            seconds = _median_seconds(lambda p=priv, c=context: p.mechanism.perturb(hidden, mask, c, gen), repeats)
+            seconds = _median_seconds(lambda p=priv, c=context, g=gen: p.mechanism.perturb(hidden, mask, c, g), repeats)
         rows[name] = {"seconds": seconds, "ratio_to_bottom_forward": seconds / forward}
     return {"bottom_forward_s": forward, "real_tokens": int(mask.sum()), "mechanisms": rows}
 
@@ -92,8 +92,12 @@ def bench_neighbours(cache_dir: Path) -> dict:
         start = time.perf_counter()
         NeighbourIndex.load_or_build(matrix, cache_dir, **kwargs)
         loaded = time.perf_counter() - start
-        out[model] = {"vocab": int(matrix.shape[0]), "dim": int(matrix.shape[1]), "precompute_s": built,
-                      "cache_load_s": loaded}
+        out[model] = {
+            "vocab": int(matrix.shape[0]),
+            "dim": int(matrix.shape[1]),
+            "precompute_s": built,
+            "cache_load_s": loaded,
+        }
         del bottom, matrix, index
     return out
 
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = {
-            "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+            "date": date.today().isoformat(),
+            "machine": f"{platform.processor() or platform.machine()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
             "mechanisms": bench_mechanisms(args.data_dir, args.repeats, Path(tmp)),
             "neighbours": bench_neighbours(Path(tmp)),

@@ -43,9 +43,18 @@ def long_examples(data_dir: Path, n: int):
 
 
 def _job_config(steps: int) -> dict:
-    return {"task": "classification", "num_labels": 2, "split_layer": SPLIT, "max_tokens": TOKENS,
-            "batch_size": BATCH, "n_epochs": 1, "total_steps": steps, "privacy": {"mechanism": "none"},
-            "lora": {"r": 8, "alpha": 16}, "optimizer": {"learning_rate": 5e-4}}
+    return {
+        "task": "classification",
+        "num_labels": 2,
+        "split_layer": SPLIT,
+        "max_tokens": TOKENS,
+        "batch_size": BATCH,
+        "n_epochs": 1,
+        "total_steps": steps,
+        "privacy": {"mechanism": "none"},
+        "lora": {"r": 8, "alpha": 16},
+        "optimizer": {"learning_rate": 5e-4},
+    }
 
 
 def in_process(privatizer, labels, examples, steps: int) -> tuple[float, int]:
@@ -57,8 +66,13 @@ def in_process(privatizer, labels, examples, steps: int) -> tuple[float, int]:
 
     job = {"model": MODEL, "method": {"privtune": _job_config(steps)}, "seed": 0}
     trainer = TopTrainer(TrainSpec.from_job(job))
-    shape = protocol.StepShape(hidden_size=privatizer.bottom.hidden_size, task="classification", num_labels=2,
-                               max_batch_size=BATCH, max_tokens=TOKENS)
+    shape = protocol.StepShape(
+        hidden_size=privatizer.bottom.hidden_size,
+        task="classification",
+        num_labels=2,
+        max_batch_size=BATCH,
+        max_tokens=TOKENS,
+    )
     server = StepServer(trainer, shape, "ftjob-local")
     device = DeviceTrainer("ftjob-local", server.handle, privatizer, labels, examples, BATCH)
     report = device.train(steps)
@@ -79,9 +93,13 @@ def through_service(privatizer, labels, examples, steps: int, latency_requests: 
             time.sleep(0.2)
         device = DeviceTrainer(job.id, lambda p: client.post_step(job.id, p), privatizer, labels, examples, BATCH)
         report = device.train(steps)
-        empty = wire.encode({protocol.HIDDEN: torch.zeros(1, 1, privatizer.bottom.hidden_size),
-                             protocol.ATTENTION_MASK: torch.ones(1, 1, dtype=torch.uint8)},
-                            wire.WireHeader(job.id, 0, "infer"))
+        empty = wire.encode(
+            {
+                protocol.HIDDEN: torch.zeros(1, 1, privatizer.bottom.hidden_size),
+                protocol.ATTENTION_MASK: torch.ones(1, 1, dtype=torch.uint8),
+            },
+            wire.WireHeader(job.id, 0, "infer"),
+        )
         latencies = []
         for _ in range(latency_requests):
             start = time.perf_counter()
@@ -89,10 +107,14 @@ def through_service(privatizer, labels, examples, steps: int, latency_requests: 
             latencies.append(time.perf_counter() - start)
         client.complete_job(job.id, device.finish_payload())
     latencies.sort()
-    return {"samples_per_second": report.samples_per_second, "bytes_sent": report.bytes_sent,
-            "samples": report.samples, "activation_elements": report.activation_elements,
-            "latency_p50_ms": 1e3 * statistics.median(latencies),
-            "latency_p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+    return {
+        "samples_per_second": report.samples_per_second,
+        "bytes_sent": report.bytes_sent,
+        "samples": report.samples,
+        "activation_elements": report.activation_elements,
+        "latency_p50_ms": 1e3 * statistics.median(latencies),
+        "latency_p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,15 +146,22 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_ratio": service["samples_per_second"] / reference,
         "bytes_per_sample": service["bytes_sent"] / service["samples"],
         "wire_ratio_vs_fp16_activations": service["bytes_sent"] / fp16_activation_bytes,
-        "latency_p50_ms": service["latency_p50_ms"], "latency_p99_ms": service["latency_p99_ms"],
+        "latency_p50_ms": service["latency_p50_ms"],
+        "latency_p99_ms": service["latency_p99_ms"],
     }
     print(f"# protocol benchmark, {result['date']}, {result['machine']}")
-    print(f"(a) samples/s in one process: {first:.1f} / {second:.1f}; through the service: "
-          f"{service['samples_per_second']:.1f}; ratio {result['throughput_ratio']:.3f} (target >= 0.85)")
-    print(f"(b) bytes per sample {result['bytes_per_sample']:.0f}; / fp16 activations (T x d x 2 = "
-          f"{TOKENS * bottom.hidden_size * 2}) = {result['wire_ratio_vs_fp16_activations']:.3f} (target <= 1.1)")
-    print(f"(c) empty-step round trip: p50 {result['latency_p50_ms']:.1f} ms, p99 {result['latency_p99_ms']:.1f} ms "
-          f"over {args.latency_requests} requests")
+    print(
+        f"(a) samples/s in one process: {first:.1f} / {second:.1f}; through the service: "
+        f"{service['samples_per_second']:.1f}; ratio {result['throughput_ratio']:.3f} (target >= 0.85)"
+    )
+    print(
+        f"(b) bytes per sample {result['bytes_per_sample']:.0f}; / fp16 activations (T x d x 2 = "
+        f"{TOKENS * bottom.hidden_size * 2}) = {result['wire_ratio_vs_fp16_activations']:.3f} (target <= 1.1)"
+    )
+    print(
+        f"(c) empty-step round trip: p50 {result['latency_p50_ms']:.1f} ms, p99 {result['latency_p99_ms']:.1f} ms "
+        f"over {args.latency_requests} requests"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

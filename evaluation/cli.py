@@ -25,6 +25,7 @@ GRID_NAMES = (
     "split",
     "hops",
     "attribute",
+    "eta-fine",
     "eta-extra",
 )  # evaluation.sweep.GRIDS (not imported: no torch here)
 QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid targets < 15 min in all

@@ -9,9 +9,10 @@
    Redis; every step privatizes its batch again, so each epoch sees fresh noise;
 4. measure utility: test accuracy through the same perturbed path (private inference), and,
    labelled separately, with unperturbed representations at inference time;
-5. record what the server observed during the last epoch (``ServerView``: the decoded payloads,
-   i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``) for the first
-   ``n_attack`` private texts of that epoch, and run the attacks on it under both threat models
+5. record what the server observed in the final training steps (``ServerView``: the decoded
+   payloads, i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``) for
+   at least ``n_attack`` private texts (``last_steps``), and run the attacks on it under both threat
+   models
    (``run_attacks`` below, on ``evaluation.attacks``).
 
 The result is one JSON-able row. The undefended figures (the same attacks with mechanism ``none``)
@@ -36,7 +37,7 @@ from client_sdk import protocol, wire
 from client_sdk.data import LabelMap, batch_indices
 from evaluation.data import EvalData, load_eval_data
 
-HARNESS_VERSION = 1  # part of every key: bump when a change makes old rows incomparable
+HARNESS_VERSION = 2  # part of every key: bump when a change makes old rows incomparable
 NOISELESS = ("none", "opt3", "opt3_importance")
 OPT3_MECHANISMS = ("opt3", "opt3_importance", "privtune")
 
@@ -52,7 +53,7 @@ class ExperimentConfig:
     (no noise); None for a noise mechanism means its configured default. ``hops`` sets the OPT-3
     hop count n (OPT-3 mechanisms only). ``params`` are further mechanism options as sorted
     (name, value) pairs, e.g. (("metric", "l2"),). ``attack_budget`` ("full" | "quick" | "smoke", see
-    ``ATTACK_BUDGETS``) sets the attacks' cost options. ``n_attack`` private texts of the last epoch are attacked.
+    ``ATTACK_BUDGETS``) sets the attacks' cost options. ``n_attack`` private texts of the final steps are attacked.
     """
 
     dataset: str = "vader-movie"
@@ -263,6 +264,21 @@ def machine() -> dict[str, Any]:
 # ---------------------------------------------------------------- the experiment
 
 
+def last_steps(n_examples: int, config: ExperimentConfig, total_steps: int, per_epoch: int) -> set[int]:
+    """The final training steps whose batches hold at least ``n_attack`` texts (within the last epoch).
+
+    The last steps are watched because the gradient attacks (A1, A4) use the server's top model after
+    training: with the linear schedule the learning rate has decayed to ~0 there, so that model is,
+    up to a few tiny updates, the one that produced the recorded gradients.
+    """
+    watched, rows, step = set(), 0, total_steps
+    while rows < config.n_attack and step > total_steps - per_epoch:
+        watched.add(step)
+        rows += len(batch_indices(n_examples, config.batch_size, step, config.seed))
+        step -= 1
+    return watched
+
+
 def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, Any]:
     """Train, evaluate and attack one configuration; returns its result row (JSON-able).
 
@@ -300,8 +316,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
 
     per_epoch = -(-len(examples) // config.batch_size)
     total_steps = per_epoch * config.epochs
-    first = per_epoch * (config.epochs - 1) + 1  # the last epoch's first step
-    watched = set(range(first, min(total_steps, first - 1 + -(-config.n_attack // config.batch_size)) + 1))
+    watched = last_steps(len(examples), config, total_steps, per_epoch)
     spec = TrainSpec(
         model=config.model, split_layer=config.split_layer, task="classification", num_labels=len(labels.names),
         total_steps=total_steps, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,

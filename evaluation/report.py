@@ -40,8 +40,13 @@ NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
 # ---------------------------------------------------------------- reading rows
 
 
-def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """All result rows of the given JSONL files (later rows with the same key win; bad lines skipped)."""
+def load_rows(paths: Iterable[str | Path], version: int | None = None) -> list[dict[str, Any]]:
+    """The finished result rows of the given JSONL files written by harness ``version`` (default: the
+    current ``HARNESS_VERSION``; older rows are not comparable). Later rows with the same key win;
+    unreadable lines are skipped."""
+    from evaluation.harness import HARNESS_VERSION
+
+    version = HARNESS_VERSION if version is None else version
     rows: dict[str, dict[str, Any]] = {}
     for path in paths:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -49,7 +54,7 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and row.get("status") == "ok" and "key" in row:
+            if isinstance(row, dict) and row.get("status") == "ok" and row.get("harness_version") == version:
                 rows[row["key"]] = row
     return list(rows.values())
 
@@ -413,9 +418,11 @@ mean-pool head; every step privatizes its batch again, so every epoch sees fresh
   inference" is the same trained model fed unperturbed representations at test time (a diagnostic:
   how much of the loss is the noise at inference vs. a worse model).
 - **noise/signal**: mean over real tokens of ||sent - clean|| / ||clean|| for what was actually sent.
-- **What is attacked**: the server's view of the first `n_attack` private training texts of the
-  last epoch, decoded from the wire payloads (perturbed hidden states in float16, attention mask,
-  and the returned dL/d(logits) rows). Token ids, attributes and labels are used for scoring only.
+- **What is attacked**: the server's view of `n_attack` private training texts from the final
+  training steps, decoded from the wire payloads (perturbed hidden states in float16, attention
+  mask, and the returned dL/d(logits) rows). The gradient attacks use the server's top model after
+  training, which (learning rate decayed to ~0) is the model that produced those gradients. Token
+  ids, attributes and labels are used for scoring only.
 - **Threat models** (`evaluation/attacks`): *naive* = the paper's attacker (trains on CLEAN
   representations of public text); *adaptive* = Kerckhoffs' attacker (knows the mechanism, its
   parameters and fitted state; trains on public text passed through the same mechanism and models its

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_ONLY = ("fastapi", "uvicorn", "celery", "sqlalchemy", "alembic", "redis", "psycopg", "peft")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.data import load_eval_data
-from evaluation.harness import ExperimentConfig, Resources
+from evaluation.harness import HARNESS_VERSION, ExperimentConfig, Resources
 from evaluation.report import load_rows, render
 from evaluation.sweep import MECHANISMS, ResultStore, Runner, grid
 from tests.helpers import WORDS, make_tiny_bert
@@ -133,6 +133,10 @@ def test_run_all_logs_failures_and_respects_the_budget(tiny, tmp_path):
 
 
 def test_grids_have_unique_keys_and_a_baseline():
+    from evaluation.cli import GRID_NAMES
+    from evaluation.sweep import GRIDS
+
+    assert tuple(GRIDS) == GRID_NAMES  # the CLI lists the grids without importing torch
     for quick in (True, False):
         configs = grid(quick=quick)
         assert len({c.key() for c in configs}) == len(configs)
@@ -153,6 +157,7 @@ def _fake_row(config: ExperimentConfig, acc: float, asr: float, ratio: float = 1
                             "details": {}, "undefended_asr": 0.95})  # fmt: skip
     return {
         "key": config.key(), "label": config.label(), "config": config.to_dict(), "status": "ok",
+        "harness_version": HARNESS_VERSION,
         "utility": {"accuracy": acc, "accuracy_unperturbed_inference": acc + 0.01, "chance": 0.5},
         "noise": {"ratio": ratio}, "attacks": attacks,
         "timing": {"fit_s": 1.0, "train_s": 2.0, "eval_s": 1.0, "attack_s": 3.0, "total_s": 7.0},
