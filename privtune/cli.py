@@ -113,8 +113,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from evaluation.cli import run
-
+    try:
+        from evaluation.cli import run
+    except ImportError:
+        print("privtune eval needs the evaluation package (a source checkout; not in the service image)")
+        return 2
     return run(args)
 
 
@@ -160,9 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".privtune")
     p.set_defaults(func=_demo)
 
-    from evaluation.cli import add_arguments  # argparse only: no torch at parser build
-
-    p = add_arguments(sub.add_parser("eval", help="privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md"))
+    p = sub.add_parser("eval", help="privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md")
+    try:
+        from evaluation.cli import add_arguments  # argparse only: no torch at parser build
+    except ImportError:  # the service image ships without the evaluation package
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(p)
     p.set_defaults(func=_eval)
     return parser
 

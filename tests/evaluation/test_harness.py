@@ -193,3 +193,18 @@ def test_report_renders_the_paper_shaped_tables(tmp_path):
     # hand-written notes survive a re-render
     out.write_text(text.replace("(hand-written analysis goes here; kept when the report is regenerated)", "MY NOTES"))
     assert "MY NOTES" in render(load_rows([results]), out)
+
+
+def test_cli_reports_from_a_jsonl_without_running(tmp_path, capsys):
+    from privtune.cli import main
+
+    base = ExperimentConfig(n_train=64, n_public=32, n_test=32, n_attack=16, epochs=1, attack_budget="quick")
+    rows = [_fake_row(base.baseline(), 0.8, 0.9), _fake_row(replace(base, mechanism="dchi", eta=10.0), 0.6, 0.1)]
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "RESULTS.md"
+    assert main(["eval", "--no-run", "--report", "--out", str(results), "--report-out", str(out)]) == 0
+    assert "Table III shape: `dchi`" in out.read_text()
+    assert main(["eval", "--quick", "--list", "--out", str(results)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(listed) == len(grid(quick=True)) and not any(item["done"] for item in listed)
