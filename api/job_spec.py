@@ -16,6 +16,7 @@ from api.settings import Settings
 
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 P = "method.privtune"
+NOISE_MECHANISMS = ("gaussian", "dchi", "dchi_importance", "privtune")  # what the noise-aware top is for
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
@@ -122,7 +123,11 @@ def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str)
     _check_bounds(cfg, settings)
     if cfg.max_tokens > model.max_positions:
         raise BadRequest(f"max_tokens must be <= {model.max_positions} for {req.model}.", param=f"{P}.max_tokens")
+    if cfg.noise_aware and cfg.task == "generation":
+        raise BadRequest("noise_aware applies to classification only.", param=f"{P}.noise_aware")
     privtune = cfg.model_dump(mode="json")
+    if cfg.noise_aware is None:
+        privtune["noise_aware"] = cfg.task == "classification" and cfg.privacy.mechanism in NOISE_MECHANISMS
     privtune["privacy"] = {**declared_privacy, "mechanism": cfg.privacy.mechanism}
     hyper = {
         "batch_size": cfg.batch_size,

@@ -28,9 +28,11 @@ from .privacy import (
     PrivacyStateError,
     classification_importance,
     generation_importance,
+    generation_threshold,
     get_mechanism,
     mechanism_from_config,
     prepare_state,
+    top_fraction_threshold,
 )
 from .privacy.config import Opt3Options
 
@@ -135,8 +137,11 @@ class Privatizer:
         importance_table = None
         if self.mechanism.uses_importance and labels_t is not None:
             importance_table = classification_importance(
-                input_ids, attention_mask, labels_t, int(self.bottom.vocab_size), ignore_ids=self.special_ids
+                input_ids, attention_mask, labels_t, int(self.bottom.vocab_size), ignore_ids=self.special_ids,
+                score=getattr(config, "importance_score", "log_ratio"),
             )
+            if getattr(config, "importance_to_scale", None) == "top_fraction":
+                importance_table = self._top_fraction_table(importance_table, input_ids, attention_mask)
         prototypes = embeddings = None
         if isinstance(config, Opt3Options):
             prototypes = self.bottom.token_prototypes().detach().float().cpu()
@@ -149,6 +154,18 @@ class Privatizer:
             model_id=model_id, split_layer=int(getattr(self.bottom, "split_layer", 0)), generator=generator,
         )  # fmt: skip
         return self
+
+    def _top_fraction_table(
+        self, table: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``table - tau`` (the top ``top_fraction`` of occurrences > 0); tokens not seen in the fitting
+        data are set to -1 (the noisier class), whatever tau is."""
+        tau = top_fraction_threshold(
+            table, input_ids, attention_mask, self.mechanism.config.top_fraction, ignore_ids=self.special_ids
+        )
+        seen = torch.zeros(table.shape[0], dtype=torch.bool)
+        seen[input_ids[attention_mask.bool()].long()] = True
+        return torch.where(seen, table - tau, torch.full_like(table, -1.0))
 
     def _sample(
         self,
@@ -208,6 +225,8 @@ class Privatizer:
                     out.attentions, attention_mask.to(hidden.device), causal=bool(self.bottom.is_causal),
                     exclude_mask=self._special_mask(input_ids).to(hidden.device),
                 )  # fmt: skip
+                if self.mechanism.config.importance_to_scale == "top_fraction":
+                    importance = importance - generation_threshold(self.mechanism.config.top_fraction)
             else:
                 raise PrivacyStateError("importance needs fit(texts, labels) or a bottom that returns attentions")
         context = PerturbContext(

@@ -37,7 +37,7 @@ from client_sdk import protocol, wire
 from client_sdk.data import LabelMap, batch_indices
 from evaluation.data import EvalData, load_eval_data
 
-HARNESS_VERSION = 2  # part of every key: bump when a change makes old rows incomparable
+HARNESS_VERSION = 3  # part of every key: bump when a change makes old rows incomparable
 NOISELESS = ("none", "opt3", "opt3_importance")
 OPT3_MECHANISMS = ("opt3", "opt3_importance", "privtune")
 
@@ -53,7 +53,9 @@ class ExperimentConfig:
     (no noise); None for a noise mechanism means its configured default. ``hops`` sets the OPT-3
     hop count n (OPT-3 mechanisms only). ``params`` are further mechanism options as sorted
     (name, value) pairs, e.g. (("metric", "l2"),). ``attack_budget`` ("full" | "quick" | "smoke", see
-    ``ATTACK_BUDGETS``) sets the attacks' cost options. ``n_attack`` private texts of the final steps are attacked.
+    ``ATTACK_BUDGETS``) sets the attacks' cost options. ``noise_aware``: the server's top model weights
+    attention keys and the pool by each token's estimated precision (``TopModel``); None = what the
+    SDK chooses, i.e. on exactly when the mechanism adds noise. ``n_attack`` private texts of the final steps are attacked.
     """
 
     dataset: str = "vader-movie"
@@ -74,6 +76,7 @@ class ExperimentConfig:
     max_length: int = 64
     seed: int = 0
     attack_budget: str = "full"
+    noise_aware: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism in NOISELESS and self.eta is not None:
@@ -106,7 +109,11 @@ class ExperimentConfig:
 
     def baseline(self) -> ExperimentConfig:
         """The same experiment with mechanism ``none`` (plain split learning): the undefended row."""
-        return replace(self, mechanism="none", eta=None, hops=None, params=())
+        return replace(self, mechanism="none", eta=None, hops=None, params=(), noise_aware=None)
+
+    def top_noise_aware(self) -> bool:
+        """Whether the top model is noise-aware (``noise_aware``, or the SDK's choice when None)."""
+        return self.mechanism not in NOISELESS if self.noise_aware is None else bool(self.noise_aware)
 
     def mechanism_params(self) -> dict[str, Any]:
         """Keyword arguments for ``client_sdk.privacy.get_mechanism(self.mechanism, ...)``."""
@@ -320,7 +327,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> dict[str, 
     spec = TrainSpec(
         model=config.model, split_layer=config.split_layer, task="classification", num_labels=len(labels.names),
         total_steps=total_steps, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
-        learning_rate=config.learning_rate, seed=config.seed,
+        learning_rate=config.learning_rate, seed=config.seed, noise_aware=config.top_noise_aware(),
     )  # fmt: skip
     job_id = f"eval-{config.key()}"
     top = TopTrainer(spec)

@@ -40,6 +40,7 @@ class TrainSpec:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
+    noise_aware: bool = False  # precision-weighted attention keys and pooling (TopModel)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +63,7 @@ class TrainSpec:
             warmup_steps=int(opt.get("warmup_steps", 0)),
             max_grad_norm=float(opt.get("max_grad_norm", 1.0)),
             seed=int(job.get("seed") or 0),
+            noise_aware=bool(cfg.get("noise_aware", False)),
         )
 
 
@@ -91,7 +93,8 @@ class TopTrainer:
         torch.manual_seed(spec.seed)
         if top is None:
             top = build_top(
-                spec.model, spec.split_layer, spec.task, num_labels=spec.num_labels, cache_dir=model_cache_dir
+                spec.model, spec.split_layer, spec.task, num_labels=spec.num_labels, cache_dir=model_cache_dir,
+                noise_aware=spec.noise_aware,
             )
         targets = list(spec.target_modules or top.default_lora_targets)
         lora = LoraConfig(

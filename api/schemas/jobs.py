@@ -91,6 +91,11 @@ class PrivtuneConfig(BaseModel):
     n_epochs: int = Field(1, ge=1, le=50)
     total_steps: int | None = Field(None, ge=1, le=10_000_000, description="Steps the device will send.")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    noise_aware: bool | None = Field(
+        None,
+        description="Top model weights each token by its precision estimated from its norm (attention keys, "
+        "pool). None: on for classification when privacy.mechanism adds noise.",
+    )
 
 
 class SupervisedConfig(BaseModel):

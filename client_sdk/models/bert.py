@@ -52,11 +52,20 @@ class Blocks(nn.Module):
         self.layers = layers
 
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+        key_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions."""
+        """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions.
+
+        ``key_bias`` ``(b, t)``, optional: added to every attention logit towards key j (log-weights).
+        """
         attention_mask = attention_mask.to(hidden.device)
         bias = padding_bias(attention_mask, hidden.dtype)  # (b, 1, 1, t)
+        if key_bias is not None:
+            bias = bias + key_bias.to(hidden.dtype)[:, None, None, :]
         modules = [layer.attention.self for layer in self.layers]
         with capture_attentions(modules, output_attentions) as weights:
             for layer in self.layers:

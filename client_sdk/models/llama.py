@@ -69,14 +69,23 @@ class Blocks(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(config)
 
     def forward(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+        key_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions."""
+        """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions.
+
+        ``key_bias`` ``(b, t)``, optional: added to every attention logit towards key j (log-weights).
+        """
         t = hidden.shape[1]
         position_ids = torch.arange(t, device=hidden.device)[None]  # (1, t)
         rope = self.rotary_emb(hidden, position_ids)  # cos, sin: (1, t, head_dim)
         attention_mask = attention_mask.to(hidden.device)
         bias = causal_bias(attention_mask, hidden.dtype)  # (b, 1, t, t)
+        if key_bias is not None:
+            bias = bias + key_bias.to(hidden.dtype)[:, None, None, :]
         modules = [layer.self_attn for layer in self.layers]
         with capture_attentions(modules, output_attentions) as weights:
             for layer in self.layers:

@@ -173,16 +173,17 @@ def build_top(
     num_labels: int | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    noise_aware: bool = False,
 ) -> TopModel:
     """Build the server's top (blocks l+1..L + head) for ``task`` from the full model, in eval mode.
 
     Only the top blocks (and the final norm, where the task needs it) are kept; the classifier head
     of ``task="classification"`` is initialised from ``torch.Generator().manual_seed(seed)``, so the
-    same arguments give the same top.
+    same arguments give the same top. ``noise_aware``: see :class:`TopModel`.
     """
     info = describe_model(name_or_path)
     validate_split_layer(info, split_layer)
     check_task(task, info.family, num_labels)
     model, _, _ = load_full_model(name_or_path, cache_dir)
     generator = torch.Generator().manual_seed(seed)
-    return TopModel.from_full_model(model, split_layer, task, num_labels, generator).eval()
+    return TopModel.from_full_model(model, split_layer, task, num_labels, generator, noise_aware).eval()

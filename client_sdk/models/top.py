@@ -20,6 +20,21 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (b, d)
 
 
+def precision_log_weights(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Log inverse-variance weights ``(b, t)`` (<= 0) of noisy token states ``(b, t, d)``.
+
+    With independent noise z_j added to a representation of roughly constant norm, ||h~_j||^2 ~
+    ||h_j||^2 + ||z_j||^2, so 1 / ||h~_j||^2 estimates token j's precision up to a constant. The
+    weight is relative to the sequence's smallest real norm (its cleanest token gets log-weight 0);
+    padded positions get 0 (the padding mask handles them).
+    """
+    norms = hidden.float().norm(dim=-1).clamp_min(1e-6)  # (b, t)
+    real = attention_mask.to(device=hidden.device, dtype=torch.bool)
+    ref = norms.masked_fill(~real, float("inf")).amin(dim=1, keepdim=True)  # (b, 1)
+    ref = torch.where(torch.isfinite(ref), ref, torch.ones_like(ref))
+    return torch.where(real, 2.0 * torch.log(ref / norms), torch.zeros_like(norms))
+
+
 def check_task(task: str, family: str, num_labels: int | None) -> None:
     """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for a model of ``family``."""
     if task not in TASKS:
@@ -41,6 +56,13 @@ class TopModel(nn.Module):
         norm; the device applies norm + LM head (:meth:`BottomModel.lm_logits`).
       * ``"features"``: blocks (Llama: + final norm) -> ``(b, t, d)``, the full model's last hidden state.
 
+    ``noise_aware`` (classification and features; for inputs with per-token noise of varying scale,
+    e.g. importance-scaled d_chi noise): with w_j = :func:`precision_log_weights` of the received
+    states (the inverse-variance weight of token j, estimated from its norm), each state is scaled by
+    sqrt(w_j) (to the sequence's reference norm, so a noisy token's huge keys and values cannot swamp
+    the attention), every attention logit towards key j gets + log w_j, and the pool is weighted by
+    w_j. Tokens that arrive buried in noise then hardly contaminate the others. No effect on parameters: the same weights load either way.
+
     Submodules keep the Hugging Face names, so peft LoRA can target ``default_lora_targets`` and keep
     the ``classifier`` trainable via ``modules_to_save=["classifier"]``. Blocks live at
     ``blocks.layers.i``, where i counts from 0 within the top (block l+1+i of the full model).
@@ -54,6 +76,7 @@ class TopModel(nn.Module):
         layers: nn.ModuleList,
         norm: nn.Module | None = None,
         classifier: nn.Linear | None = None,
+        noise_aware: bool = False,
     ) -> None:
         super().__init__()
         family_module(config.model_type)  # rejects unsupported architectures
@@ -72,6 +95,9 @@ class TopModel(nn.Module):
         self.blocks = self._family.Blocks(config, layers)
         self.norm = norm if self.is_causal and task != "generation" else None
         self.classifier = classifier
+        if noise_aware and task == "generation":
+            raise ValueError("noise_aware applies to task='classification' or 'features', not 'generation'")
+        self.noise_aware = bool(noise_aware)
 
     @property
     def _family(self) -> ModuleType:
@@ -85,6 +111,7 @@ class TopModel(nn.Module):
         task: str,
         num_labels: int | None = None,
         generator: torch.Generator | None = None,
+        noise_aware: bool = False,
     ) -> TopModel:
         """Take blocks l+1..L (and the final norm if needed) from a loaded full model; add a fresh head.
 
@@ -103,21 +130,26 @@ class TopModel(nn.Module):
                 weight = torch.randn(classifier.weight.shape, generator=generator) * std
                 classifier.weight.copy_(weight)
                 classifier.bias.zero_()
-        return cls(model.config, split_layer, task, layers, parts["norm"], classifier)
+        return cls(model.config, split_layer, task, layers, parts["norm"], classifier, noise_aware)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the top on split-layer states ``(b, t, d)`` with the right-padded mask ``(b, t)``.
 
         Returns logits ``(b, C)`` for classification, else hidden states ``(b, t, d)`` (see class doc).
         """
-        hidden, _ = self.blocks(hidden, attention_mask)  # (b, t, d)
+        log_w = None
+        if self.noise_aware:
+            log_w = precision_log_weights(hidden, attention_mask)  # (b, t)
+            hidden = hidden * (0.5 * log_w).exp().to(hidden.dtype)[..., None]  # every token at the reference norm
+        hidden, _ = self.blocks(hidden, attention_mask, key_bias=log_w)  # (b, t, d)
         if self.task == "generation":
             return hidden
         if self.norm is not None:
             hidden = self.norm(hidden)  # (b, t, d)
         if self.task == "features":
             return hidden
-        return self.classifier(masked_mean(hidden, attention_mask))  # (b, C)
+        weights = attention_mask if log_w is None else attention_mask.to(hidden.dtype) * log_w.exp().to(hidden.dtype)
+        return self.classifier(masked_mean(hidden, weights))  # (b, C)
 
     def describe(self) -> dict:
         """Return a JSON-able summary: family, task, split layer, sizes and LoRA targets."""
@@ -130,4 +162,5 @@ class TopModel(nn.Module):
             "hidden_size": self.hidden_size,
             "num_labels": self.num_labels,
             "lora_targets": list(self.default_lora_targets),
+            "noise_aware": self.noise_aware,
         }

@@ -32,7 +32,13 @@ from .errors import (
     UnknownMechanismError,
     UnknownParameterError,
 )
-from .importance import classification_importance, generation_importance, importance_to_scale
+from .importance import (
+    classification_importance,
+    generation_importance,
+    generation_threshold,
+    importance_to_scale,
+    top_fraction_threshold,
+)
 from .mechanisms import Mechanism, PerturbContext
 from .neighbours import NeighbourIndex, cosine_knn, exact_hop_sets
 from .opt3 import opt3_delta, similarity
@@ -61,6 +67,8 @@ __all__ = [
     "UnknownMechanismError",
     "UnknownParameterError",
     "classification_importance",
+    "generation_threshold",
+    "top_fraction_threshold",
     "clip_by_norm",
     "config_from_dict",
     "cosine_knn",

@@ -180,15 +180,34 @@ class DChiOptions(MechanismConfig):
 class ImportanceOptions(MechanismConfig):
     """Token importance I^ -> noise-scale factor w (method.md section 4, [R])."""
 
+    importance_score: str = option(
+        "log_ratio",
+        "Classification importance (method.md eq. 21, [R] form): 'log_ratio' = the class log-ratio weighted "
+        "by p_c(t) (grows with token frequency); 'log_odds_z' = weighted log-odds z-score (Monroe et al. "
+        "2008), high for frequent class-skewed words, low for neutral and rare ones; 'information' = the class "
+        "information per occurrence, KL(p(c|t) || p(c)) with p(c|t) shrunk to the prior by 10 pseudo-counts "
+        "(per-occurrence value, not total significance: ranks 'great' above 'and'). All Z-normalised.",
+        choices=("log_ratio", "log_odds_z", "information"),
+    )
     importance_to_scale: str = option(
         "sigmoid",
         "'sigmoid': w = 2 * sigmoid(I^) in (0, 2). 'linear': w = clip(1 + beta * I^, w_min, w_max). "
+        "'top_fraction': the most important tokens, covering top_fraction of the token occurrences of the "
+        "fitting data (generation: of each sequence), get w_max, all others w_min. "
         "Noise scale is divided by w: important tokens get less noise.",
-        choices=("sigmoid", "linear"),
+        choices=("sigmoid", "linear", "top_fraction"),
     )
     beta: float = option(0.5, "Slope of the 'linear' importance-to-scale map (> 0).", gt=0.0)
-    w_min: float = option(0.5, "Lower clip of the 'linear' map (> 0, < w_max).", gt=0.0, lt_field="w_max")
-    w_max: float = option(2.0, "Upper clip of the 'linear' map (> w_min).", gt=0.0)
+    w_min: float = option(
+        0.5, "Lower clip of the 'linear' map, the factor of the other tokens for 'top_fraction' (> 0, < w_max).",
+        gt=0.0, lt_field="w_max",
+    )
+    w_max: float = option(
+        2.0, "Upper clip of the 'linear' map, the factor of the top tokens for 'top_fraction' (> w_min).", gt=0.0
+    )
+    top_fraction: float = option(
+        0.1, "'top_fraction' map: share of token occurrences that get w_max (0 < q < 1).", gt=0.0, le=1.0
+    )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,14 @@
 """Token importance (method.md section 5) and the importance -> noise-scale map (section 4).
 
-- ``classification_importance``: eq. 21, class log-ratio with add-one smoothing, from the user's own
-  token ids and labels; Z-normalised over the tokens seen; a (|V|,) table (unseen/ignored tokens: 0).
+- ``classification_importance``: from the user's own token ids and labels, a (|V|,) table Z-normalised
+  over the tokens seen (unseen/ignored tokens: 0). ``score="log_ratio"``: eq. 21, the class log-ratio
+  with add-one smoothing, weighted by p_c(t) (grows with token frequency). ``score="log_odds_z"``: the
+  weighted log-odds z-score of Monroe, Colaresi and Quinn (2008, "Fightin' words"), max over classes of
+  |z| for class c against the rest: high for words that are both frequent and class-skewed ("great",
+  "bad"), low for frequent neutral words ("the") and for rare words (large variance).
+  ``score="information"``: the class information one occurrence of t carries, KL(p(c | t) || p(c)),
+  with p(c | t) shrunk towards the class prior by 10 pseudo-counts: high for "great" / "dull", low
+  for "and" (frequent but barely skewed) and for words seen once or twice.
 - ``generation_importance``: eqs. 22-25 from the bottom model's attention maps; per-sequence
   Z-normalisation over the real (non-pad, non-excluded) tokens; excluded positions get 0.
 - ``importance_to_scale``: w = 2 sigmoid(I^) or clip(1 + beta I^, w_min, w_max).
@@ -15,7 +22,16 @@ import torch
 
 from .errors import InvalidChoiceError, PrivacyConfigError
 
-__all__ = ["classification_importance", "generation_importance", "importance_to_scale"]
+IMPORTANCE_SCORES = ("log_ratio", "log_odds_z", "information")
+INFORMATION_PRIOR = 10.0  # pseudo-counts of the class prior in the 'information' score
+
+__all__ = [
+    "classification_importance",
+    "generation_importance",
+    "generation_threshold",
+    "importance_to_scale",
+    "top_fraction_threshold",
+]
 
 
 def classification_importance(
@@ -25,15 +41,22 @@ def classification_importance(
     vocab_size: int,
     *,
     ignore_ids: Sequence[int] = (),
+    score: str = "log_ratio",
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Z-normalised IS(t) (eq. 21) for every vocabulary id: a (vocab_size,) float32 table.
+    """Z-normalised token importance for every vocabulary id: a (vocab_size,) float32 table.
 
     p_c(t) = (count_c(t) + 1) / (N_c + |V|);  IS(t) = sum_c sum_{c' != c} p_c(t) log(p_c(t) / p_c'(t)).
     Counts come from ``input_ids`` (B, T) where ``attention_mask`` is 1, with sequence labels (B,).
     Tokens never seen (or in ``ignore_ids``, e.g. special tokens) get 0 and do not enter the mean/std.
     Labels are re-indexed, so any integer labels work; a single class gives an all-zero table.
+    ``score="log_odds_z"``: z_c(t) = delta_c(t) / sqrt(1/(y_ct + 1) + 1/(y_rt + 1)) with
+    delta_c(t) = logit((y_ct + 1) / (N_c + |V|)) - logit((y_rt + 1) / (N_r + |V|)) (r: the other classes),
+    IS(t) = max_c |z_c(t)|. ``score="information"``: IS(t) = sum_c p(c|t) log(p(c|t) / p(c)) with
+    p(c|t) = (count_c(t) + 10 p(c)) / (count(t) + 10), p(c) the class share of the token occurrences.
     """
+    if score not in IMPORTANCE_SCORES:
+        raise InvalidChoiceError("importance_score", IMPORTANCE_SCORES, score)
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if labels.shape[0] != input_ids.shape[0]:
         raise PrivacyConfigError("labels", f"one label per sequence ({input_ids.shape[0]})", tuple(labels.shape))
@@ -49,11 +72,36 @@ def classification_importance(
     seen = counts.sum(dim=0) > 0  # (v,)
     if n_cls < 2 or not seen.any():
         return torch.zeros(vocab_size)
+    if score == "log_odds_z":
+        return _znorm_where(_log_odds_z(counts, vocab_size), seen, eps).float()
+    if score == "information":
+        return _znorm_where(_class_information(counts), seen, eps).float()
     p = (counts + 1.0) / (counts.sum(dim=1, keepdim=True) + vocab_size)  # (c, v)
     logp = p.log()
     # sum_{c' != c} log(p_c / p_c') = C log p_c - sum_c' log p_c'
-    score = (p * (n_cls * logp - logp.sum(dim=0, keepdim=True))).sum(dim=0)  # (v,)
-    return _znorm_where(score, seen, eps).float()
+    values = (p * (n_cls * logp - logp.sum(dim=0, keepdim=True))).sum(dim=0)  # (v,)
+    return _znorm_where(values, seen, eps).float()
+
+
+def _class_information(counts: torch.Tensor, prior_strength: float = INFORMATION_PRIOR) -> torch.Tensor:
+    """KL(p(c | t) || p(c)) per token, p(c | t) shrunk towards p(c) with ``prior_strength`` pseudo-counts."""
+    prior = counts.sum(dim=1, keepdim=True) / counts.sum().clamp_min(1.0)  # (c, 1)
+    posterior = (counts + prior_strength * prior) / (counts.sum(dim=0, keepdim=True) + prior_strength)  # (c, v)
+    return torch.xlogy(posterior, posterior / prior.clamp_min(1e-12)).sum(dim=0)
+
+
+def _log_odds_z(counts: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """max_c |z_c(t)|: add-one weighted log-odds z-score of each class against the rest; counts (c, v)."""
+    rest = counts.sum(dim=0, keepdim=True) - counts  # (c, v)
+    n_c = counts.sum(dim=1, keepdim=True) + vocab_size  # (c, 1)
+    n_r = rest.sum(dim=1, keepdim=True) + vocab_size
+
+    def logit(y: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return torch.log(y + 1.0) - torch.log(n - y - 1.0)
+
+    delta = logit(counts, n_c) - logit(rest, n_r)  # (c, v)
+    z = delta / torch.sqrt(1.0 / (counts + 1.0) + 1.0 / (rest + 1.0))
+    return z.abs().amax(dim=0)
 
 
 def _znorm_where(values: torch.Tensor, where: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,6 +150,34 @@ def generation_importance(
     return _znorm_where(score, keep, eps)
 
 
+def top_fraction_threshold(
+    table: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    fraction: float,
+    *,
+    ignore_ids: Sequence[int] = (),
+) -> float:
+    """The importance tau such that the tokens with ``table[id] > tau`` cover at most ``fraction`` of the
+    real token occurrences in ``input_ids`` (B, T) (the 'top_fraction' map keeps ``table - tau``)."""
+    valid = attention_mask.bool()
+    if ignore_ids:
+        valid &= ~torch.isin(input_ids, torch.as_tensor(list(ignore_ids), dtype=input_ids.dtype))
+    ids = input_ids[valid].long()
+    if ids.numel() == 0:
+        return float(table.max())
+    counts = torch.bincount(ids, minlength=table.shape[0]).double()
+    order = torch.argsort(table, descending=True, stable=True)
+    covered = counts[order].cumsum(0) / counts.sum()  # share of occurrences with importance >= table[order[i]]
+    inside = int((covered <= fraction).sum())  # the longest prefix within the budget
+    return float(table[order[inside]]) if inside < order.numel() else float(table.min()) - 1.0
+
+
+def generation_threshold(fraction: float) -> float:
+    """tau for per-sequence Z-scored (generation) importance: the standard normal (1 - fraction) quantile."""
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - fraction).clamp(1e-6, 1 - 1e-6)))
+
+
 def importance_to_scale(
     importance: torch.Tensor,
     mode: str = "sigmoid",
@@ -110,9 +186,12 @@ def importance_to_scale(
     w_min: float = 0.5,
     w_max: float = 2.0,
 ) -> torch.Tensor:
-    """Noise-scale factor w (noise scale is divided by w): '2 sigmoid(I^)' in (0, 2) or clip(1 + beta I^)."""
+    """Noise-scale factor w (noise scale is divided by w): '2 sigmoid(I^)' in (0, 2), clip(1 + beta I^),
+    or 'top_fraction': w_max where I^ > 0 (the importance already shifted by its threshold), else w_min."""
     if mode == "sigmoid":
         return 2.0 * torch.sigmoid(importance)
     if mode == "linear":
         return (1.0 + beta * importance).clamp(w_min, w_max)
-    raise InvalidChoiceError("importance_to_scale", ("sigmoid", "linear"), mode)
+    if mode == "top_fraction":
+        return torch.where(importance > 0, torch.full_like(importance, w_max), torch.full_like(importance, w_min))
+    raise InvalidChoiceError("importance_to_scale", ("sigmoid", "linear", "top_fraction"), mode)
