@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran ~3x slower "
                              "under contention and starve other jobs)")  # fmt: skip
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only every N-th config starting at K (0-based), e.g. two processes with 0/2 "
+                             "and 1/2 on one results file; finished rows are shared through the file")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="write the results document after running")
     parser.add_argument("--report-out", type=Path, default=Path("docs") / "RESULTS.md")
     parser.add_argument("--report-include", type=Path, action="append", default=[],
@@ -62,10 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen grids into ``args.out`` (skipping finished rows), then report if asked; exit code."""
     from evaluation.harness import Resources
-    from evaluation.sweep import ResultStore, Runner, grid
+    from evaluation.sweep import ResultStore, Runner, grid, shard
 
     out = args.out or DEFAULT_DIR / ("quick.jsonl" if args.quick else "full.jsonl")
     configs = grid(quick=args.quick, names=[g for g in args.grids.split(",") if g])
+    if args.shard:
+        try:
+            index, count = (int(x) for x in args.shard.split("/"))
+            configs = shard(configs, index, count)
+        except ValueError as exc:
+            print(f"[eval] --shard must be K/N with 0 <= K < N, got {args.shard!r} ({exc})", file=sys.stderr)
+            return 2
     store = ResultStore(out)
     if args.list:
         for c in configs:

@@ -136,6 +136,8 @@ class ExperimentConfig:
         if self.hops is not None:
             parts.append(f"hops={self.hops}")
         parts += [f"{k}={v}" for k, v in self.params]
+        if self.noise_aware is not None:
+            parts.append(f"noise_aware={self.noise_aware}")
         return " ".join(parts)
 
 

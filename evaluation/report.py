@@ -79,8 +79,17 @@ def strongest(row: dict[str, Any], threat: str, names: Sequence[str] = TOKEN_ATT
 
 
 def pick(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
-    """Rows whose config matches every ``field=value`` in ``where``."""
-    return [r for r in rows if all(r["config"].get(k) == v for k, v in where.items())]
+    """Rows whose config matches every ``field=value`` in ``where``. ``params={}`` asks for the default
+    options, so it also excludes rows that set the top model's ``noise_aware`` explicitly (variants)."""
+    out = [r for r in rows if all(r["config"].get(k) == v for k, v in where.items())]
+    if where.get("params") == {}:
+        out = [r for r in out if r["config"].get("noise_aware") is None]
+    return out
+
+
+def is_variant(row: dict[str, Any]) -> bool:
+    """A row with non-default mechanism options or an explicit top-model choice."""
+    return bool(row["config"].get("params")) or row["config"].get("noise_aware") is not None
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -215,6 +224,34 @@ def ablation_table(rows: list[dict[str, Any]], dataset: str, eta: float) -> list
     for r in chosen:
         label = r["config"]["mechanism"] + (f" (eta {eta:g})" if r["config"]["eta"] is not None else "")
         body.append([label, *_utility_cells(r, base), pair(r, None), *[pair(r, n) for n in names]])
+    return _table(header, body)
+
+
+def variants_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    """Rows with non-default options (e.g. method.md's importance form, the plain top) next to the defaults."""
+    same = pick(rows, dataset=dataset, split_layer=3, hops=None)
+    variants = [r for r in same if is_variant(r)]
+    if not variants:
+        return []
+    base = next(iter(pick(same, mechanism="none", params={})), None)
+    defaults = {(r["config"]["mechanism"], r["config"]["eta"]): r for r in pick(same, params={})}
+    chosen = []
+    for r in sorted(variants, key=lambda r: (r["config"]["mechanism"], r["config"]["eta"] or 0, r["label"])):
+        default = defaults.get((r["config"]["mechanism"], r["config"]["eta"]))
+        if default is not None and default not in chosen:
+            chosen.append(default)
+        chosen.append(r)
+    header = ["mechanism", "eta", "options (default if empty)", "noise/signal", "UP acc %", "UP drop (pts)",
+              "UP, unperturbed inference %", "strongest token ASR %", "A0-learned ASR %", "A2 ASR %"]  # fmt: skip
+    body = []
+    for r in chosen:
+        c = r["config"]
+        options = [f"{k}={v}" for k, v in sorted(c["params"].items())]
+        if c.get("noise_aware") is not None:
+            options.append(f"noise_aware top={c['noise_aware']}")
+        eta = "" if c["eta"] is None else f"{c['eta']:g}"
+        body.append([c["mechanism"], eta, ", ".join(options), *_utility_cells(r, base), pair(r, None),
+                     pair(r, "A0-learned"), pair(r, "A2")])  # fmt: skip
     return _table(header, body)
 
 
@@ -495,9 +532,10 @@ def _setting_lines(rows: list[dict[str, Any]], plots_dir: Path, doc_dir: Path) -
             ("Table IV shape: split depth (privtune, eta %g)", split_table(rows, ds, "privtune", _ref_eta(rows))),
             ("Table V shape: OPT-3 hop count (privtune, eta %g)", hops_table(rows, ds, _ref_eta(rows))),
             ("Table V shape: mechanism ablation (eta %g)", ablation_table(rows, ds, _ref_eta(rows))),
+            ("Variants: non-default options next to the default (vader-movie, l=3)%s", variants_table(rows, ds)),
         ):
             if table:
-                lines += ["### " + title % _ref_eta(rows), "", *table, ""]
+                lines += ["### " + (title % _ref_eta(rows) if "%g" in title else title % ""), "", *table, ""]
     for ds in datasets:
         if ds == "vader-movie":
             continue

@@ -12,14 +12,15 @@ config with mechanism ``none``) has a row, and copies its ASRs into the defended
 Grids (``grid(quick)`` concatenates them, shared configs run once; ``quick`` keeps only the eta grid
 at three etas and the attribute check on privtune, so that it finishes in about 15 minutes on 2 CPU
 cores; the other grids are full-sweep only):
-    eta        privtune and dchi at ETAS_QUICK (+ the ``none`` row = the paper's "None" column;
-               ``opt3`` = privtune's eta -> infinity limit)
-    ablation   all seven mechanisms at ETA_REF (Table V shape)
+    eta        privtune and dchi (full grid: and gaussian) at ETAS_QUICK (+ the ``none`` row = the
+               paper's "None" column; ``opt3`` = privtune's eta -> infinity limit)
+    ablation   all seven mechanisms at ETA_REF (Table V shape); full grid: and two variants of
+               privtune, with method.md's importance form and with a plain (not noise-aware) top
     split      none and privtune at ETA_REF for split layers 3 / 4 / 5 (Table IV shape)
     hops       privtune at ETA_REF for hops 3 / 4 / 5 (Table V hop rows)
     attribute  vader-mixed and multiemo (domain attribute): none, dchi and privtune at two etas
     eta-fine   privtune and dchi at ETAS_FINE (full grid only: the paper's other etas and 5 / 320)
-    eta-extra  gaussian and dchi_importance over ETAS (full grid only; last: the least informative)
+    eta-extra  gaussian and dchi_importance over the other etas (full grid only; last: the least informative)
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from typing import Any
 
 from evaluation.harness import ExperimentConfig, Resources, run_experiment
 
-ETAS_QUICK = (10.0, 40.0, 160.0)  # noise/signal ~ 5.7, 1.4, 0.36: destroyed / moderate / untouched utility
-ETAS_FINE = (20.0, 80.0, 5.0, 320.0, 30.0, 60.0)  # the full grid's other etas, in run order (tables sort)
+ETAS_QUICK = (5.0, 20.0, 80.0)  # isotropic noise/signal ~ 11, 2.8, 0.7: private / leaky / near-clean
+ETAS_FINE = (10.0, 40.0, 2.5, 160.0, 30.0, 60.0)  # the full grid's other etas, in run order (tables sort)
 ETAS_FULL = tuple(sorted(ETAS_QUICK + ETAS_FINE))
-ETA_REF = 40.0
+ETA_REF = 20.0  # the shipped default eta
+#: the same mechanism with method.md's reconstructed importance (eq. 21 log-ratio, w = 2 sigmoid(I^))
+METHOD_MD_IMPORTANCE = (("importance_score", "log_ratio"), ("importance_to_scale", "sigmoid"))
 MECHANISMS = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
 
 FULL_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=1000, n_attack=256, epochs=3, attack_budget="full")
@@ -67,7 +70,7 @@ def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[Experi
 
 def _eta_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     out = [replace(base, mechanism="none"), replace(base, mechanism="opt3")]
-    for mechanism in ("privtune", "dchi"):
+    for mechanism in ("privtune", "dchi") if quick else ("privtune", "dchi", "gaussian"):
         out += [replace(base, mechanism=mechanism, eta=eta) for eta in etas]
     return out
 
@@ -81,13 +84,21 @@ def _eta_fine_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool)
 def _eta_extra_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     if quick:
         return []
-    return [replace(base, mechanism=m, eta=eta) for m in ("gaussian", "dchi_importance") for eta in ETAS_FULL]
+    return [
+        replace(base, mechanism=m, eta=eta)
+        for m in ("gaussian", "dchi_importance")
+        for eta in ETAS_FULL
+        if not (m == "gaussian" and eta in ETAS_QUICK)  # those are in the eta grid
+    ]
 
 
 def _ablation_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     if quick:
         return []
-    return [replace(base, mechanism=m, eta=_noise(m, ETA_REF)) for m in MECHANISMS]
+    out = [replace(base, mechanism=m, eta=_noise(m, ETA_REF)) for m in MECHANISMS]
+    for eta in (ETA_REF, 10.0):
+        out.append(replace(base, mechanism="privtune", eta=eta, params=METHOD_MD_IMPORTANCE))
+    return out + [replace(base, mechanism="privtune", eta=ETA_REF, noise_aware=False)]
 
 
 def _split_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
@@ -116,8 +127,8 @@ def _attribute_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool
         ("none", None),
         ("privtune", ETA_REF),
         ("dchi", ETA_REF),
-        ("privtune", 10.0),
-        ("dchi", 10.0),
+        ("privtune", 5.0),
+        ("dchi", 5.0),
     ):
         out += [replace(c, mechanism=mechanism, eta=eta) for c in at.values()]
     return out
@@ -153,6 +164,10 @@ class ResultStore:
                 if isinstance(row, dict) and "key" in row:
                     self._rows[row["key"]] = row
 
+    def refresh(self) -> None:
+        """Re-read the file: pick up rows another process (another shard) appended meanwhile."""
+        self.__init__(self.path)
+
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 
@@ -183,6 +198,13 @@ def attach_undefended(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str
     row["undefended_key"] = baseline["key"]
     row["utility"]["undefended_accuracy"] = baseline["utility"]["accuracy"]
     return row
+
+
+def shard(configs: list[ExperimentConfig], index: int, count: int) -> list[ExperimentConfig]:
+    """Every ``count``-th config starting at ``index`` (0-based): run ``count`` processes on one file."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must be in 0..{count - 1}, got {index}")
+    return configs[index::count]
 
 
 class Runner:
@@ -223,6 +245,7 @@ class Runner:
         counts = {"done": 0, "ran": 0, "failed": 0, "left": 0}
         started = time.perf_counter()
         for config in configs:
+            self.store.refresh()  # cheap; another shard may have finished this config or its baseline
             if config.key() in self.store:
                 counts["done"] += 1
                 continue

@@ -165,7 +165,7 @@ class ClipOptions(MechanismConfig):
 class DChiOptions(MechanismConfig):
     """d_chi-privacy noise (method.md eqs. 19-20)."""
 
-    eta: float = option(10.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
+    eta: float = option(20.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
     metric: str = option(
         "l1",
         "'l1': per-coordinate Laplace(0, Delta/eta), E||z||_2 ~ sqrt(2d) Delta/eta. 'l2': density "
@@ -178,10 +178,16 @@ class DChiOptions(MechanismConfig):
 
 @dataclass(frozen=True)
 class ImportanceOptions(MechanismConfig):
-    """Token importance I^ -> noise-scale factor w (method.md section 4, [R])."""
+    """Token importance I^ -> noise-scale factor w (method.md section 4, [R]).
+
+    Defaults (measured, docs/RESULTS.md and docs/PRIVACY.md): the 'information' score and the
+    'top_fraction' map, 8% of token occurrences at w_max = 16, the rest at w_min = 0.25. method.md's
+    reconstruction (eq. 21 log-ratio, w = 2 sigmoid(I^)) stays available ('log_ratio', 'sigmoid'); it
+    spends its lowest noise on frequent words and needs the noise of a useless model for ASR <= 10%.
+    """
 
     importance_score: str = option(
-        "log_ratio",
+        "information",
         "Classification importance (method.md eq. 21, [R] form): 'log_ratio' = the class log-ratio weighted "
         "by p_c(t) (grows with token frequency); 'log_odds_z' = weighted log-odds z-score (Monroe et al. "
         "2008), high for frequent class-skewed words, low for neutral and rare ones; 'information' = the class "
@@ -190,7 +196,7 @@ class ImportanceOptions(MechanismConfig):
         choices=("log_ratio", "log_odds_z", "information"),
     )
     importance_to_scale: str = option(
-        "sigmoid",
+        "top_fraction",
         "'sigmoid': w = 2 * sigmoid(I^) in (0, 2). 'linear': w = clip(1 + beta * I^, w_min, w_max). "
         "'top_fraction': the most important tokens, covering top_fraction of the token occurrences of the "
         "fitting data (generation: of each sequence), get w_max, all others w_min. "
@@ -199,14 +205,14 @@ class ImportanceOptions(MechanismConfig):
     )
     beta: float = option(0.5, "Slope of the 'linear' importance-to-scale map (> 0).", gt=0.0)
     w_min: float = option(
-        0.5, "Lower clip of the 'linear' map, the factor of the other tokens for 'top_fraction' (> 0, < w_max).",
+        0.25, "Lower clip of the 'linear' map, the factor of the other tokens for 'top_fraction' (> 0, < w_max).",
         gt=0.0, lt_field="w_max",
     )
     w_max: float = option(
-        2.0, "Upper clip of the 'linear' map, the factor of the top tokens for 'top_fraction' (> w_min).", gt=0.0
+        16.0, "Upper clip of the 'linear' map, the factor of the top tokens for 'top_fraction' (> w_min).", gt=0.0
     )
     top_fraction: float = option(
-        0.1, "'top_fraction' map: share of token occurrences that get w_max (0 < q < 1).", gt=0.0, le=1.0
+        0.08, "'top_fraction' map: share of token occurrences that get w_max (0 < q < 1).", gt=0.0, le=1.0
     )
 
 

@@ -30,6 +30,38 @@ def test_create_job_returns_openai_job_and_enqueues(env):
     assert [e["message"] for e in events["data"]] == ["Job created"]
 
 
+@pytest.mark.parametrize(
+    ("privacy", "task", "given", "expected"),
+    [
+        ({"mechanism": "privtune"}, "classification", None, True),
+        ({"mechanism": "gaussian"}, "classification", None, True),
+        ({"mechanism": "opt3"}, "classification", None, False),
+        ({"mechanism": "none"}, "classification", None, False),
+        ({"mechanism": "privtune"}, "generation", None, False),
+        ({"mechanism": "privtune"}, "classification", False, False),
+        ({"mechanism": "none"}, "classification", True, True),
+    ],
+)
+def test_noise_aware_top_defaults_to_on_for_noisy_classification(env, privacy, task, given, expected):
+    body = job_body("smollm2-135m" if task == "generation" else "minilm-l6", privacy=privacy, task=task)
+    if task == "generation":
+        body["method"]["privtune"].pop("num_labels")
+    if given is not None:
+        body["method"]["privtune"]["noise_aware"] = given
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["method"]["privtune"]["noise_aware"] is expected
+
+
+def test_noise_aware_generation_is_refused(env):
+    body = job_body("smollm2-135m", task="generation")
+    body["method"]["privtune"].pop("num_labels")
+    body["method"]["privtune"]["noise_aware"] = True
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.noise_aware"
+    assert env.client.get("/v1/fine_tuning/jobs", headers=env.headers()).json()["data"] == []
+
+
 def test_legacy_hyperparameters_are_mirrored(env):
     body = job_body()
     body["method"]["privtune"].pop("batch_size")

@@ -124,7 +124,7 @@ def test_fit_then_privatize(parts, name):
 
 def test_classification_importance_table_comes_from_labels(parts):
     bottom, tokenizer = parts
-    priv = Privatizer(bottom, tokenizer, small("dchi_importance")).fit(TEXTS, LABELS)
+    priv = Privatizer(bottom, tokenizer, small("dchi_importance", importance_to_scale="sigmoid")).fit(TEXTS, LABELS)
     table = priv.state.importance_table
     vocab = tokenizer.get_vocab()
     assert table[vocab["good"]] > table[vocab["movie"]] and table[vocab["bad"]] > table[vocab["the"]]
@@ -132,6 +132,18 @@ def test_classification_importance_table_comes_from_labels(parts):
     bottom.calls.clear()
     priv.privatize(TEXTS[:2], generator=torch.Generator())
     assert bottom.calls == [False]  # table lookup: no attentions needed
+
+
+def test_top_fraction_table_marks_the_top_share_of_occurrences(parts):
+    bottom, tokenizer = parts
+    priv = Privatizer(bottom, tokenizer, small("dchi_importance", top_fraction=0.3)).fit(TEXTS, LABELS)
+    table, vocab = priv.state.importance_table, tokenizer.get_vocab()
+    ids, mask = priv.encode(TEXTS)
+    real = mask.bool() & ~torch.isin(ids, torch.tensor(priv.special_ids))
+    assert 0 < (table[ids[real]] > 0).float().mean() <= 0.3  # the top tokens cover at most 30% of occurrences
+    assert table[vocab["[CLS]"]] < 0 and table[vocab["the"]] < 0  # special and neutral tokens: noisier
+    unseen = sorted(set(range(table.shape[0])) - set(ids[mask.bool()].tolist()))
+    assert unseen and bool((table[unseen] == -1.0).all())  # never seen in the fitting data: noisier
 
 
 def test_generation_importance_uses_attentions(parts):

@@ -132,6 +132,27 @@ def test_run_all_logs_failures_and_respects_the_budget(tiny, tmp_path):
     assert later.run_all([_config(tiny, eta=99.0)], budget_s=-1) == {"done": 0, "ran": 0, "failed": 0, "left": 1}
 
 
+def test_shards_partition_the_grid_and_share_finished_rows(tiny, tmp_path):
+    from evaluation.sweep import shard
+
+    configs = grid()
+    parts = [shard(configs, i, 3) for i in range(3)]
+    assert sorted(c.key() for p in parts for c in p) == sorted(c.key() for c in configs)
+    with pytest.raises(ValueError):
+        shard(configs, 3, 3)
+    calls = []
+
+    def fake(config, resources):
+        calls.append(config.mechanism)
+        return _fake_row(config, acc=0.8, asr=0.9)
+
+    first = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=lambda m: None, experiment=fake)
+    second = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=lambda m: None, experiment=fake)
+    first.run_all([_config(tiny)])  # runs the baseline and the config
+    assert second.run_all([_config(tiny, mechanism="dchi")])["ran"] == 1  # the baseline is read from the file
+    assert calls == ["none", "privtune", "dchi"]
+
+
 def test_grids_have_unique_keys_and_a_baseline():
     from evaluation.cli import GRID_NAMES
     from evaluation.sweep import GRIDS
@@ -170,11 +191,14 @@ def test_report_renders_the_paper_shaped_tables(tmp_path):
     base = ExperimentConfig(n_train=64, n_public=32, n_test=32, n_attack=16, epochs=1, attack_budget="quick")
     rows = [_fake_row(base.baseline(), 0.80, 0.92, ratio=0.0), _fake_row(replace(base, mechanism="opt3"), 0.78, 0.5)]
     for mechanism in ("privtune", "dchi", "gaussian"):
-        for eta, acc, asr in ((10.0, 0.55, 0.08), (40.0, 0.78, 0.40), (160.0, 0.795, 0.85)):
+        for eta, acc, asr in ((10.0, 0.55, 0.08), (20.0, 0.78, 0.40), (160.0, 0.795, 0.85)):
             rows.append(_fake_row(replace(base, mechanism=mechanism, eta=eta), acc, asr, ratio=57 / eta))
     rows += [_fake_row(replace(base, split_layer=5, mechanism="none"), 0.79, 0.7),
-             _fake_row(replace(base, split_layer=5, mechanism="privtune", eta=40.0), 0.76, 0.3),
-             _fake_row(replace(base, mechanism="privtune", eta=40.0, hops=5), 0.77, 0.38),
+             _fake_row(replace(base, split_layer=5, mechanism="privtune", eta=20.0), 0.76, 0.3),
+             _fake_row(replace(base, mechanism="privtune", eta=20.0, hops=5), 0.77, 0.38),
+             _fake_row(replace(base, mechanism="privtune", eta=20.0, noise_aware=False), 0.60, 0.41),
+             _fake_row(replace(base, mechanism="privtune", eta=20.0, params=(("importance_to_scale", "sigmoid"),)),
+                       0.70, 0.9),
              _fake_row(replace(base, dataset="vader-mixed", mechanism="none"), 0.7, 0.9)]  # fmt: skip
     results = tmp_path / "rows.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
@@ -183,8 +207,10 @@ def test_report_renders_the_paper_shaped_tables(tmp_path):
     assert out.read_text() == text
     for heading in ("Headline check", "Table III shape: `privtune`", "Table III shape: `dchi`", "paper's Table III",
                     "Table IV shape", "Table V shape: OPT-3 hop count", "Table V shape: mechanism ablation",
-                    "Attribute inference on `vader-mixed`", "test cpu"):  # fmt: skip
+                    "Attribute inference on `vader-mixed`", "Variants: non-default options", "test cpu"):  # fmt: skip
         assert heading in text, heading
+    assert "| privtune | 20 | noise_aware top=False |" in text and "| privtune | 20 | importance_to_scale=sigmoid |" in text
+    assert "| 20 | 2.85 | 78.0 |" in text  # the default row, not a variant, in the eta table
     assert "| 10 | 5.70 | 55.0 | +25.0 | 56.0 | 8.0 / 8.8 |" in text  # eta row: ratio, UP, drop, strongest ASR
     assert "None (no noise = undefended)" in text and "inf (opt3: shift only)" in text
     assert "| privtune | naive |" in text and "| privtune | adaptive |" in text

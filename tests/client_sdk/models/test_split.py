@@ -185,3 +185,38 @@ def test_module_classes_are_exposed():
     import client_sdk.models as models
 
     assert models.BottomModel is BottomModel and models.TopModel is TopModel
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
+def test_noise_aware_top_equals_plain_when_norms_are_equal(request, fixture):
+    path = request.getfixturevalue(fixture)
+    plain = build_top(path, 2, "classification", num_labels=3)
+    aware = build_top(path, 2, "classification", num_labels=3, noise_aware=True)
+    _, tokenizer = build_bottom(path, 2)
+    _, mask = padded_batch(tokenizer, TEXTS)
+    hidden = torch.nn.functional.normalize(torch.randn(*mask.shape, plain.hidden_size), dim=-1) * 3.0
+    with torch.no_grad():
+        assert (plain(hidden, mask) - aware(hidden, mask)).abs().max() < TOL  # all weights 1: same model
+
+
+def test_noise_aware_top_is_barely_moved_by_a_token_buried_in_noise(tiny_bert):
+    plain = build_top(tiny_bert, 2, "classification", num_labels=3)
+    aware = build_top(tiny_bert, 2, "classification", num_labels=3, noise_aware=True)
+    assert aware.describe()["noise_aware"] and not plain.describe()["noise_aware"]
+    g = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.normalize(torch.randn(2, 8, plain.hidden_size, generator=g), dim=-1) * 3.0
+    mask = torch.ones(2, 8, dtype=torch.long)
+    noisy = clean.clone()
+    noisy[:, 5] += torch.randn(2, plain.hidden_size, generator=g) * 3.0  # noise/signal ~ sqrt(d)
+    without = mask.clone()
+    without[:, 5] = 0  # what a model that ignores the buried token would compute
+    with torch.no_grad():
+        target = plain(clean, without)
+        off_plain = (plain(noisy, mask) - target).abs().max()
+        off_aware = (aware(noisy, mask) - target).abs().max()
+    assert off_aware < 0.2 * off_plain
+
+
+def test_noise_aware_generation_is_refused(tiny_llama):
+    with pytest.raises(ValueError, match="noise_aware"):
+        build_top(tiny_llama, 1, "generation", noise_aware=True)

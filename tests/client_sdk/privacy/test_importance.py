@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from client_sdk.privacy import InvalidChoiceError, classification_importance, generation_importance, importance_to_scale
+from client_sdk.privacy import (
+    InvalidChoiceError,
+    classification_importance,
+    generation_importance,
+    generation_threshold,
+    importance_to_scale,
+    top_fraction_threshold,
+)
 
 # toy vocabulary: 0 pad, 1 the, 2 movie, 3 good, 4 great, 5 bad, 6 awful, 7 unseen, 8 cls
 PAD, THE, MOVIE, GOOD, GREAT, BAD, AWFUL, UNSEEN, CLS = range(9)
@@ -110,3 +117,50 @@ def test_importance_to_scale():
     with pytest.raises(InvalidChoiceError) as info:
         importance_to_scale(imp, "exp")
     assert info.value.parameter == "importance_to_scale"
+
+
+def skewed_corpus():
+    """'the' (2) frequent and balanced; 'and' (3) frequent, 2:1 skewed; 'great' (4) / 'dull' (5) only in
+    one class; 'rare' (6) seen once; 7 a filler of the negative class."""
+    THE_, AND_, GREAT_, DULL_, RARE_, FILL = 2, 3, 4, 5, 6, 7
+    pos = [[THE_, AND_, GREAT_, THE_]] * 20 + [[THE_, AND_, AND_, THE_]] * 10 + [[THE_, RARE_, THE_, THE_]]
+    neg = [[THE_, AND_, DULL_, THE_]] * 20 + [[THE_, FILL, FILL, THE_]] * 10 + [[THE_, THE_, THE_, FILL]]
+    ids = torch.tensor(pos + neg)
+    return ids, torch.ones_like(ids), torch.tensor([1] * len(pos) + [0] * len(neg))
+
+
+@pytest.mark.parametrize("score", ["log_odds_z", "information"])
+def test_scores_rank_skewed_words_above_neutral_and_rare_ones(score):
+    ids, mask, labels = skewed_corpus()
+    table = classification_importance(ids, mask, labels, vocab_size=8, score=score)
+    assert min(table[4], table[5]) > max(table[2], table[6])
+
+
+def test_information_score_ranks_per_occurrence_value_above_frequency():
+    ids, mask, labels = skewed_corpus()
+    info = classification_importance(ids, mask, labels, vocab_size=8, score="information")
+    assert min(info[4], info[5]) > info[3]  # 'and' is frequent but carries little per occurrence
+
+
+def test_unknown_importance_score_is_refused():
+    ids, mask, labels = skewed_corpus()
+    with pytest.raises(InvalidChoiceError):
+        classification_importance(ids, mask, labels, vocab_size=8, score="tfidf")
+
+
+def test_top_fraction_threshold_covers_at_most_the_fraction():
+    ids, mask, labels = skewed_corpus()
+    table = classification_importance(ids, mask, labels, vocab_size=8, score="information")
+    counts = torch.bincount(ids.flatten(), minlength=8).float()
+    for fraction in (0.05, 0.2, 0.5):
+        tau = top_fraction_threshold(table, ids, mask, fraction)
+        covered = counts[table > tau].sum() / counts.sum()
+        assert covered <= fraction + 1e-6
+        assert covered + counts[table == tau].sum() / counts.sum() > fraction  # the next type would exceed it
+    w = importance_to_scale(table - top_fraction_threshold(table, ids, mask, 0.4), "top_fraction", w_min=0.25, w_max=4.0)
+    assert set(w.unique().tolist()) <= {0.25, 4.0} and w[4] == 4.0 and w[2] == 0.25
+
+
+def test_generation_threshold_is_the_normal_quantile():
+    assert generation_threshold(0.1) == pytest.approx(1.2816, abs=1e-3)
+    assert generation_threshold(0.5) == pytest.approx(0.0, abs=1e-6)

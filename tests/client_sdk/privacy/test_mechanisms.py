@@ -107,13 +107,22 @@ def test_dchi_noise_scale(metric, expected):
 
 def test_importance_reduces_noise_on_important_tokens():
     n, d = 4000, 8
-    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0)
+    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0, importance_to_scale="sigmoid")
     ctx_imp = torch.tensor([3.0, -3.0]).repeat(n // 2).unsqueeze(0)  # (1, n)
     ctx = PerturbContext(state=prepare_state(mech.config), importance=ctx_imp)
     z = mech.perturb(torch.zeros(1, n, d), torch.ones(1, n), ctx, torch.Generator().manual_seed(0))[0]
     w_hi, w_lo = 2 * torch.sigmoid(torch.tensor(3.0)), 2 * torch.sigmoid(torch.tensor(-3.0))
     ratio = z[1::2].abs().mean() / z[0::2].abs().mean()
     assert ratio.item() == pytest.approx((w_hi / w_lo).item(), rel=0.05)
+
+
+def test_top_fraction_map_gives_two_noise_levels():
+    n, d = 4000, 8
+    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0)  # default: top_fraction, w 16 / 0.25
+    ctx_imp = torch.tensor([0.5, -0.5]).repeat(n // 2).unsqueeze(0)  # shifted table: > 0 = the top tokens
+    ctx = PerturbContext(state=prepare_state(mech.config), importance=ctx_imp)
+    z = mech.perturb(torch.zeros(1, n, d), torch.ones(1, n), ctx, torch.Generator().manual_seed(0))[0]
+    assert (z[1::2].abs().mean() / z[0::2].abs().mean()).item() == pytest.approx(16.0 / 0.25, rel=0.05)
 
 
 def test_gaussian_std_is_multiplier_times_delta():
@@ -186,8 +195,12 @@ def test_privacy_record_is_json(name, data):
 
 
 def test_privtune_record_states_budget_and_slack(data):
-    mech, ctx = setup("privtune", data, eta=10.0, metric="l2")
+    mech, ctx = setup("privtune", data, eta=10.0, metric="l2", importance_to_scale="sigmoid")
     g = mech.privacy_record(ctx.state)["guarantee"]
     delta, eps = ctx.state.sensitivity, ctx.state.eps_local
     assert g["per_token_budget"] == {"min": 0.0, "max": 20.0}  # eta * w, w in (0, 2)
     assert g["additive_slack"]["max"] == pytest.approx(20.0 / delta * 2 * eps)
+    mech, ctx = setup("privtune", data, eta=10.0, metric="l2")  # default top_fraction map: w in {0.25, 16}
+    g = mech.privacy_record(ctx.state)["guarantee"]
+    assert g["per_token_budget"] == {"min": 2.5, "max": 160.0}
+    assert g["additive_slack"]["max"] == pytest.approx(160.0 / ctx.state.sensitivity * 2 * ctx.state.eps_local)
