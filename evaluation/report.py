@@ -449,7 +449,12 @@ METHOD_TEXT = """\
 **What one row is.** `evaluation.harness.run_experiment`: fit the device's `Privatizer` on the private
 training texts, train through the service's own split code in one process (`DeviceTrainer` posting
 the real wire payloads to the worker's `StepServer` -> `TopTrainer`, LoRA r=8 on the top blocks + a
-mean-pool head; every step privatizes its batch again, so every epoch sees fresh noise), then:
+pooled head; every step privatizes its batch again, so every epoch sees fresh noise), then:
+
+- **Top model**: as the service configures it: for mechanisms that add noise the top is noise-aware
+  (each received state's precision is estimated from its norm and weights its attention key and its
+  share of the pool, `client_sdk.models.top.TopModel`); otherwise a plain mean pool. The "Variants"
+  table shows `privtune` with a plain top.
 
 - **UP**: test accuracy through the same perturbed path (private inference). "UP, unperturbed
   inference" is the same trained model fed unperturbed representations at test time (a diagnostic:
@@ -481,6 +486,10 @@ attribute value divided between them); utility uses the fixed `test` split.
 
 **eta axis.** `dchi`, `dchi_importance` and `privtune` use the project default metric l1 (Laplace per
 coordinate, scale Delta/eta, Delta = 2C, C = median ||h||): noise/signal ~ 57/eta on minilm-l6.
+With the default importance map, `privtune` and `dchi_importance` send the top 8% of token
+occurrences (by label information) at scale Delta/(16 eta) and the rest at Delta/(0.25 eta), so at
+eta 10 (the default) most tokens carry the noise of `dchi` at eta 2.5 and the top ones that of `dchi`
+at eta 160.
 `gaussian` at "eta" means noise_multiplier = sqrt(2)/eta, the same per-coordinate std. The paper's
 eta (Llama-3, its own normalisation) is not the same unit: compare trends, and compare operating
 points by ASR and utility drop, not by eta.

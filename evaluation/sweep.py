@@ -12,8 +12,9 @@ config with mechanism ``none``) has a row, and copies its ASRs into the defended
 Grids (``grid(quick)`` concatenates them, shared configs run once; ``quick`` keeps only the eta grid
 at three etas and the attribute check on privtune, so that it finishes in about 15 minutes on 2 CPU
 cores; the other grids are full-sweep only):
-    eta        privtune and dchi (full grid: and gaussian) at ETAS_QUICK (+ the ``none`` row = the
-               paper's "None" column; ``opt3`` = privtune's eta -> infinity limit)
+    eta        quick: privtune at 5 / ETA_REF / 80, dchi at ETAS_QUICK; full: privtune, dchi and
+               gaussian at ETAS_QUICK and ETA_REF (+ the ``none`` row = the paper's "None" column;
+               ``opt3`` = privtune's eta -> infinity limit)
     ablation   all seven mechanisms at ETA_REF (Table V shape); full grid: and two variants of
                privtune, with method.md's importance form and with a plain (not noise-aware) top
     split      none and privtune at ETA_REF for split layers 3 / 4 / 5 (Table IV shape)
@@ -38,9 +39,9 @@ from typing import Any
 from evaluation.harness import ExperimentConfig, Resources, run_experiment
 
 ETAS_QUICK = (5.0, 20.0, 80.0)  # isotropic noise/signal ~ 11, 2.8, 0.7: private / leaky / near-clean
-ETAS_FINE = (10.0, 40.0, 2.5, 160.0, 30.0, 60.0)  # the full grid's other etas, in run order (tables sort)
-ETAS_FULL = tuple(sorted(ETAS_QUICK + ETAS_FINE))
-ETA_REF = 20.0  # the shipped default eta
+ETA_REF = 10.0  # the shipped default eta (privtune is run at it as well as at ETAS_QUICK)
+ETAS_FINE = (40.0, 2.5, 160.0, 30.0, 60.0)  # the full grid's other etas, in run order (tables sort)
+ETAS_FULL = tuple(sorted({*ETAS_QUICK, ETA_REF, *ETAS_FINE}))
 #: the same mechanism with method.md's reconstructed importance (eq. 21 log-ratio, w = 2 sigmoid(I^))
 METHOD_MD_IMPORTANCE = (("importance_score", "log_ratio"), ("importance_to_scale", "sigmoid"))
 MECHANISMS = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
@@ -71,7 +72,11 @@ def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[Experi
 def _eta_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     out = [replace(base, mechanism="none"), replace(base, mechanism="opt3")]
     for mechanism in ("privtune", "dchi") if quick else ("privtune", "dchi", "gaussian"):
-        out += [replace(base, mechanism=mechanism, eta=eta) for eta in etas]
+        if not quick:  # every mechanism at ETAS_QUICK and the default
+            mech_etas = tuple(sorted({*etas, ETA_REF}))
+        else:  # privtune at its default instead of the middle eta: ~12 minutes in all
+            mech_etas = (etas[0], ETA_REF, etas[-1]) if mechanism == "privtune" else etas
+        out += [replace(base, mechanism=mechanism, eta=eta) for eta in mech_etas]
     return out
 
 
@@ -88,7 +93,7 @@ def _eta_extra_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool
         replace(base, mechanism=m, eta=eta)
         for m in ("gaussian", "dchi_importance")
         for eta in ETAS_FULL
-        if not (m == "gaussian" and eta in ETAS_QUICK)  # those are in the eta grid
+        if not (m == "gaussian" and eta in (*ETAS_QUICK, ETA_REF))  # those are in the eta grid
     ]
 
 
@@ -96,7 +101,7 @@ def _ablation_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool)
     if quick:
         return []
     out = [replace(base, mechanism=m, eta=_noise(m, ETA_REF)) for m in MECHANISMS]
-    for eta in (ETA_REF, 10.0):
+    for eta in (ETA_REF, 40.0):
         out.append(replace(base, mechanism="privtune", eta=eta, params=METHOD_MD_IMPORTANCE))
     return out + [replace(base, mechanism="privtune", eta=ETA_REF, noise_aware=False)]
 

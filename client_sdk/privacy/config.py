@@ -165,7 +165,7 @@ class ClipOptions(MechanismConfig):
 class DChiOptions(MechanismConfig):
     """d_chi-privacy noise (method.md eqs. 19-20)."""
 
-    eta: float = option(20.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
+    eta: float = option(10.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
     metric: str = option(
         "l1",
         "'l1': per-coordinate Laplace(0, Delta/eta), E||z||_2 ~ sqrt(2d) Delta/eta. 'l2': density "

@@ -48,7 +48,7 @@ def test_method_md_defaults():
 
 def test_measured_importance_defaults_and_method_md_form_stays_available():
     cfg = PrivTuneConfig()  # chosen by the evaluation (docs/RESULTS.md), not by method.md
-    assert (cfg.eta, cfg.importance_score, cfg.importance_to_scale) == (20.0, "information", "top_fraction")
+    assert (cfg.eta, cfg.importance_score, cfg.importance_to_scale) == (10.0, "information", "top_fraction")
     assert (cfg.top_fraction, cfg.w_min, cfg.w_max) == (0.08, 0.25, 16.0)
     literal = PrivTuneConfig(importance_score="log_ratio", importance_to_scale="sigmoid")
     assert PrivTuneConfig.from_dict(literal.to_dict()) == literal
