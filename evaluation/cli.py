@@ -27,7 +27,8 @@ GRID_NAMES = (
     "attribute",
     "eta-fine",
     "eta-extra",
-)  # evaluation.sweep.GRIDS (not imported: no torch here)
+)  # evaluation.sweep.DEFAULT_GRIDS (not imported: no torch here)
+OTHER_GRIDS = ("defaults",)  # evaluation.sweep.GRIDS beyond the default list
 QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid targets < 15 min in all
 
 
@@ -42,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR / "cache", help="prototype / neighbour cache")
     parser.add_argument(
-        "--grids", default=",".join(GRID_NAMES), help=f"comma-separated subset of {','.join(GRID_NAMES)}"
+        "--grids", default=",".join(GRID_NAMES),
+        help=f"comma-separated subset of {','.join(GRID_NAMES + OTHER_GRIDS)} (default: all but {','.join(OTHER_GRIDS)})",
     )
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help=f"start no experiment after this many minutes (default {QUICK_BUDGET_MIN:g} with --quick, "

@@ -22,6 +22,10 @@ cores; the other grids are full-sweep only):
     attribute  vader-mixed and multiemo (domain attribute): none, dchi and privtune at two etas
     eta-fine   privtune and dchi at ETAS_FINE (full grid only: the paper's other etas and 5 / 320)
     eta-extra  gaussian and dchi_importance over the other etas (full grid only; last: the least informative)
+
+Not in the default list: ``defaults`` (``grid(names=["defaults"])``, ``privtune eval --grids defaults``),
+the harness runs behind the shipped importance defaults (docs/PRIVACY.md), on their own smaller base
+``DEFAULTS_BASE`` (2,000 texts, 3 epochs, 500 test texts, 128 attacked, quick attack budget).
 """
 
 from __future__ import annotations
@@ -50,15 +54,19 @@ FULL_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=1000, n_attack=
 QUICK_BASE = ExperimentConfig(n_train=1024, n_public=500, n_test=200, n_attack=64, epochs=1, attack_budget="quick")
 
 
+DEFAULTS_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=500, n_attack=128, epochs=3, attack_budget="quick")
+_TOP10 = (("importance_to_scale", "top_fraction"), ("top_fraction", 0.1), ("w_min", 0.25))
+
+
 def _noise(mechanism: str, eta: float | None) -> float | None:
     return None if mechanism in ("none", "opt3", "opt3_importance") else eta
 
 
 def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[ExperimentConfig]:
-    """The configs of the named grids (default: all) in run order, without duplicates."""
+    """The configs of the named grids (default: ``DEFAULT_GRIDS``) in run order, without duplicates."""
     base = QUICK_BASE if quick else FULL_BASE
     etas = ETAS_QUICK
-    chosen = tuple(names or GRIDS)
+    chosen = tuple(names or DEFAULT_GRIDS)
     unknown = set(chosen) - set(GRIDS)
     if unknown:
         raise ValueError(f"unknown grid(s) {sorted(unknown)}; known: {list(GRIDS)}")
@@ -139,6 +147,19 @@ def _attribute_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool
     return out
 
 
+def _defaults_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """How the importance defaults were chosen: score, map, w_max, OPT-3 and the top model at eta 20."""
+    b = replace(DEFAULTS_BASE, mechanism="dchi_importance", eta=20.0)
+    info, z = ("importance_score", "information"), ("importance_score", "log_odds_z")
+    return [
+        replace(DEFAULTS_BASE, mechanism="none"),
+        replace(b, params=(z, *_TOP10, ("w_max", 4.0)), noise_aware=False),  # frequency-ranked, plain top
+        replace(b, params=(info, *_TOP10, ("w_max", 4.0))),  # label information, noise-aware top
+        replace(b, params=(info, *_TOP10, ("w_max", 16.0))),  # cleaner top tokens
+        replace(b, mechanism="privtune", params=(info, *_TOP10, ("w_max", 4.0))),  # + OPT-3
+    ]
+
+
 GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[ExperimentConfig]]] = {
     "eta": _eta_grid,
     "ablation": _ablation_grid,
@@ -147,7 +168,9 @@ GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[Expe
     "attribute": _attribute_grid,
     "eta-fine": _eta_fine_grid,
     "eta-extra": _eta_extra_grid,
+    "defaults": _defaults_grid,
 }
+DEFAULT_GRIDS = tuple(name for name in GRIDS if name != "defaults")
 
 
 class ResultStore:

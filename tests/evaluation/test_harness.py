@@ -154,10 +154,10 @@ def test_shards_partition_the_grid_and_share_finished_rows(tiny, tmp_path):
 
 
 def test_grids_have_unique_keys_and_a_baseline():
-    from evaluation.cli import GRID_NAMES
-    from evaluation.sweep import GRIDS
+    from evaluation.cli import GRID_NAMES, OTHER_GRIDS
+    from evaluation.sweep import DEFAULT_GRIDS, GRIDS
 
-    assert tuple(GRIDS) == GRID_NAMES  # the CLI lists the grids without importing torch
+    assert DEFAULT_GRIDS == GRID_NAMES and tuple(GRIDS) == GRID_NAMES + OTHER_GRIDS  # no torch in the CLI
     for quick in (True, False):
         configs = grid(quick=quick)
         assert len({c.key() for c in configs}) == len(configs)
