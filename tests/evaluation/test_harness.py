@@ -194,8 +194,8 @@ def test_report_renders_the_paper_shaped_tables(tmp_path):
         for eta, acc, asr in ((10.0, 0.55, 0.08), (20.0, 0.78, 0.40), (160.0, 0.795, 0.85)):
             rows.append(_fake_row(replace(base, mechanism=mechanism, eta=eta), acc, asr, ratio=57 / eta))
     rows += [_fake_row(replace(base, split_layer=5, mechanism="none"), 0.79, 0.7),
-             _fake_row(replace(base, split_layer=5, mechanism="privtune", eta=20.0), 0.76, 0.3),
-             _fake_row(replace(base, mechanism="privtune", eta=20.0, hops=5), 0.77, 0.38),
+             _fake_row(replace(base, split_layer=5, mechanism="privtune", eta=10.0), 0.76, 0.3),
+             _fake_row(replace(base, mechanism="privtune", eta=10.0, hops=5), 0.77, 0.38),
              _fake_row(replace(base, mechanism="privtune", eta=20.0, noise_aware=False), 0.60, 0.41),
              _fake_row(replace(base, mechanism="privtune", eta=20.0, params=(("importance_to_scale", "sigmoid"),)),
                        0.70, 0.9),
