@@ -612,7 +612,10 @@ def render(rows: list[dict[str, Any]], out: Path, plots_dir: Path | None = None,
             for m in map(json.loads, sorted(machines))),
         "",
         "Reproduce: `privtune eval --quick --report` (reduced grid, ~15 min on 2 CPU cores) or "
-        "`privtune eval --report` (the full grid; hours; resumable: re-run the same command).",
+        "`privtune eval --report` (the full grid; hours; resumable: re-run the same command; `--shard 0/2` and "
+        "`--shard 1/2` run it in two processes); the `defaults` setting: `privtune eval --grids defaults`. The "
+        "rows behind this page are kept in `docs/results/` (continue the full grid with "
+        "`privtune eval --out docs/results/full.jsonl`).",
         "",
         "## Analysis",
         "",
