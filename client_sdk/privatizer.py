@@ -216,19 +216,7 @@ class Privatizer:
         use_attention = self.mechanism.uses_importance and state.importance_table is None
         out = self._bottom(input_ids, attention_mask, output_attentions=use_attention)
         hidden = out.hidden  # (b, t, d)
-        importance = None
-        if self.mechanism.uses_importance:
-            if state.importance_table is not None:
-                importance = state.importance_table[input_ids]  # (b, t)
-            elif out.attentions:
-                importance = generation_importance(
-                    out.attentions, attention_mask.to(hidden.device), causal=bool(self.bottom.is_causal),
-                    exclude_mask=self._special_mask(input_ids).to(hidden.device),
-                )  # fmt: skip
-                if self.mechanism.config.importance_to_scale == "top_fraction":
-                    importance = importance - generation_threshold(self.mechanism.config.top_fraction)
-            else:
-                raise PrivacyStateError("importance needs fit(texts, labels) or a bottom that returns attentions")
+        importance = self.token_importance(input_ids, attention_mask, out.attentions)
         context = PerturbContext(
             state=state, input_ids=input_ids, importance=importance,
             labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
@@ -239,6 +227,32 @@ class Privatizer:
             "hidden": sent.detach().float().cpu().contiguous(),
             "attention_mask": attention_mask.long().contiguous(),
         }
+
+    def token_importance(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
+        """I^ (B, T) as the mechanism consumes it, None for mechanisms without importance.
+
+        The fitted classification table when there is one, else generation importance from the bottom's
+        ``attentions`` (eqs. 22-25); for the 'top_fraction' map, shifted so that the top tokens are > 0
+        (the table is stored shifted by ``fit``; attention importance is shifted by the normal quantile).
+        """
+        if not self.mechanism.uses_importance:
+            return None
+        table = None if self.state is None else self.state.importance_table
+        if table is not None:
+            return table.to(input_ids.device)[input_ids]  # (b, t)
+        if not attentions:
+            raise PrivacyStateError("importance needs fit(texts, labels) or a bottom that returns attentions")
+        device = attentions[0].device
+        importance = generation_importance(
+            attentions, attention_mask.to(device), causal=bool(self.bottom.is_causal),
+            exclude_mask=self._special_mask(input_ids).to(device),
+        )  # fmt: skip
+        config = self.mechanism.config
+        if config.importance_to_scale == "top_fraction":
+            importance = importance - generation_threshold(config.top_fraction)
+        return importance
 
     def privacy_record(self) -> dict[str, Any]:
         """The mechanism's honest privacy statement with its config and the fitted state's scalars."""

@@ -35,10 +35,11 @@ import torch
 
 from client_sdk import protocol, wire
 from client_sdk.data import LabelMap, batch_indices
+from client_sdk.privacy import MECHANISMS, mechanism_class
 from evaluation.data import EvalData, load_eval_data
 
 HARNESS_VERSION = 3  # part of every key: bump when a change makes old rows incomparable
-NOISELESS = ("none", "opt3", "opt3_importance")
+NOISELESS = tuple(name for name in MECHANISMS if not mechanism_class(name).uses_noise)  # none, opt3, opt3_importance
 OPT3_MECHANISMS = ("opt3", "opt3_importance", "privtune")
 
 

@@ -348,6 +348,18 @@ def paper_table(
 # ---------------------------------------------------------------- plots
 
 
+def _save(fig: Any, path: Path, title: str) -> Path:
+    """Title, lay out and write ``fig`` as a PNG at ``path`` (folders created); closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_privacy_utility(rows: list[dict[str, Any]], dataset: str, path: Path, title: str) -> Path | None:
     """Utility against the strongest token ASR, one line per mechanism, one panel per threat model."""
     import matplotlib
@@ -386,12 +398,7 @@ def plot_privacy_utility(rows: list[dict[str, Any]], dataset: str, path: Path, t
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_eta(rows: list[dict[str, Any]], dataset: str, path: Path, title: str) -> Path | None:
@@ -435,12 +442,7 @@ def plot_eta(rows: list[dict[str, Any]], dataset: str, path: Path, title: str) -
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 # ---------------------------------------------------------------- the document

@@ -40,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from client_sdk.privacy import MECHANISMS  # the registry's order: none, gaussian, dchi, ..., privtune
 from evaluation.harness import ExperimentConfig, Resources, run_experiment
 
 ETAS_QUICK = (5.0, 20.0, 80.0)  # isotropic noise/signal ~ 11, 2.8, 0.7: private / leaky / near-clean
@@ -48,7 +49,6 @@ ETAS_FINE = (40.0, 2.5, 160.0, 30.0, 60.0)  # the full grid's other etas, in run
 ETAS_FULL = tuple(sorted({*ETAS_QUICK, ETA_REF, *ETAS_FINE}))
 #: the same mechanism with method.md's reconstructed importance (eq. 21 log-ratio, w = 2 sigmoid(I^))
 METHOD_MD_IMPORTANCE = (("importance_score", "log_ratio"), ("importance_to_scale", "sigmoid"))
-MECHANISMS = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
 
 FULL_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=1000, n_attack=256, epochs=3, attack_budget="full")
 QUICK_BASE = ExperimentConfig(n_train=1024, n_public=500, n_test=200, n_attack=64, epochs=1, attack_budget="quick")
@@ -182,6 +182,10 @@ class ResultStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re-)read the file: picks up rows another process (another shard) appended meanwhile."""
         self._rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -191,10 +195,6 @@ class ResultStore:
                     continue
                 if isinstance(row, dict) and "key" in row:
                     self._rows[row["key"]] = row
-
-    def refresh(self) -> None:
-        """Re-read the file: pick up rows another process (another shard) appended meanwhile."""
-        self.__init__(self.path)
 
     def __contains__(self, key: str) -> bool:
         return key in self._rows

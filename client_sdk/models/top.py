@@ -61,7 +61,8 @@ class TopModel(nn.Module):
     states (the inverse-variance weight of token j, estimated from its norm), each state is scaled by
     sqrt(w_j) (to the sequence's reference norm, so a noisy token's huge keys and values cannot swamp
     the attention), every attention logit towards key j gets + log w_j, and the pool is weighted by
-    w_j. Tokens that arrive buried in noise then hardly contaminate the others. No effect on parameters: the same weights load either way.
+    w_j. Tokens that arrive buried in noise then hardly contaminate the others. It adds no parameters:
+    the same weights load either way.
 
     Submodules keep the Hugging Face names, so peft LoRA can target ``default_lora_targets`` and keep
     the ``classifier`` trainable via ``modules_to_save=["classifier"]``. Blocks live at

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from client_sdk.audit import expected_lone_tokens, expected_privatizer, noiseless_mechanism
-from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm, generation_importance, generation_threshold
+from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm
 from client_sdk.privacy.config import ClipOptions
 
 from .base import AttackUnavailable, Observation, check_threat_models
@@ -159,20 +159,11 @@ class KnownMechanism:
     def _importance(self, hidden: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, use_attention: bool):
         if not self.twin.uses_importance:
             return None
-        table = self.state.importance_table
-        if table is not None:
-            return table.to(ids.device)[ids]  # (b, t)
+        if self.state.importance_table is not None:
+            return self.privatizer.token_importance(ids, mask)  # (b, t)
         if self._shift_needs_importance and use_attention:
-            bottom = self.privatizer.bottom
-            out = bottom(ids, mask, output_attentions=True)
-            importance = generation_importance(
-                out.attentions, mask, causal=bool(bottom.is_causal),
-                exclude_mask=torch.isin(ids, self.special_ids.to(ids.device)),
-            )  # fmt: skip
-            config = self.twin.config
-            if config.importance_to_scale == "top_fraction":
-                importance = importance - generation_threshold(config.top_fraction)
-            return importance
+            out = self.privatizer.bottom(ids, mask, output_attentions=True)
+            return self.privatizer.token_importance(ids, mask, out.attentions)
         return torch.zeros(ids.shape, device=hidden.device)  # w = 1 (sigmoid map); only the noise uses it otherwise
 
     @torch.no_grad()

@@ -53,6 +53,13 @@ def test_noise_aware_top_defaults_to_on_for_noisy_classification(env, privacy, t
     assert r.json()["method"]["privtune"]["noise_aware"] is expected
 
 
+def test_gateway_noise_mechanisms_match_the_sdk():
+    from api.job_spec import NOISE_MECHANISMS  # the gateway cannot import torch, so it keeps its own list
+    from client_sdk.privacy import MECHANISMS, mechanism_class
+
+    assert set(NOISE_MECHANISMS) == {name for name in MECHANISMS if mechanism_class(name).uses_noise}
+
+
 def test_noise_aware_generation_is_refused(env):
     body = job_body("smollm2-135m", task="generation")
     body["method"]["privtune"].pop("num_labels")
