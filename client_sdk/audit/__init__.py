@@ -1,0 +1,55 @@
+"""On-device privacy audit: run the cheap inversion attacks on your own data before anything is sent.
+
+``privacy_audit(privatizer, texts)`` measures how many of your tokens an attacker who holds the bottom
+model recovers from what the SDK would send (``Privatizer.privatize``), with two attacks:
+
+- **A2, nearest prototype** (``nearest_prototype``): token = argmax_v cos(h~_i, p_v) over the bottom's
+  split-layer token prototypes p_v (the whole vocabulary).
+- **A0, learned inversion, adaptive** (``TokenDiscriminant``): a linear discriminant (class-conditional
+  Gaussians with one shared, shrunk covariance; method.md section 8) fitted on *public* text passed
+  through the same mechanism with the same parameters (Kerckhoffs): class means from the mechanism's
+  noiseless output (``expected_privatizer``), covariance from its noisy output. Its classes are the
+  tokens seen in the public text plus, as a fallback, every other vocabulary token centred on its
+  prototype's noiseless output (``coverage`` says how many scored tokens were seen in public text).
+
+Both attacks score top-1 recovery over real, non-special tokens; ``chance`` is the rate of the most
+frequent scored token (a majority guesser). The report also gives the *undefended* ASR (the same
+attacks on the clean representations) and ``max_asr`` over the attacks.
+
+``search_eta(factory, texts, target_asr)`` audits privatizers built for a grid of eta values and picks
+the largest eta (least noise) whose audited ``max_asr`` meets the target.
+
+The evaluation package reuses ``nearest_prototype``, ``prototype_shortlist``, ``TokenDiscriminant`` and
+the noiseless twin of a mechanism; this package depends only on torch and the SDK.
+
+Modules (private; everything public is re-exported here):
+
+- ``_attacks``: the attack math (``majority_rate``, ``prototype_shortlist``, ``nearest_prototype``,
+  ``TokenDiscriminant``), pure functions on tensors;
+- ``_expected``: the mechanism's deterministic part (``noiseless_mechanism``, ``expected_privatizer``,
+  ``expected_lone_tokens``);
+- ``_audit``: the audit (``AttackScore``, ``AuditReport``, ``privacy_audit``);
+- ``_eta``: the eta search (``DEFAULT_ETAS``, ``EtaPoint``, ``EtaSearchResult``, ``search_eta``).
+"""
+
+from ._attacks import TokenDiscriminant, majority_rate, nearest_prototype, prototype_shortlist
+from ._audit import AttackScore, AuditReport, privacy_audit
+from ._eta import DEFAULT_ETAS, EtaPoint, EtaSearchResult, search_eta
+from ._expected import expected_lone_tokens, expected_privatizer, noiseless_mechanism
+
+__all__ = [
+    "DEFAULT_ETAS",
+    "AttackScore",
+    "AuditReport",
+    "EtaPoint",
+    "EtaSearchResult",
+    "TokenDiscriminant",
+    "expected_lone_tokens",
+    "expected_privatizer",
+    "majority_rate",
+    "nearest_prototype",
+    "noiseless_mechanism",
+    "privacy_audit",
+    "prototype_shortlist",
+    "search_eta",
+]
