@@ -112,6 +112,7 @@ class Privatizer:
         sample_tokens: int = 8192,
         batch_size: int = 32,
         generator: torch.Generator | None = None,
+        prototypes: torch.Tensor | None = None,
     ) -> Privatizer:
         """Fit the mechanism's state on the user's own ``texts`` (and ``labels``); returns ``self``.
 
@@ -119,7 +120,8 @@ class Privatizer:
         ``sample_tokens`` real, non-special token representations, builds prototypes and the
         neighbour index (cached in ``cache_dir`` under ``model_id``, default the bottom's
         ``model_id``/``digest`` attribute or a fingerprint of the matrix) and, given labels, the
-        classification importance table. Nothing is sent anywhere.
+        classification importance table. ``prototypes`` (|V|, d): the bottom's ``token_prototypes()``
+        when the caller holds them already (used instead of recomputing them). Nothing is sent anywhere.
         """
         config = self.mechanism.config
         generator = generator or torch.Generator().manual_seed(0)
@@ -142,14 +144,15 @@ class Privatizer:
             )
             if getattr(config, "importance_to_scale", None) == "top_fraction":
                 importance_table = self._top_fraction_table(importance_table, input_ids, attention_mask)
-        prototypes = embeddings = None
+        opt3_prototypes = embeddings = None
         if isinstance(config, Opt3Options):
-            prototypes = self.bottom.token_prototypes().detach().float().cpu()
+            source = self.bottom.token_prototypes() if prototypes is None else prototypes  # (|V|, d)
+            opt3_prototypes = source.detach().float().cpu()
             if config.neighbour_source == "embeddings":
                 embeddings = self.bottom.input_embeddings().detach().float().cpu()
         model_id = model_id or getattr(self.bottom, "model_id", None) or getattr(self.bottom, "digest", None)
         self.state = prepare_state(
-            config, train_hidden=train_hidden, prototypes=prototypes, embeddings=embeddings,
+            config, train_hidden=train_hidden, prototypes=opt3_prototypes, embeddings=embeddings,
             train_labels=train_labels, importance_table=importance_table, cache_dir=cache_dir,
             model_id=model_id, split_layer=int(getattr(self.bottom, "split_layer", 0)), generator=generator,
         )  # fmt: skip

@@ -166,6 +166,16 @@ def test_neighbour_cache_is_written_and_reused(parts, tmp_path, monkeypatch):
     assert priv.state.neighbours.model_id == "fake/bottom" and priv.state.neighbours.split_layer == 1
 
 
+def test_fit_uses_given_prototypes_instead_of_recomputing_them(parts, monkeypatch):
+    bottom, tokenizer = parts
+    prototypes = bottom.token_prototypes()  # (|V|, d)
+    reference = Privatizer(bottom, tokenizer, small("privtune")).fit(TEXTS, LABELS)
+    monkeypatch.setattr(bottom, "token_prototypes", lambda *a, **k: pytest.fail("prototypes recomputed"))
+    given = Privatizer(bottom, tokenizer, small("privtune")).fit(TEXTS, LABELS, prototypes=prototypes)
+    sent = [p.privatize(TEXTS[:4], generator=torch.Generator().manual_seed(3))["hidden"] for p in (reference, given)]
+    assert torch.equal(sent[0], sent[1])
+
+
 def test_privatize_before_fit_raises(parts):
     with pytest.raises(PrivacyStateError, match="fit"):
         Privatizer(*parts, "dchi").privatize(TEXTS[:1])
