@@ -5,6 +5,9 @@ to ``max_retries`` times; 409 only when the server says ``x-should-retry: true``
 when it says ``x-should-retry: false``. The wait is the server's ``retry-after-ms`` / ``Retry-After``
 (seconds or an HTTP date, capped at 60 s), else exponential backoff with jitter. A POST carries an
 ``Idempotency-Key`` that stays the same across the retries of one call.
+
+Errors that may come from a wrong ``base_url`` say so: a connection error or timeout names the
+method and URL it tried, and both it and a 404 ``unknown_url`` hint at a missing ``/v1``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,33 @@ def should_retry(response: httpx.Response) -> bool:
         return hint == "true"
     status = response.status_code
     return status in (408, 429) or status >= 500
+
+
+def base_url_hint(base_url: str) -> str:
+    """A sentence for errors that a wrong base URL may cause: empty when ``base_url`` ends with
+    ``/v1``, else a suggestion to add it."""
+    if base_url.rstrip("/").endswith("/v1"):
+        return ""
+    return f"The base_url usually ends with /v1: try {base_url.rstrip('/')}/v1."
+
+
+def connection_error_message(request: httpx.Request, base_url: str, cause: Exception) -> str:
+    """The message of an ``APIConnectionError``: the method and URL tried, why it failed, and
+    where the gateway was expected (plus the ``/v1`` hint of :func:`base_url_hint`)."""
+    reason = str(cause) or type(cause).__name__
+    text = f"Connection error: {request.method} {request.url} failed ({reason}). Is the gateway running at {base_url}?"
+    return _with_hint(text, base_url)
+
+
+def timeout_message(request: httpx.Request, base_url: str) -> str:
+    """The message of an ``APITimeoutError``: the method and URL that timed out, plus the ``/v1``
+    hint of :func:`base_url_hint` when it applies."""
+    return _with_hint(f"Request timed out: {request.method} {request.url}.", base_url)
+
+
+def _with_hint(text: str, base_url: str) -> str:
+    hint = base_url_hint(base_url)
+    return f"{text} {hint}" if hint else text
 
 
 def path_segment(value: object) -> str:
@@ -153,19 +183,27 @@ class HTTPCore:
         retries_done = 0
         while True:
             request = self._http.build_request(
-                method, url, params=params, json=json, content=content, files=files, data=data,
-                headers=merged, timeout=self.timeout,
-            )  # fmt: skip
+                method,
+                url,
+                params=params,
+                json=json,
+                content=content,
+                files=files,
+                data=data,
+                headers=merged,
+                timeout=self.timeout,
+            )
             retries_left = self.max_retries - retries_done
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TimeoutException as exc:
                 if retries_left <= 0:
-                    raise APITimeoutError(request) from exc
+                    raise APITimeoutError(request, message=timeout_message(request, self.base_url)) from exc
                 delay, reason = backoff_delay(retries_done), "timed out"
             except httpx.TransportError as exc:
                 if retries_left <= 0:
-                    raise APIConnectionError(message=f"Connection error: {exc}", request=request) from exc
+                    message = connection_error_message(request, self.base_url, exc)
+                    raise APIConnectionError(message=message, request=request) from exc
                 delay, reason = backoff_delay(retries_done), f"connection error ({exc})"
             else:
                 if response.status_code < 400:
@@ -174,7 +212,7 @@ class HTTPCore:
                 if retries_left <= 0 or not retryable:
                     response.read()
                     response.close()
-                    raise status_error_from_response(response)
+                    raise status_error_from_response(response, unknown_url_hint=base_url_hint(self.base_url))
                 response.close()
                 server_delay = parse_retry_after(response.headers)
                 delay = backoff_delay(retries_done) if server_delay is None else server_delay

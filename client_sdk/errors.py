@@ -22,13 +22,14 @@ Every error is a ``PrivTuneError``; catch a leaf to act on one failure, or a bra
      │    └── APIResponseValidationError  a 2xx body that is not the object it should be
      └── BottomArtifactError            a downloaded bottom fails verification or its manifest is unsafe
 
-The server's error envelope is ``{"error": {"message", "type", "param", "code"}}``;
-:func:`status_error_from_response` is the one place where statuses map to classes.
+The server's error envelope is ``{"error": {"message", "type", "param", "code"}}`` (a step out of
+order adds ``"expected_step"``); :func:`status_error_from_response` is the one place where statuses
+map to classes. Connection errors name the method and URL they tried; when the base URL lacks the
+usual ``/v1``, they and a 404 ``unknown_url`` say so (see ``client_sdk._http.base_url_hint``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 STEP_OUT_OF_ORDER = "step_out_of_order"
+UNKNOWN_URL = "unknown_url"
+EXPECTED_STEP_HEADER = "x-expected-step"
 
 
 class PrivTuneError(Exception):
@@ -166,17 +169,18 @@ class ServiceUnavailableError(InternalServerError):
 
 
 class APIConnectionError(APIError):
-    """No response arrived: the connection could not be made or broke."""
+    """No response arrived: the connection could not be made or broke. The message names the
+    method and URL that were tried."""
 
-    def __init__(self, *, message: str = "Connection error.", request: httpx.Request) -> None:
-        super().__init__(message, request, body=None)
+    def __init__(self, *, message: str | None = None, request: httpx.Request) -> None:
+        super().__init__(message or f"Connection error: {request.method} {request.url}.", request, body=None)
 
 
 class APITimeoutError(APIConnectionError):
     """The request timed out (connect, read, write or pool)."""
 
-    def __init__(self, request: httpx.Request) -> None:
-        super().__init__(message="Request timed out.", request=request)
+    def __init__(self, request: httpx.Request, *, message: str | None = None) -> None:
+        super().__init__(message=message or f"Request timed out: {request.method} {request.url}.", request=request)
 
 
 class APIResponseValidationError(APIError):
@@ -204,8 +208,6 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     503: ServiceUnavailableError,
 }
 
-_EXPECTED_STEP_RE = re.compile(r"expected[_ ]step\D{0,3}(\d+)", re.IGNORECASE)
-
 
 def _decode_body(response: httpx.Response) -> object | None:
     try:
@@ -221,9 +223,11 @@ def _as_int(value: object) -> int | None:
         return None
 
 
-def status_error_from_response(response: httpx.Response) -> APIStatusError:
+def status_error_from_response(response: httpx.Response, *, unknown_url_hint: str = "") -> APIStatusError:
     """Return the error for a 4xx/5xx response: its class from the status (and code), its fields
-    from the ``{"error": {...}}`` envelope. The response body must already be read."""
+    from the ``{"error": {...}}`` envelope; a step out of order takes ``expected_step`` from the
+    envelope or the ``x-expected-step`` header. ``unknown_url_hint`` is appended to the message of a
+    404 ``unknown_url`` (e.g. a base URL without ``/v1``). The response body must already be read."""
     body = _decode_body(response)
     error: dict[str, Any] = {}
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -248,10 +252,10 @@ def status_error_from_response(response: httpx.Response) -> APIStatusError:
     status = response.status_code
     if status == 409 and fields["code"] == STEP_OUT_OF_ORDER:
         expected = _as_int(error.get("expected_step"))
-        if expected is None and isinstance(body, dict):
-            expected = _as_int(body.get("expected_step"))
-        if expected is None and (match := _EXPECTED_STEP_RE.search(message)):
-            expected = int(match.group(1))
+        if expected is None:
+            expected = _as_int(response.headers.get(EXPECTED_STEP_HEADER))
         return StepOutOfOrderError(message, expected_step=expected, **fields)
+    if status == 404 and fields["code"] == UNKNOWN_URL and unknown_url_hint:
+        message = f"{message.rstrip()} {unknown_url_hint.strip()}"
     cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     return cls(message, **fields)
