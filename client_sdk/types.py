@@ -1,12 +1,13 @@
 """Typed objects the gateway returns: one small pydantic model per object, OpenAI-shaped.
 
 Every model keeps fields it does not know (``extra="allow"``), so a newer gateway never breaks an
-older SDK; unknown fields are reachable as attributes and through ``model_dump()``.
+older SDK; unknown fields are reachable as attributes and through ``model_dump()``. Lists of them
+come as pages (``client_sdk.pagination``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,14 +15,13 @@ __all__ = [
     "JOB_STATUSES",
     "TERMINAL_STATUSES",
     "BottomManifest",
-    "CursorPage",
     "FileDeleted",
     "FileObject",
     "FineTuningJob",
     "FineTuningJobCheckpoint",
     "FineTuningJobEvent",
-    "Hyperparameters",
     "JobError",
+    "JobHyperparameters",
     "Method",
     "Model",
 ]
@@ -34,8 +34,9 @@ class _Object(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
 
 
-class Hyperparameters(_Object):
-    """Training hyperparameters; each is a number or ``"auto"``."""
+class JobHyperparameters(_Object):
+    """The hyperparameters a job reports; each is a number or ``"auto"``. (The device-side settings
+    one passes to ``FineTuneJob.create`` are ``client_sdk.jobs.Hyperparameters``.)"""
 
     batch_size: int | Literal["auto"] | None = None
     learning_rate_multiplier: float | Literal["auto"] | None = None
@@ -68,7 +69,7 @@ class FineTuningJob(_Object):
     fine_tuned_model: str | None = None
     organization_id: str | None = None
     status: str  # one of JOB_STATUSES
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: JobHyperparameters | None = None
     method: Method | None = None
     training_file: str | None = None
     validation_file: str | None = None
@@ -134,12 +135,14 @@ class FileDeleted(_Object):
 
 
 class Model(_Object):
-    """A model the gateway serves (base models and fine-tuned ones)."""
+    """A model the gateway serves (base models and fine-tuned ones). ``privtune``, when the gateway
+    sends it, holds PrivTune's facts about the model (e.g. its limits: split layers, max tokens)."""
 
     id: str
     object: str = "model"
     created: int
     owned_by: str
+    privtune: dict[str, Any] | None = None
 
 
 class BottomManifest(_Object):
@@ -154,25 +157,3 @@ class BottomManifest(_Object):
     num_layers: int
     files: dict[str, str]
     digest: str
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-class CursorPage(BaseModel, Generic[T]):
-    """One page of a list, newest first. Fetch the next page with ``after=page.next_after``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    object: str = "list"
-    data: list[T]
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
-
-    @property
-    def next_after(self) -> str | None:
-        """The ``after`` cursor of the next page, or None when this is the last page."""
-        if not self.has_more or not self.data:
-            return None
-        return getattr(self.data[-1], "id", None)
