@@ -87,11 +87,13 @@ def through_service(privatizer, labels, examples, steps: int, latency_requests: 
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedStack(tmp, port=0) as stack:
         client = Client(base_url=stack.base_url, api_key=stack.api_key)
-        client.download_bottom(MODEL, SPLIT, cache_dir=Path(tmp) / "cache")  # the worker exports it
-        job = client.create_job(model=MODEL, method={"type": "privtune", "privtune": _job_config(steps)})
-        while client.retrieve_job(job.id).status != "running":
+        client.bottoms.download(MODEL, SPLIT, cache_dir=Path(tmp) / "cache")  # the worker exports it
+        job = client.fine_tuning.jobs.create(model=MODEL, method={"type": "privtune", "privtune": _job_config(steps)})
+        while client.fine_tuning.jobs.retrieve(job.id).status != "running":
             time.sleep(0.2)
-        device = DeviceTrainer(job.id, lambda p: client.post_step(job.id, p), privatizer, labels, examples, BATCH)
+        device = DeviceTrainer(
+            job.id, lambda p: client.fine_tuning.jobs.post_step(job.id, p), privatizer, labels, examples, BATCH
+        )
         report = device.train(steps)
         empty = wire.encode(
             {
@@ -103,9 +105,9 @@ def through_service(privatizer, labels, examples, steps: int, latency_requests: 
         latencies = []
         for _ in range(latency_requests):
             start = time.perf_counter()
-            client.post_step(job.id, empty)
+            client.fine_tuning.jobs.post_step(job.id, empty)
             latencies.append(time.perf_counter() - start)
-        client.complete_job(job.id, device.finish_payload())
+        client.fine_tuning.jobs.complete(job.id, device.finish_payload())
     latencies.sort()
     return {
         "samples_per_second": report.samples_per_second,

@@ -35,7 +35,7 @@ def _job_body(total_steps: int, **privtune) -> dict:
 def _wait_status(client, job_id: str, statuses: set[str], timeout: float = 90) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.retrieve_job(job_id)
+        job = client.fine_tuning.jobs.retrieve(job_id)
         if job.status in statuses:
             return job
         time.sleep(0.2)
@@ -77,56 +77,61 @@ def test_sdk_trains_through_the_service(service):
     checkpoints = job.checkpoints()
     assert checkpoints and max(c.step_number for c in checkpoints) == job.report.steps
     assert job.metrics["bytes_sent"] > 0 and 0 <= job.metrics["accuracy_after"] <= 1
-    listed = service.client().list_jobs(metadata={"team": "e2e"}).data
+    listed = service.client().fine_tuning.jobs.list(metadata={"team": "e2e"}).data
     assert [j.id for j in listed] == [job.record.id]
 
 
 def test_retried_step_is_not_applied_twice(service):
     client = service.client()
-    job = client.create_job(**_job_body(total_steps=2))
+    job = client.fine_tuning.jobs.create(**_job_body(total_steps=2))
     _wait_status(client, job.id, {"running"})
-    first = client.post_step(job.id, _step(job.id, 1))
-    again = client.post_step(job.id, _step(job.id, 1, seed=99))  # a retry: the stored reply, no new forward
+    first = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1))
+    # a retry: the stored reply, no new forward
+    again = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1, seed=99))
     assert first == again
     logits = wire.decode(first)[1][protocol.OUTPUT]
     assert logits.shape == (4, 2)
-    second = client.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits)))
-    assert client.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits))) == second
+    second = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits)))
+    assert client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits))) == second
     with pytest.raises(ConflictError) as info:  # going back is refused, and says where to go on
-        client.post_step(job.id, _step(job.id, 1))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1))
     assert info.value.expected_step == 3
     flush = wire.encode({protocol.GRAD_OUTPUT: torch.ones(4, 2)}, wire.WireHeader(job.id, 3, "step"))
-    client.post_step(job.id, flush)
-    done = client.complete_job(job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra={"final": "1"})))
+    client.fine_tuning.jobs.post_step(job.id, flush)
+    done = client.fine_tuning.jobs.complete(
+        job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra={"final": "1"}))
+    )
     assert done.status == "succeeded"
-    steps = [c.step_number for c in client.list_checkpoints(job.id).data]
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
     assert max(steps) == 2, "two gradients were sent; a retry must not add a third optimizer step"
 
 
 def test_cancel_stops_the_worker_within_one_step(service):
     client = service.client()
-    job = client.create_job(**_job_body(total_steps=50))
+    job = client.fine_tuning.jobs.create(**_job_body(total_steps=50))
     _wait_status(client, job.id, {"running"})
-    client.post_step(job.id, _step(job.id, 1))
-    cancelled = client.cancel_job(job.id)
+    client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1))
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     with pytest.raises(ConflictError):
-        client.post_step(job.id, _step(job.id, 2, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.zeros(4, 2)))
     deadline = time.monotonic() + 10
-    while not any("cancelled" in e.message.lower() and "worker" in e.message for e in client.iter_events(job.id)):
+    while not any(
+        "cancelled" in e.message.lower() and "worker" in e.message for e in client.fine_tuning.jobs.list_events(job.id)
+    ):
         assert time.monotonic() < deadline, "the worker did not acknowledge the cancel"
         time.sleep(0.2)
     with pytest.raises(ConflictError):  # a finished job cannot be cancelled again
-        client.cancel_job(job.id)
+        client.fine_tuning.jobs.cancel(job.id)
     # the worker is free: the next job starts right away
-    nxt = client.create_job(**_job_body(total_steps=1))
+    nxt = client.fine_tuning.jobs.create(**_job_body(total_steps=1))
     _wait_status(client, nxt.id, {"running"}, timeout=30)
-    client.cancel_job(nxt.id)
+    client.fine_tuning.jobs.cancel(nxt.id)
 
 
 def test_bad_steps_change_nothing(service):
     client = service.client()
-    job = client.create_job(**_job_body(total_steps=5))
+    job = client.fine_tuning.jobs.create(**_job_body(total_steps=5))
     _wait_status(client, job.id, {"running"})
     nan = torch.randn(4, 6, D)
     nan[0, 0, 0] = float("nan")
@@ -145,17 +150,17 @@ def test_bad_steps_change_nothing(service):
     ]
     for payload in bad_payloads:
         with pytest.raises(Exception) as info:
-            client.post_step(job.id, payload)
+            client.fine_tuning.jobs.post_step(job.id, payload)
         assert 400 <= info.value.status_code < 500
     # the job is untouched: step 1 is still the next step
-    assert wire.decode(client.post_step(job.id, _step(job.id, 1)))[0].step == 1
+    assert wire.decode(client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1)))[0].step == 1
     with pytest.raises(NotFoundError):  # another organization sees nothing
-        service.client(service.other_key).retrieve_job(job.id)
-    client.cancel_job(job.id)
+        service.client(service.other_key).fine_tuning.jobs.retrieve(job.id)
+    client.fine_tuning.jobs.cancel(job.id)
 
 
 def _events_text(client, job_id: str) -> str:
-    return "\n".join(e.message for e in client.iter_events(job_id))
+    return "\n".join(e.message for e in client.fine_tuning.jobs.list_events(job_id))
 
 
 def _wait_event(client, job_id: str, needle: str, timeout: float = 60) -> None:
@@ -168,30 +173,30 @@ def _wait_event(client, job_id: str, needle: str, timeout: float = 60) -> None:
 def _train_steps(client, job_id: str, first: int, last: int, grad_first: bool) -> None:
     for step in range(first, last + 1):
         grad = torch.zeros(4, 2) if (step > first or grad_first) else None
-        client.post_step(job_id, _step(job_id, step, grad=grad, seed=step))
+        client.fine_tuning.jobs.post_step(job_id, _step(job_id, step, grad=grad, seed=step))
 
 
 def test_pause_checkpoints_and_resume_continues_from_there(service):
     client = service.client()
-    job = client.create_job(**_job_body(total_steps=10))
+    job = client.fine_tuning.jobs.create(**_job_body(total_steps=10))
     _wait_status(client, job.id, {"running"})
     _train_steps(client, job.id, 1, 3, grad_first=False)  # gradients of steps 1 and 2 applied
-    assert client.pause_job(job.id).status == "paused"
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
     _wait_event(client, job.id, "Job paused at step 2")
-    assert max(c.step_number for c in client.list_checkpoints(job.id).data) == 2
-    client.resume_job(job.id)
+    assert max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data) == 2
+    client.fine_tuning.jobs.resume(job.id)
     _wait_event(client, job.id, "resumed from checkpoint at step 2")
     _wait_status(client, job.id, {"running"})
     with pytest.raises(ConflictError) as info:  # step 3's forward was lost with the pause: redo it
-        client.post_step(job.id, _step(job.id, 4, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 4, grad=torch.zeros(4, 2)))
     assert info.value.expected_step == 3
-    client.post_step(job.id, _step(job.id, 3))
-    client.cancel_job(job.id)
+    client.fine_tuning.jobs.post_step(job.id, _step(job.id, 3))
+    client.fine_tuning.jobs.cancel(job.id)
 
 
 def test_killed_worker_job_is_requeued_and_resumes_from_checkpoint(service):
     client = service.client()
-    job = client.create_job(**_job_body(total_steps=20))
+    job = client.fine_tuning.jobs.create(**_job_body(total_steps=20))
     _wait_status(client, job.id, {"running"})
     _train_steps(client, job.id, 1, 6, grad_first=False)  # 5 gradients applied; checkpoint at step 4
     service.kill_worker()
@@ -200,10 +205,10 @@ def test_killed_worker_job_is_requeued_and_resumes_from_checkpoint(service):
     _wait_event(client, job.id, "resumed from checkpoint at step 4", timeout=90)
     _wait_status(client, job.id, {"running"})
     with pytest.raises(ConflictError) as info:
-        client.post_step(job.id, _step(job.id, 7, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 7, grad=torch.zeros(4, 2)))
     assert info.value.expected_step == 5
-    client.post_step(job.id, _step(job.id, 5))
-    client.cancel_job(job.id)
+    client.fine_tuning.jobs.post_step(job.id, _step(job.id, 5))
+    client.fine_tuning.jobs.cancel(job.id)
 
 
 def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
@@ -215,7 +220,7 @@ def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
     from client_sdk.upload import write_privatized_file
 
     sdk = service.client()
-    bottom, tokenizer, manifest = load_bottom(sdk.download_bottom(TINY_MODEL, 2, cache_dir=tmp_path / "cache"))
+    bottom, tokenizer, manifest = load_bottom(sdk.bottoms.download(TINY_MODEL, 2, cache_dir=tmp_path / "cache"))
     data = toy_dataset(64)
     privatizer = Privatizer(bottom, tokenizer, "dchi", max_length=16).fit([t for t, _ in data])
     path = write_privatized_file(privatizer, data, tmp_path / "train.safetensors", model=TINY_MODEL)
@@ -254,13 +259,18 @@ def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     data = toy_dataset(64)
     session = _DeviceSession.prepare(data, **options)
     client = session.client
-    job = client.create_job(**session.job_body(None, None))
+    job = client.fine_tuning.jobs.create(**session.job_body(None, None))
     _wait_status(client, job.id, {"running"})
     first = DeviceTrainer(
-        job.id, lambda p: client.post_step(job.id, p), session.privatizer, session.labels, session.train, 8
+        job.id,
+        lambda p: client.fine_tuning.jobs.post_step(job.id, p),
+        session.privatizer,
+        session.labels,
+        session.train,
+        8,
     )
     first.train(5)  # the device goes away after 5 steps (their gradients applied)
-    client.pause_job(job.id)
+    client.fine_tuning.jobs.pause(job.id)
     _wait_event(client, job.id, "Job paused at step 5")
     resumed = FineTuneJob.resume(job.id, data, progress=False, **options)
     assert resumed.record.status == "succeeded", service.worker_log()
