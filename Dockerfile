@@ -15,6 +15,7 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
 COPY client_sdk/ client_sdk/
 COPY pyproject.toml alembic.ini ./
+COPY service/ service/
 COPY api/ api/
 COPY worker/ worker/
 COPY privtune/ privtune/

@@ -1,5 +1,6 @@
 """PrivTune gateway: a torch-free FastAPI service (auth, validation, persistence, step relay).
 
-``api.main.create_app`` builds the app; ``api.db`` (no FastAPI) and ``api.queue`` are shared with
-the Celery worker. Nothing in this package imports torch.
+``api.main.create_app`` builds the app. It stands on the shared, FastAPI-free service layer
+(``service``: settings, database, queue, relay, errors), which the Celery workers use too. Nothing in
+this package imports torch or the worker.
 """

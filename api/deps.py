@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.db import repo
-from api.errors import Authentication
-from api.relay import StepRelay
-from api.settings import Settings
+from service.db import repo
+from service.errors import Authentication
+from service.relay import StepRelay
+from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sk-pt-...`")
 
@@ -66,9 +66,9 @@ def get_redis(request: Request) -> Any:
 RedisDep = Annotated[Any, Depends(get_redis)]
 
 
-def get_relay(request: Request, settings: SettingsDep) -> StepRelay:
+def get_relay(request: Request) -> StepRelay:
     """The step relay over the app's Redis client."""
-    return StepRelay(get_redis(request), settings)
+    return StepRelay(get_redis(request))
 
 
 RelayDep = Annotated[StepRelay, Depends(get_relay)]
@@ -83,7 +83,7 @@ class Enqueuer(Protocol):
 
 
 class CeleryEnqueuer:
-    """:class:`Enqueuer` over the shared Celery app (``api.queue``)."""
+    """:class:`Enqueuer` over the shared Celery app (``service.queue``)."""
 
     def __init__(self, celery: Any):
         """Queue ``worker.export_bottom(model, split_layer)``."""
@@ -91,13 +91,13 @@ class CeleryEnqueuer:
 
     def job(self, job_id: str) -> None:
         """Queue ``worker.run_job(job_id)``."""
-        from api.queue import enqueue_job
+        from service.queue import enqueue_job
 
         enqueue_job(self.celery, job_id)
 
     def export(self, model: str, split_layer: int) -> None:
         """Queue ``worker.export_bottom(model, split_layer)``."""
-        from api.queue import enqueue_export
+        from service.queue import enqueue_export
 
         enqueue_export(self.celery, model, split_layer)
 
@@ -111,7 +111,7 @@ def app_enqueuer(app: Any) -> Enqueuer:
     """The enqueuer of ``app`` (also used by the lease reaper outside a request)."""
     state = app.state
     if getattr(state, "celery", None) is None:
-        from api.queue import make_celery
+        from service.queue import make_celery
 
         state.celery = make_celery(state.settings)
     return CeleryEnqueuer(state.celery)

@@ -1,175 +1,128 @@
 """The one place where failures become HTTP responses in the OpenAI error envelope.
 
-Every error body is ``{"error": {"message", "type", "param", "code"}}`` (all four keys)::
+Every error body is ``{"error": {"message", "type", "param", "code"}}`` (all four keys). The error
+tree itself is ``service.errors`` (shared with the worker; repository errors are members of it), so
+a ``ServiceError`` renders as it is; :func:`to_service_error` maps everything else exactly once:
 
-    APIError (500 server_error)
-     ├── BadRequest          400  invalid_request_error
-     ├── Authentication      401  invalid_request_error, code invalid_api_key
-     ├── NotFound            404  invalid_request_error
-     ├── Conflict            409  invalid_request_error, x-should-retry: false unless retryable
-     ├── PayloadTooLarge     413  invalid_request_error
-     ├── Unprocessable       422  invalid_request_error
-     └── ServiceUnavailable  503  server_error, Retry-After
-
-``install_error_handlers`` also maps repository errors, wire errors, relay errors, request
-validation errors, unknown routes, a database / Redis / broker outage (503) and anything else (500).
+    ServiceError (incl. repository errors, StepRejected, StepTimeout)   as it says
+    client_sdk.wire.WireError                                            its one status (service.errors.WIRE_STATUS)
+    client_sdk.jobspec.JobSpecError                                      400, its param
+    client_sdk.privacy.PrivacyConfigError                                400, param = its parameter
+    database / Redis / broker outages                                    503 + Retry-After (nothing changed)
+    request validation errors                                            400, param = the field (and its cause's field)
+    unknown routes / methods                                             404 unknown_url / 405
+    anything else                                                        500 internal_error (logged; no detail leaks)
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from client_sdk import wire
+from client_sdk.jobspec import JobSpecError, error_param
+from client_sdk.privacy.errors import PrivacyConfigError
+from service.errors import BadRequest, ServiceError, ServiceUnavailable, from_wire_error
 
 log = logging.getLogger("api.errors")
 
-
-class APIError(Exception):
-    """An error the client can act on; rendered as the OpenAI envelope."""
-
-    status_code = 500
-    type = "server_error"
-    default_code: str | None = None
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ):
-        super().__init__(message)
-        self.message, self.param = message, param
-        self.code = code if code is not None else self.default_code
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
+_OUTAGES: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
+    ((OperationalError, InterfaceError, PoolTimeout), "The database is unavailable; retry shortly.", "database_unavailable"),
+    ((RedisConnectionError, RedisTimeoutError), "Redis is unavailable; retry shortly.", "redis_unavailable"),
+    ((BrokerError,), "The job queue is unavailable; retry shortly.", "queue_unavailable"),
+)  # fmt: skip
+_HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-class BadRequest(APIError):
-    status_code, type = 400, "invalid_request_error"
+def to_service_error(exc: BaseException) -> ServiceError:
+    """The :class:`ServiceError` for any exception (500 ``internal_error`` when nothing more specific fits)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, wire.WireError):
+        return from_wire_error(exc)
+    if isinstance(exc, JobSpecError):
+        return BadRequest(exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, PrivacyConfigError):
+        return BadRequest(str(exc), param=exc.parameter, code="invalid_value")
+    for types, message, code in _OUTAGES:
+        if isinstance(exc, types):
+            return ServiceUnavailable(message, code=code, retry_after=2)
+    return ServiceError("The server had an error while processing your request.")
 
 
-class Authentication(APIError):
-    status_code, type, default_code = 401, "invalid_request_error", "invalid_api_key"
+def validation_error(exc: RequestValidationError) -> BadRequest:
+    """A 400 naming the first invalid field (a body, query or path parameter)."""
+    errors = exc.errors()
+    first = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    loc = tuple(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        first["loc"] = loc[1:]
+    if first.get("type") == "json_invalid":
+        return BadRequest("The request body is not valid JSON.", code="invalid_request")
+    param = error_param(first)
+    message = str(first.get("msg")).removeprefix("Value error, ")
+    return BadRequest(f"Invalid value for '{param}': {message}" if param else message,
+                      param=param, code="invalid_value" if param else "invalid_request")  # fmt: skip
 
 
-class NotFound(APIError):
-    status_code, type, default_code = 404, "invalid_request_error", "not_found"
-
-
-class Conflict(APIError):
-    """409; by default tells the OpenAI client not to retry (``x-should-retry: false``)."""
-
-    status_code, type = 409, "invalid_request_error"
-
-    def __init__(self, message: str, *, retryable: bool = False, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        if retryable:
-            self.headers.setdefault("retry-after", "1")
-        else:
-            self.headers.setdefault("x-should-retry", "false")
-
-
-class PayloadTooLarge(APIError):
-    status_code, type, default_code = 413, "invalid_request_error", "payload_too_large"
-
-
-class Unprocessable(APIError):
-    status_code, type = 422, "invalid_request_error"
-
-
-class ServiceUnavailable(APIError):
-    """503 with ``Retry-After`` (seconds): retry later, nothing was changed."""
-
-    status_code, type, default_code = 503, "server_error", "service_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.headers.setdefault("retry-after", str(retry_after))
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None, **extra: Any) -> dict:
-    """The OpenAI error envelope."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code, **extra}}
-
-
-def render(exc: APIError, request: Request | None = None) -> JSONResponse:
+def render(exc: ServiceError, request: Request | None = None) -> JSONResponse:
     """The JSON response for ``exc`` (with ``x-request-id`` when the request has one)."""
     headers = dict(exc.headers)
-    request_id = _request_id(request)
+    request_id = None if request is None else request.scope.get("state", {}).get("request_id")
     if request_id:
         headers.setdefault("x-request-id", request_id)
-    body = error_body(exc.message, exc.type, exc.param, exc.code, **exc.extra)
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
 
-def _request_id(request: Request | None) -> str | None:
-    if request is None:
-        return None
-    return request.scope.get("state", {}).get("request_id")
+def _http_error(request: Request, exc: StarletteHTTPException) -> ServiceError:
+    if exc.status_code == 404 and exc.detail in (None, "Not Found"):
+        message = f"Unknown request URL: {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    err = ServiceError(message, code=_HTTP_CODES.get(exc.status_code), headers=dict(exc.headers or {}))
+    err.status_code = exc.status_code
+    return err
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register every exception -> response mapping on ``app``."""
-    from api.error_mapping import to_api_error  # translation table for library exceptions
 
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        return render(exc if isinstance(exc, APIError) else to_api_error(exc), request)
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        return render(to_service_error(exc), request)
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return render(_validation_to_api_error(exc), request)
+        return render(validation_error(exc), request)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404 and exc.detail in (None, "Not Found"):
-            message = f"Unknown request URL: {request.method} {request.url.path}."
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}."
-        else:
-            message = str(exc.detail)
-        err = APIError(
-            message, code={404: "unknown_url", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
-        )
-        err.status_code = exc.status_code
-        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        err.headers.update(exc.headers or {})
-        return render(err, request)
+        return render(_http_error(request, exc), request)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        mapped = to_api_error(exc)
+        mapped = to_service_error(exc)
         if mapped.status_code == 500:
             log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return render(mapped, request)
 
-    app.add_exception_handler(APIError, api_error)
-    for exc_type in _mapped_types():
-        app.add_exception_handler(exc_type, api_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    for exc_type in (
+        ServiceError,
+        wire.WireError,
+        JobSpecError,
+        PrivacyConfigError,
+        *(t for ts, _, _ in _OUTAGES for t in ts),
+    ):
+        app.add_exception_handler(exc_type, known)
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
-
-
-def _mapped_types() -> tuple[type[Exception], ...]:
-    from api.error_mapping import MAPPED_TYPES
-
-    return MAPPED_TYPES
-
-
-def _validation_to_api_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ())]
-    if loc and loc[0] in ("body", "query", "path", "header"):
-        loc = loc[1:]
-    param = ".".join(loc) or None
-    message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
-    if first.get("type") == "json_invalid":
-        message, param = "The request body is not valid JSON.", None
-    return BadRequest(message, param=param, code="invalid_value" if param else "invalid_request")

@@ -1,5 +1,6 @@
-"""Turn a validated ``JobCreate`` into the job that is stored: every bound checked, every default
-filled, legacy ``hyperparameters`` mirrored into ``method.privtune`` and back."""
+"""Turn a validated ``JobCreate`` into the job that is stored: the ``method.privtune`` contract
+(``client_sdk.jobspec``) checked against this server's limits and the model, every default filled,
+legacy ``hyperparameters`` mirrored into ``method.privtune`` and back."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api import catalog
-from api.db import repo
-from api.errors import BadRequest
-from api.schemas.jobs import DEFAULT_LEARNING_RATE, Hyperparameters, JobCreate, PrivtuneConfig
-from api.settings import Settings
+from api.schemas.jobs import JobCreate
+from client_sdk import privatized_file
+from client_sdk.jobspec import LegacyHyperparameters, PrivtuneMethod, check_limits
+from service.db import repo
+from service.errors import BadRequest
+from service.settings import Settings
 
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 P = "method.privtune"
-NOISE_MECHANISMS = ("gaussian", "dchi", "dchi_importance", "privtune")  # what the noise-aware top is for
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
@@ -37,31 +39,6 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
     return dict(metadata)
 
 
-def _merge_legacy(cfg: PrivtuneConfig, legacy: Hyperparameters | None) -> PrivtuneConfig:
-    """Legacy values fill what ``method.privtune`` did not set explicitly."""
-    if legacy is None:
-        return cfg
-    data = cfg.model_dump()
-    if legacy.batch_size != "auto" and "batch_size" not in cfg.model_fields_set:
-        data["batch_size"] = legacy.batch_size
-    if legacy.n_epochs != "auto" and "n_epochs" not in cfg.model_fields_set:
-        data["n_epochs"] = legacy.n_epochs
-    if legacy.learning_rate_multiplier != "auto" and "learning_rate" not in cfg.optimizer.model_fields_set:
-        data["optimizer"]["learning_rate"] = DEFAULT_LEARNING_RATE * legacy.learning_rate_multiplier
-    return PrivtuneConfig.model_validate(data)
-
-
-def _check_bounds(cfg: PrivtuneConfig, settings: Settings) -> None:
-    if cfg.batch_size > settings.max_batch_size:
-        raise BadRequest(f"batch_size must be <= {settings.max_batch_size}.", param=f"{P}.batch_size")
-    if cfg.max_tokens > settings.max_tokens:
-        raise BadRequest(f"max_tokens must be <= {settings.max_tokens}.", param=f"{P}.max_tokens")
-    if not 1e-6 <= cfg.optimizer.learning_rate <= 1.0:
-        raise BadRequest("learning_rate must be in [1e-6, 1].", param=f"{P}.optimizer.learning_rate")
-    if cfg.task == "classification" and cfg.num_labels is None:
-        raise BadRequest("A classification job needs num_labels (>= 2).", param=f"{P}.num_labels")
-
-
 def _training_file(session: Session, org_id: str, file_id: str | None, param: str) -> dict[str, Any] | None:
     if file_id is None:
         return None
@@ -73,19 +50,19 @@ def _training_file(session: Session, org_id: str, file_id: str | None, param: st
     return row
 
 
-def _from_manifest(cfg: PrivtuneConfig, model: str, manifest: dict[str, Any]) -> PrivtuneConfig:
-    """Upload mode: the privatized file's header fixes model, split and labels."""
-    if manifest.get("model") not in (None, model):
-        raise BadRequest(
-            f"The training file was privatized for {manifest['model']!r}, not {model!r}.", param="training_file"
-        )
-    data = cfg.model_dump()
-    for key, cast in (("split_layer", int), ("num_labels", int)):
-        if manifest.get(key) is not None:
-            data[key] = cast(manifest[key])
-    if manifest.get("mechanism"):
-        data["privacy"] = {**data["privacy"], "mechanism": manifest["mechanism"]}
-    return PrivtuneConfig.model_validate(data)
+def _from_manifest(spec: PrivtuneMethod, model: str, stored: dict[str, Any]) -> PrivtuneMethod:
+    """Upload mode: the privatized file's manifest fixes model, split, labels and mechanism."""
+    manifest = privatized_file.Manifest.from_stored(stored)
+    if manifest.model != model:
+        raise BadRequest(f"The training file was privatized for {manifest.model!r}, not {model!r}.", param="training_file")
+    update: dict[str, Any] = {
+        "split_layer": manifest.split_layer,
+        "num_labels": manifest.num_labels,
+        "privacy": manifest.declared_privacy(),
+    }
+    if stored.get("tokens"):
+        update["max_tokens"] = int(stored["tokens"])  # the file's sequences, padded to one length
+    return PrivtuneMethod.model_validate({**spec.model_dump(exclude_unset=True), **update})
 
 
 def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str) -> dict[str, Any]:
@@ -100,41 +77,26 @@ def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str)
             "Set method.type to 'privtune' (interactive split training) or give a privatized training_file.",
             param="method",
         )
-    cfg = (req.method.privtune if req.method else None) or PrivtuneConfig()
-    declared_privacy = cfg.privacy.model_dump(mode="json", exclude_unset=True)  # recorded as the client sent it
+    spec = (req.method.privtune if req.method else None) or PrivtuneMethod()
     legacy = req.hyperparameters
     if req.method and req.method.supervised and req.method.supervised.hyperparameters:
         legacy = req.method.supervised.hyperparameters
-    cfg = _merge_legacy(cfg, legacy)
+    if legacy is not None:
+        spec = legacy.merged_into(spec)
     training = _training_file(session, org_id, req.training_file, "training_file")
     _training_file(session, org_id, req.validation_file, "validation_file")
-    if method_type == "privtune":
-        if cfg.total_steps is None:
-            raise BadRequest(
-                "total_steps (the number of steps the device will send) is required.", param=f"{P}.total_steps"
-            )
-    else:
+    if method_type == "supervised":
         if training is None:
             raise BadRequest("A supervised (upload) job needs a privatized training_file.", param="training_file")
-        if cfg.task != "classification":
+        if spec.task != "classification":
             raise BadRequest("Upload mode supports classification only.", param=f"{P}.task")
-        cfg = _from_manifest(cfg, req.model, training.get("manifest") or {})
-    model = catalog.check_split_layer(req.model, cfg.split_layer)
-    _check_bounds(cfg, settings)
-    if cfg.max_tokens > model.max_positions:
-        raise BadRequest(f"max_tokens must be <= {model.max_positions} for {req.model}.", param=f"{P}.max_tokens")
-    if cfg.noise_aware and cfg.task == "generation":
-        raise BadRequest("noise_aware applies to classification only.", param=f"{P}.noise_aware")
-    privtune = cfg.model_dump(mode="json")
-    if cfg.noise_aware is None:
-        privtune["noise_aware"] = cfg.task == "classification" and cfg.privacy.mechanism in NOISE_MECHANISMS
-    privtune["privacy"] = {**declared_privacy, "mechanism": cfg.privacy.mechanism}
-    hyper = {
-        "batch_size": cfg.batch_size,
-        "learning_rate_multiplier": cfg.optimizer.learning_rate / DEFAULT_LEARNING_RATE,
-        "n_epochs": cfg.n_epochs,
-    }
-    method: dict[str, Any] = {"type": method_type, "privtune": privtune}
+        spec = _from_manifest(spec, req.model, training.get("manifest") or {})
+    spec.check_complete(interactive=method_type == "privtune")
+    catalog.check_split_layer(req.model, spec.split_layer)
+    check_limits(spec, catalog.limits(req.model, settings))
+    spec = spec.resolved()
+    hyper = LegacyHyperparameters.of(spec)
+    method: dict[str, Any] = {"type": method_type, "privtune": spec.model_dump(mode="json")}
     if method_type == "supervised":
         method["supervised"] = {"hyperparameters": hyper}
     return {
@@ -142,7 +104,7 @@ def build_job(req: JobCreate, settings: Settings, session: Session, org_id: str)
         "method": method,
         "hyperparameters": hyper,
         "seed": req.seed if req.seed is not None else secrets.randbelow(2**31),
-        "total_steps": cfg.total_steps,
+        "total_steps": spec.total_steps,
         "training_file": req.training_file,
         "validation_file": req.validation_file,
         "metadata": metadata,

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api.db.session import make_engine, make_session_factory
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.reaper import reaper_task
 from api.routes import files, health, jobs, models, split
-from api.settings import Settings, get_settings
+from service.db.session import make_engine, make_session_factory
+from service.settings import Settings, get_settings
 
 MULTIPART_OVERHEAD = 1024 * 1024
 

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api.db import repo
-from api.db.session import session_scope
+from service.db import repo
+from service.db.session import session_scope
 
 log = logging.getLogger("api.reaper")
 

@@ -49,7 +49,7 @@ def movie_texts(data_dir: Path, split: str = "train") -> tuple[list[str], list[i
 
 
 def bench_mechanisms(data_dir: Path, repeats: int, cache_dir: Path) -> dict:
-    from client_sdk.models import build_bottom
+    from worker.models import build_bottom
     from client_sdk.privacy import MECHANISMS
     from client_sdk.privacy.mechanisms import PerturbContext
     from client_sdk.privatizer import Privatizer
@@ -77,7 +77,7 @@ def bench_mechanisms(data_dir: Path, repeats: int, cache_dir: Path) -> dict:
 
 
 def bench_neighbours(cache_dir: Path) -> dict:
-    from client_sdk.models import build_bottom
+    from worker.models import build_bottom
     from client_sdk.privacy.neighbours import NeighbourIndex
 
     out = {}

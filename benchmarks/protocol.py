@@ -59,21 +59,15 @@ def _job_config(steps: int) -> dict:
 
 def in_process(privatizer, labels, examples, steps: int) -> tuple[float, int]:
     """Samples/s and bytes sent of ``steps`` steps with DeviceTrainer -> StepServer in this process."""
-    from client_sdk import protocol
+    from client_sdk.jobspec import step_shape
     from client_sdk.training import DeviceTrainer
     from worker.step_server import StepServer
     from worker.trainer import TopTrainer, TrainSpec
 
     job = {"model": MODEL, "method": {"privtune": _job_config(steps)}, "seed": 0}
-    trainer = TopTrainer(TrainSpec.from_job(job))
-    shape = protocol.StepShape(
-        hidden_size=privatizer.bottom.hidden_size,
-        task="classification",
-        num_labels=2,
-        max_batch_size=BATCH,
-        max_tokens=TOKENS,
-    )
-    server = StepServer(trainer, shape, "ftjob-local")
+    spec = TrainSpec.from_job(job)
+    trainer = TopTrainer(spec)
+    server = StepServer(trainer, step_shape(spec.method, privatizer.bottom.hidden_size), "ftjob-local")
     device = DeviceTrainer("ftjob-local", server.handle, privatizer, labels, examples, BATCH)
     report = device.train(steps)
     trainer.close()
@@ -128,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from client_sdk.data import LabelMap
-    from client_sdk.models import build_bottom
+    from worker.models import build_bottom
     from client_sdk.privatizer import Privatizer
 
     bottom, tokenizer = build_bottom(MODEL, SPLIT)

@@ -16,8 +16,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "Client": "client_sdk.client",
     "FineTuneJob": "client_sdk.jobs",
-    "PrivacyConfig": "client_sdk.jobs",
+    "Hyperparameters": "client_sdk.options",
+    "JobSpecError": "client_sdk.jobspec",
+    "PrivacyConfig": "client_sdk.options",
     "Privatizer": "client_sdk.privatizer",
+    "SyncCursorPage": "client_sdk.pagination",
+    "SyncPage": "client_sdk.pagination",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -22,9 +22,10 @@ its last checkpoint c, and the device is told (409, code ``step_out_of_order``, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from client_sdk.wire import FLOAT_DTYPES, TensorSpec
+from client_sdk.wire import FLOAT_DTYPES, SchemaError, ShapeRejected, TensorInfo, TensorSpec, WireHeader, check_specs
 
 HIDDEN = "hidden"
 ATTENTION_MASK = "attention_mask"
@@ -39,6 +40,7 @@ MASK_DTYPES = frozenset({"U8", "BOOL", "I32", "I64"})
 WIRE_FLOAT_DTYPES = frozenset(FLOAT_DTYPES - {"F64"})
 
 TASKS = ("classification", "generation")
+REQUEST_KINDS = ("step", "infer")  # what a device may send on the step channel
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,72 @@ class StepShape:
             TensorSpec(ATTENTION_MASK, MASK_DTYPES, (None, None)),
         ]
 
-    def check_sizes(self, hidden_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> str | None:
-        """Return a reason if batch/token counts are out of bounds or inconsistent, else None."""
+    def grad_spec(self) -> TensorSpec:
+        """Spec of ``grad_output``: dL/d(output), shaped like the top's output."""
+        dims = (None, self.num_labels) if self.task == "classification" else (None, None, self.hidden_size)
+        return TensorSpec(GRAD_OUTPUT, WIRE_FLOAT_DTYPES, dims)
+
+    def check_sizes(self, hidden_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> None:
+        """Raise ``ShapeRejected`` (``param`` = the tensor) if batch/token counts are out of bounds or
+        inconsistent between ``hidden`` and ``attention_mask``."""
         b, t, _ = hidden_shape
         if not 1 <= b <= self.max_batch_size:
-            return f"batch size {b} is outside 1..{self.max_batch_size}"
+            raise ShapeRejected(f"batch size {b} is outside 1..{self.max_batch_size}", param=HIDDEN)
         if not 1 <= t <= self.max_tokens:
-            return f"sequence length {t} is outside 1..{self.max_tokens}"
+            raise ShapeRejected(f"sequence length {t} is outside 1..{self.max_tokens}", param=HIDDEN)
         if tuple(mask_shape) != (b, t):
-            return f"attention_mask has shape {list(mask_shape)}; expected {[b, t]} to match hidden"
-        return None
+            raise ShapeRejected(
+                f"attention_mask has shape {list(mask_shape)}; expected {[b, t]} to match hidden", param=ATTENTION_MASK
+            )
+
+    def check_grad_size(self, grad_shape: tuple[int, ...]) -> None:
+        """Raise ``ShapeRejected`` if ``grad_output``'s batch (and, for generation, token) count is out of bounds."""
+        batch, tokens = grad_shape[0], (grad_shape[1] if self.task == "generation" else 1)
+        if not (1 <= batch <= self.max_batch_size and 1 <= tokens <= self.max_tokens):
+            bounds = f"batch must be 1..{self.max_batch_size}"
+            if self.task == "generation":
+                bounds += f" and tokens 1..{self.max_tokens}"
+            raise ShapeRejected(f"grad_output has shape {list(grad_shape)}; {bounds}", param=GRAD_OUTPUT)
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What a checked request asks for: ``"step"`` (activations, maybe with the previous gradient),
+    ``"flush"`` (the last gradient only), ``"infer"`` (activations, no state change) or ``"final"``."""
+
+    kind: str
+    step: int
+    has_gradient: bool
+
+
+def check_request(
+    header: WireHeader, infos: Mapping[str, TensorInfo], shape: StepShape, job_id: str, *, require_final: bool = False
+) -> StepRequest:
+    """Check a request's header and declared tensors against the job (torch-free: the gateway runs it on
+    the header alone, the worker again on what it decoded). Raises ``SchemaError`` for a header that is
+    not a request of this job, ``ShapeRejected`` / ``DtypeRejected`` for tensors that do not fit."""
+    if header.kind not in REQUEST_KINDS:
+        raise SchemaError(f"payload kind is {header.kind!r}; expected one of {list(REQUEST_KINDS)}", param="kind")
+    if header.job_id != job_id:
+        raise SchemaError(f"payload is for job {header.job_id!r}, not {job_id!r}", param="job_id")
+    final = header.kind == "step" and header.extra.get(FINAL) == "1"
+    if require_final and not final:
+        raise SchemaError("the completion payload must carry extra final='1'", param=FINAL)
+    if final:
+        if infos:
+            raise ShapeRejected(
+                "the completion payload carries no tensors; send the last gradient first as a step with grad_output only",
+                param=sorted(infos)[0],
+            )
+        return StepRequest("final", header.step, False)
+    if header.kind == "step" and header.step < 1:
+        raise SchemaError("steps are numbered from 1", param="step")
+    has_grad = header.kind == "step" and GRAD_OUTPUT in infos
+    flush = has_grad and HIDDEN not in infos and ATTENTION_MASK not in infos
+    specs = [] if flush else shape.activation_specs()
+    check_specs(infos, [*specs, shape.grad_spec()] if has_grad else specs)
+    if not flush:
+        shape.check_sizes(infos[HIDDEN].shape, infos[ATTENTION_MASK].shape)
+    if has_grad:
+        shape.check_grad_size(infos[GRAD_OUTPUT].shape)
+    return StepRequest("flush" if flush else header.kind, header.step, has_grad)

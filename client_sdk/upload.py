@@ -11,14 +11,13 @@ split layer, label names, mechanism). Then any client can train from it, e.g. th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from client_sdk import wire
+from client_sdk import privatized_file, wire
 from client_sdk.data import LabelMap, load_examples
 
 
@@ -46,20 +45,21 @@ def write_privatized_file(
         hidden.append(torch.nn.functional.pad(out["hidden"], (0, 0, 0, pad)))  # (b, t_max, d)
         masks.append(torch.nn.functional.pad(out["attention_mask"], (0, pad)))  # (b, t_max)
     mechanism = privatizer.mechanism
-    manifest = {
-        "model": model,
-        "split_layer": str(int(privatizer.bottom.split_layer)),
-        "num_labels": str(len(labels.names)),
-        "label_names": json.dumps(list(labels.names)),
-        "mechanism": mechanism.name,
-        "mechanism_config": json.dumps(mechanism.config.to_dict()),
-    }
+    manifest = privatized_file.Manifest(
+        model=model,
+        split_layer=int(privatizer.bottom.split_layer),
+        num_labels=len(labels.names),
+        label_names=labels.names,
+        mechanism=mechanism.name,
+        mechanism_config=mechanism.config.to_dict(),
+    )
     tensors = {
-        "hidden": torch.cat(hidden),
-        "attention_mask": torch.cat(masks).to(torch.uint8),
-        "labels": torch.tensor([labels.encode(ex.label) for ex in examples], dtype=torch.int64),
+        privatized_file.HIDDEN: torch.cat(hidden),
+        privatized_file.MASK: torch.cat(masks).to(torch.uint8),
+        privatized_file.LABELS: torch.tensor([labels.encode(ex.label) for ex in examples], dtype=torch.int64),
     }
-    payload = wire.encode(tensors, wire.WireHeader("upload", 0, "privatized_batch", extra=manifest))
+    header = wire.WireHeader("upload", 0, privatized_file.KIND, extra=manifest.to_metadata())
+    payload = wire.encode(tensors, header)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(payload)

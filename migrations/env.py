@@ -1,5 +1,5 @@
 """Alembic environment: the URL comes from (in order) ``config.attributes["url"]`` (set by
-``api.db.migrate``), ``PRIVTUNE_DATABASE_URL``, or the Settings default; the target metadata is the
+``service.db.migrate``), ``PRIVTUNE_DATABASE_URL``, or the Settings default; the target metadata is the
 ORM's. SQLite runs in batch mode so ALTERs work there too."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 
 from alembic import context
 
-from api.db.models import Base
-from api.db.session import make_engine
+from service.db.models import Base
+from service.db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -18,7 +18,7 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.attributes.get("url") or os.environ.get("PRIVTUNE_DATABASE_URL")
     if not url:
-        from api.settings import Settings
+        from service.settings import Settings
 
         url = Settings().database_url
     return url

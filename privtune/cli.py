@@ -36,8 +36,8 @@ def _up(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.db.migrate import upgrade_to_head
-    from api.settings import get_settings
+    from service.db.migrate import upgrade_to_head
+    from service.settings import get_settings
 
     if args.migrate:
         upgrade_to_head(get_settings().database_url)
@@ -75,9 +75,9 @@ def _worker(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     from sqlalchemy.orm import sessionmaker
 
-    from api.db.keys import create_api_key
-    from api.db.session import make_engine
-    from api.settings import get_settings
+    from service.db.keys import create_api_key
+    from service.db.session import make_engine
+    from service.settings import get_settings
 
     with sessionmaker(make_engine(get_settings().database_url)).begin() as session:
         key, org_id = create_api_key(session, args.org)

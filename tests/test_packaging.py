@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,9 @@ def test_sdk_declares_no_server_dependencies():
 
 
 def test_sdk_wheel_contains_its_packages(tmp_path):
+    # Build from a clean copy: setuptools reuses a stale build/ folder beside the sources.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "client_sdk", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [
             sys.executable,
@@ -31,7 +35,7 @@ def test_sdk_wheel_contains_its_packages(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT / "client_sdk"),
+            str(source),
         ],
         check=True,
     )
@@ -39,14 +43,24 @@ def test_sdk_wheel_contains_its_packages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for module in (
         "client_sdk/__init__.py",
-        "client_sdk/wire.py",
-        "client_sdk/models/split.py",
+        "client_sdk/wire/codec.py",
+        "client_sdk/jobspec.py",
+        "client_sdk/models/load.py",
         "client_sdk/privacy/mechanisms.py",
+        "client_sdk/privacy/table.py",
+        "client_sdk/audit/__init__.py",
+        "client_sdk/resources/fine_tuning.py",
         "client_sdk/privatizer.py",
         "client_sdk/jobs.py",
     ):
         assert module in names, module
-    assert not any(n.startswith(("api/", "worker/", "tests/")) for n in names)
+    assert not any(n.startswith(("api/", "service/", "worker/", "evaluation/", "tests/")) for n in names)
+    # provider code stays on the provider's side: the server's top, the bottom export, GGUF conversion
+    py = [n for n in names if n.endswith(".py")]
+    assert not any(n.endswith(("models/top.py", "models/export.py", "models/registry.py")) for n in py), py
+    sources = "".join(zipfile.ZipFile(wheel).read(n).decode() for n in py)
+    for provider_only in ("def export_bottom", "def build_top", "def convert_gguf", "class TopModel"):
+        assert provider_only not in sources, provider_only
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = [
         line

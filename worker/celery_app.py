@@ -1,14 +1,14 @@
 """The worker's Celery application: ``celery -A worker.celery_app worker -Q gpu,artifacts -P solo``.
 
 Celery's command line needs a module-level app; it is configured from ``PRIVTUNE_*`` settings by the
-same function the gateway uses (``api.queue.make_celery``), so queue names, serializers and the
+same function the gateway uses (``service.queue.make_celery``), so queue names, serializers and the
 visibility timeouts agree on both sides.
 """
 
 from __future__ import annotations
 
-from api.queue import make_celery
-from api.settings import get_settings
+from service.queue import make_celery
+from service.settings import get_settings
 from worker import tasks
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from api.db import repo
-from api.relay import WorkerChannel
-from client_sdk import protocol, wire
+from client_sdk import privatized_file, protocol, wire
+from client_sdk.jobspec import DeclaredPrivacy, step_shape
 from client_sdk.models.catalog import describe_model
-from worker.step_server import StepRejected, StepServer
+from service.db import repo
+from service.errors import StepRejected
+from service.relay import WorkerChannel
+from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
-from worker.upload import load_privatized_file, total_steps, train_steps
+from worker.upload_source import UploadSource
 
 log = logging.getLogger(__name__)
 
@@ -80,29 +81,23 @@ class JobRunner:
     def _run(self, job: dict[str, Any]) -> str:
         spec = TrainSpec.from_job(job)
         info = describe_model(spec.model)
-        cfg = (job.get("method") or {}).get("privtune") or {}
-        upload_mode = (job.get("method") or {}).get("type") == "supervised"
-        data = None
-        if upload_mode:
+        source = None
+        if (job.get("method") or {}).get("type") == "supervised":
             file = self._db_file(job["training_file"])
-            data = load_privatized_file(file["path"], self.settings.max_file_bytes, info.hidden_size, spec.num_labels)
-            spec = replace(
-                spec, total_steps=total_steps(len(data), int(cfg.get("batch_size", 32)), int(cfg.get("n_epochs", 1)))
-            )
-        self.shape = protocol.StepShape(
-            hidden_size=info.hidden_size,
-            task=spec.task,
-            num_labels=spec.num_labels,
-            max_batch_size=self.settings.max_batch_size,
-            max_tokens=int(cfg.get("max_tokens") or self.settings.max_tokens),
-        )
+            data = privatized_file.load(file["path"], self.settings.max_file_bytes, info.hidden_size)
+            per_epoch = -(-len(data) // spec.method.batch_size)
+            spec = spec.with_total_steps(per_epoch * spec.method.n_epochs)
+            source = UploadSource(data, spec.method.batch_size, spec.seed, self.job_id)
         self.job, self.spec = job, spec
         self.trainer = TopTrainer(spec, self.device, model_cache_dir=self.settings.model_cache_dir)
         self.server = StepServer(
-            self.trainer, self.shape, self.job_id, self.limits,
+            self.trainer,
+            step_shape(spec.method, info.hidden_size),
+            self.job_id,
+            self.limits,
             on_update=lambda header, norm, batch: self._after_update(header.extra.get(protocol.LOSS), norm, batch),
             on_finish=self._finish,
-        )  # fmt: skip
+        )
         checkpoint = self._db(repo.latest_checkpoint)
         if checkpoint:
             step = self.trainer.load(checkpoint["path"])
@@ -113,25 +108,23 @@ class JobRunner:
             )
         else:
             self._event(f"Training started on {self.device.type} ({self.worker_id})", data={"kind": "job_started"})
-            self._privacy_event(cfg.get("privacy") or {})
-        if data is not None:
-            return self._train_upload(data, int(cfg.get("batch_size", 32)))
+            self._privacy_event(spec.method.privacy)
+        if source is not None:
+            return self._train_upload(source)
         return self._serve()
 
-    def _privacy_event(self, privacy: dict[str, Any]) -> None:
+    def _privacy_event(self, privacy: DeclaredPrivacy) -> None:
         """Record what the device declared about its privacy mechanism (and its eta search, if any)."""
-        message = f"Privacy declared by the device: mechanism {privacy.get('mechanism', 'none')}"
-        if privacy.get("eta") is not None:
-            message += f", eta {privacy['eta']:g}"
-        audit = privacy.get("audit")
+        message = f"Privacy declared by the device: mechanism {privacy.mechanism}"
+        if privacy.eta is not None:
+            message += f", eta {privacy.eta:g}"
+        audit = privacy.audit
         if audit:
             message += (
                 f"; eta chosen on the device for target ASR {audit['target_asr']} (audited ASR {audit['measured_asr']})"
             )
-        self._event(
-            message,
-            data={"kind": "privacy", "mechanism": privacy.get("mechanism"), "eta": privacy.get("eta"), "audit": audit},
-        )
+        data = {"kind": "privacy", "mechanism": privacy.mechanism, "eta": privacy.eta, "audit": audit}
+        self._event(message, data=data)
 
     def _db_file(self, file_id: str) -> dict[str, Any]:
         with self.sessionmaker.begin() as session:
@@ -153,8 +146,8 @@ class JobRunner:
             return status
         return None
 
-    def _train_upload(self, data, batch_size: int) -> str:
-        """Upload mode: no device in the loop; the same checkpoints, events, cancel and pause."""
+    def _train_upload(self, source: UploadSource) -> str:
+        """Upload mode: no device in the loop; the same step server, checkpoints, events, cancel and pause."""
         outcome: list[str] = []
 
         def should_stop() -> bool:
@@ -163,12 +156,8 @@ class JobRunner:
                 outcome.append(end)
             return end is not None
 
-        steps = train_steps(self.trainer, data, batch_size, self.spec.seed, self.spec.total_steps, should_stop)
-        for loss, grad_norm, batch in steps:
-            self._after_update(loss, grad_norm, batch)
-        if outcome:
+        if not source.run(self.server, self.spec.total_steps, should_stop):
             return outcome[0]
-        self._finish()
         return "succeeded"
 
     def _serve(self) -> str:
@@ -186,8 +175,8 @@ class JobRunner:
             last_seen = time.monotonic()
             try:
                 reply = self.server.handle(message.payload)
-            except StepRejected as rej:
-                self.channel.reject(message.request_id, rej.status, rej.code, rej.message, rej.param, rej.expected)
+            except StepRejected as rejection:
+                self.channel.reject(message.request_id, rejection)
                 continue
             self.channel.reply(message.request_id, reply)
             if self.server.finished:

@@ -2,8 +2,12 @@
 
 ``StepServer.handle(payload) -> reply`` implements the protocol of ``client_sdk/protocol.py`` on top
 of a :class:`~worker.trainer.TopTrainer`: step ordering, idempotent retries, one optimizer step per
-gradient, flush, inference and completion. The Celery job runner feeds it from Redis; benchmarks and
-the evaluation feed it in-process, so every path trains through the same code.
+gradient, flush, inference and completion. Every path trains through it: the Celery job runner feeds
+it from Redis, the upload source (``worker.upload_source``) from a privatized file, benchmarks and
+the evaluation in-process.
+
+A refused request raises :class:`service.errors.StepRejected` (the type the relay carries to the
+gateway) and changes nothing: every check runs before the gradient is applied.
 """
 
 from __future__ import annotations
@@ -14,15 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from client_sdk import protocol, wire
+from service.errors import StepRejected
 from worker.trainer import TopTrainer
-
-
-class StepRejected(Exception):
-    """A request the worker refuses; maps to an HTTP error in the gateway's envelope."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None, expected: int | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.param, self.expected = status, code, message, param, expected
 
 
 @dataclass
@@ -53,50 +50,39 @@ class StepServer:
         self.finished = False
 
     def handle(self, payload: bytes) -> bytes:
-        """Serve one request and return the reply bytes; raises :class:`StepRejected` on bad input.
-
-        Nothing changes on a rejected request: every check runs before the gradient is applied.
-        """
+        """Serve one request and return the reply bytes; raises :class:`StepRejected` on bad input."""
         try:
-            header, tensors = wire.decode(payload, self.limits)
+            header, infos = wire.inspect(payload, self.limits)
+            request = protocol.check_request(header, infos, self.shape, self.job_id)
+            _, tensors = wire.decode(payload, self.limits)
         except wire.WireError as exc:
-            raise StepRejected(400, "invalid_payload", str(exc)) from None
-        if header.job_id != self.job_id or header.kind not in ("step", "infer"):
-            raise StepRejected(400, "invalid_payload", "payload is not a step or inference request of this job")
-        if header.kind == "infer":
-            self._check_activations(tensors)
+            raise StepRejected.from_wire(exc) from None
+        if request.kind == "infer":
             output = self.trainer.infer(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
             return self._encode_output(output, header.step, "infer_reply")
-        if header.extra.get(protocol.FINAL) == "1":  # completion: idempotent, not numbered
+        if request.kind == "final":  # completion: idempotent, not numbered
             if not self.finished and self.on_finish:
                 self.on_finish()
             self.finished = True
             return wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
         if self.last is not None and header.step == self.last.step:  # a retry: same reply, no second update
             return self.last.reply
-        trainer = self.trainer
-        expected = trainer.steps_applied + (2 if trainer.has_pending else 1)
+        expected = self.trainer.steps_applied + (2 if self.trainer.has_pending else 1)
         if header.step != expected:
             raise StepRejected(
-                409,
-                "step_out_of_order",
-                f"expected step {expected}, got {header.step}",
-                param="step",
-                expected=expected,
-            )
+                409, "step_out_of_order", f"expected step {expected}, got {header.step}", param="step",
+                expected_step=expected,
+            )  # fmt: skip
         grad = tensors.get(protocol.GRAD_OUTPUT)
         self._check_gradient(grad)
-        flush = protocol.HIDDEN not in tensors
-        if not flush:
-            self._check_activations(tensors)
         if grad is not None:
-            grad_norm = trainer.apply_gradient(grad)
+            grad_norm = self.trainer.apply_gradient(grad)
             if self.on_update:
                 self.on_update(header, grad_norm, grad.shape[0])
-        if flush:
+        if request.kind == "flush":
             reply = wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
         else:
-            output = trainer.forward(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
+            output = self.trainer.forward(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
             reply = self._encode_output(output, header.step, "step_reply")
         self.last = _Served(header.step, reply)
         return reply
@@ -106,41 +92,21 @@ class StepServer:
         return wire.encode({protocol.OUTPUT: output}, wire.WireHeader(self.job_id, step, kind), float_dtype=float_dtype)
 
     def _check_gradient(self, grad: torch.Tensor | None) -> None:
+        """The gradient must answer the pending forward exactly (present, absent, its shape)."""
         pending = self.trainer.pending_shape()
         if pending is not None and grad is None:
             raise StepRejected(
-                400,
-                "missing_gradient",
-                "this step must carry grad_output for the previous step",
+                400, "missing_gradient", "this step must carry grad_output for the previous step",
                 param=protocol.GRAD_OUTPUT,
-            )
+            )  # fmt: skip
         if pending is None and grad is not None:
             raise StepRejected(
-                400,
-                "unexpected_gradient",
-                "no pending output: send this step without grad_output",
+                400, "unexpected_gradient", "no pending output: send this step without grad_output",
                 param=protocol.GRAD_OUTPUT,
-            )
+            )  # fmt: skip
         if grad is not None and tuple(grad.shape) != pending:
-            raise StepRejected(
-                400,
-                "invalid_payload",
-                f"grad_output has shape {list(grad.shape)}; expected {list(pending)}",
-                param=protocol.GRAD_OUTPUT,
-            )
-
-    def _check_activations(self, tensors: dict[str, torch.Tensor]) -> None:
-        for spec in self.shape.activation_specs():
-            t = tensors.get(spec.name)
-            if t is None:
-                raise StepRejected(400, "invalid_payload", f"payload lacks tensor {spec.name!r}", param=spec.name)
-            if t.dim() != len(spec.shape) or any(
-                w is not None and g != w for g, w in zip(t.shape, spec.shape, strict=True)
-            ):
-                raise StepRejected(
-                    400, "invalid_payload", f"tensor {spec.name!r} has shape {list(t.shape)}", param=spec.name
+            raise StepRejected.from_wire(
+                wire.ShapeRejected(
+                    f"grad_output has shape {list(grad.shape)}; expected {list(pending)}", param=protocol.GRAD_OUTPUT
                 )
-        hidden, mask = tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK]
-        reason = self.shape.check_sizes(tuple(hidden.shape), tuple(mask.shape))
-        if reason:
-            raise StepRejected(400, "invalid_payload", reason, param=protocol.HIDDEN)
+            )

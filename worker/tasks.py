@@ -26,8 +26,8 @@ def _resources() -> tuple[Any, Any, Any]:
     import redis
     from sqlalchemy.orm import sessionmaker
 
-    from api.db.session import make_engine
-    from api.settings import get_settings
+    from service.db.session import make_engine
+    from service.settings import get_settings
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
@@ -49,7 +49,7 @@ def run_job(job_id: str) -> str:
 
 def export_bottom(model: str, split_layer: int) -> str:
     """Export the bottom artifact the gateway serves for (model, split_layer); returns its digest."""
-    from client_sdk.models import export_bottom as export
+    from worker.models import export_bottom as export
 
     settings = _resources()[0]
     out = Path(settings.artifact_dir) / "bottoms" / model / f"l{int(split_layer)}"
@@ -59,6 +59,6 @@ def export_bottom(model: str, split_layer: int) -> str:
 
 
 def register(app: Any) -> None:
-    """Register the tasks on a Celery app configured by :func:`api.queue.make_celery`."""
+    """Register the tasks on a Celery app configured by :func:`service.queue.make_celery`."""
     app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
     app.task(name=EXPORT_BOTTOM, acks_late=True, reject_on_worker_lost=True)(export_bottom)

@@ -10,12 +10,14 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from client_sdk.jobspec import PrivtuneMethod
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -24,47 +26,28 @@ META_FILE = "meta.json"
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """What the worker needs to rebuild a job's top model and optimizer (from ``method.privtune``)."""
+    """What the worker needs to rebuild a job's top model and optimizer: the base model, the job's
+    ``method.privtune`` contract (``client_sdk.jobspec.PrivtuneMethod``) and the seed."""
 
     model: str
-    split_layer: int
-    task: str
-    num_labels: int | None
-    total_steps: int
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
+    method: PrivtuneMethod
     seed: int = 0
-    noise_aware: bool = False  # precision-weighted attention keys and pooling (TopModel)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_job(cls, job: dict[str, Any]) -> TrainSpec:
-        cfg = (job.get("method") or {}).get("privtune") or {}
-        lora, opt = cfg.get("lora") or {}, cfg.get("optimizer") or {}
-        targets = lora.get("target_modules")
-        return cls(
-            model=job["model"],
-            split_layer=int(cfg.get("split_layer", 3)),
-            task=cfg.get("task", "classification"),
-            num_labels=cfg.get("num_labels"),
-            total_steps=int(cfg.get("total_steps") or job.get("total_steps") or 1),
-            lora_r=int(lora.get("r", 8)),
-            lora_alpha=int(lora.get("alpha", 16)),
-            lora_dropout=float(lora.get("dropout", 0.0)),
-            target_modules=tuple(targets) if targets else None,
-            learning_rate=float(opt.get("learning_rate", 5e-4)),
-            weight_decay=float(opt.get("weight_decay", 0.0)),
-            warmup_steps=int(opt.get("warmup_steps", 0)),
-            max_grad_norm=float(opt.get("max_grad_norm", 1.0)),
-            seed=int(job.get("seed") or 0),
-            noise_aware=bool(cfg.get("noise_aware", False)),
-        )
+        """The spec of a stored job row."""
+        return cls(job["model"], PrivtuneMethod.from_job(job).resolved(), int(job.get("seed") or 0))
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.method.total_steps or 1)
+
+    def with_total_steps(self, total_steps: int) -> TrainSpec:
+        """The same spec training for ``total_steps`` (upload mode counts them from the file)."""
+        return replace(self, method=self.method.model_copy(update={"total_steps": total_steps}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "seed": self.seed, "method": self.method.model_dump(mode="json")}
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -86,34 +69,36 @@ class TopTrainer:
     ):
         from peft import LoraConfig, inject_adapter_in_model
 
-        from client_sdk.models import build_top
+        from worker.models import build_top
 
         self.spec = spec
         self.device = torch.device(device)
+        method = spec.method
         torch.manual_seed(spec.seed)
         if top is None:
             top = build_top(
-                spec.model, spec.split_layer, spec.task, num_labels=spec.num_labels, cache_dir=model_cache_dir,
-                noise_aware=spec.noise_aware,
+                spec.model, method.split_layer, method.task, num_labels=method.num_labels, cache_dir=model_cache_dir,
+                noise_aware=bool(method.noise_aware),
             )
-        targets = list(spec.target_modules or top.default_lora_targets)
+        targets = list(method.lora.target_modules or top.default_lora_targets)
         lora = LoraConfig(
-            r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=targets
+            r=method.lora.r, lora_alpha=method.lora.alpha, lora_dropout=method.lora.dropout, target_modules=targets
         )
         top = inject_adapter_in_model(lora, top)
         for name, param in top.named_parameters():
             param.requires_grad = "lora_" in name or name.startswith("classifier.")
         self.model = top.to(self.device).train()
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        optimizer = method.optimizer
         self.optimizer = torch.optim.AdamW(
-            self.trainable.values(), lr=spec.learning_rate, weight_decay=spec.weight_decay
+            self.trainable.values(), lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.steps_applied = 0
         self._pending: torch.Tensor | None = None
 
     def _lr_factor(self, step: int) -> float:
-        warm, total = self.spec.warmup_steps, max(self.spec.total_steps, 1)
+        warm, total = self.spec.method.optimizer.warmup_steps, max(self.spec.total_steps, 1)
         if warm and step < warm:
             return (step + 1) / warm
         return max(0.0, (total - step) / max(total - warm, 1))
@@ -152,7 +137,7 @@ class TopTrainer:
             raise RuntimeError("no pending forward to apply a gradient to")
         pending, self._pending = self._pending, None
         pending.backward(grad_output.to(self.device, pending.dtype))
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.spec.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable.values(), self.spec.method.optimizer.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -177,7 +162,7 @@ class TopTrainer:
             },
             tmp / STATE_FILE,
         )
-        meta = {"step": self.steps_applied, "spec": asdict(self.spec), "metrics": metrics or {}}
+        meta = {"step": self.steps_applied, "spec": self.spec.to_dict(), "metrics": metrics or {}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         _fsync_dir(tmp)
         if final.exists():  # a re-run of the same step after a crash: replace the old copy

@@ -17,18 +17,15 @@ from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi import File as FileParam
 from fastapi.responses import FileResponse
 
-from api.db import repo
 from api.deps import PrincipalDep, SessionDep, SettingsDep
-from api.errors import BadRequest, PayloadTooLarge
 from api.schemas.objects import FileDeleted, FileObject, ListPage, file_object, page
-from client_sdk import wire
+from client_sdk import privatized_file, wire
+from service.db import repo
+from service.errors import BadRequest, PayloadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 CHUNK = 1024 * 1024
-FLOATS = frozenset({"F32", "F16", "BF16"})
-LABEL_DTYPES = frozenset({"I64", "I32", "I16", "I8", "U8"})
-ALLOWED_TENSORS = ("hidden", "labels", "attention_mask")
 NOT_PRIVATIZED = (
     "Only privatized training files are accepted: the safetensors file that client_sdk writes "
     "(kind 'privatized_batch'). Raw text, JSONL or token ids are refused so your data never leaves "
@@ -50,13 +47,15 @@ def _save_upload(upload: UploadFile, dest: Path, limit: int) -> int:
 def _inspect_mapped(mapped: mmap.mmap, limits: wire.WireLimits) -> tuple[Any, str | None]:
     # Errors become strings here so no traceback keeps a view of the map alive when it closes.
     try:
-        return wire.inspect(mapped, limits), None
+        header, infos = wire.inspect(mapped, limits)
+        return privatized_file.check(header, infos), None
     except wire.WireError as exc:
         return None, str(exc)
 
 
 def inspect_privatized(path: Path, limit: int) -> dict[str, Any]:
-    """Check that ``path`` holds a privatized batch; return its manifest (the header's metadata)."""
+    """Check that ``path`` holds a privatized file (``client_sdk.privatized_file``), reading its header
+    only; return the manifest to store with the file (the header's metadata plus the tensor sizes)."""
     with path.open("rb") as fh:
         head = fh.read(16).lstrip()
         if not head or head[:1] in (b"{", b"[", b'"') or path.stat().st_size < 8:
@@ -65,30 +64,8 @@ def inspect_privatized(path: Path, limit: int) -> dict[str, Any]:
             parsed, problem = _inspect_mapped(mapped, wire.WireLimits(max_payload_bytes=limit))
     if parsed is None:
         raise BadRequest(f"{NOT_PRIVATIZED} ({problem})", param="file", code="invalid_file_format")
-    header, infos = parsed
-    if header.kind != "privatized_batch":
-        raise BadRequest(
-            f"{NOT_PRIVATIZED} This payload has kind {header.kind!r}.", param="file", code="invalid_file_format"
-        )
-    unexpected = sorted(set(infos) - set(ALLOWED_TENSORS))
-    if unexpected:
-        raise BadRequest(
-            f"{NOT_PRIVATIZED} Unexpected tensors {unexpected}; allowed: {list(ALLOWED_TENSORS)}.", param="file"
-        )
-    hidden, labels = infos.get("hidden"), infos.get("labels")
-    if hidden is None or hidden.dtype not in FLOATS or len(hidden.shape) != 3:
-        raise BadRequest("A privatized file needs a floating 'hidden' tensor of shape (n, t, d).", param="file")
-    if labels is None or labels.dtype not in LABEL_DTYPES or labels.shape != hidden.shape[:1]:
-        raise BadRequest("A privatized file needs an integer 'labels' tensor of shape (n,).", param="file")
-    mask = infos.get("attention_mask")
-    if mask is not None and mask.shape != hidden.shape[:2]:
-        raise BadRequest("'attention_mask' must have shape (n, t) matching 'hidden'.", param="file")
-    return {
-        **dict(header.extra),
-        "examples": hidden.shape[0],
-        "tokens": hidden.shape[1],
-        "hidden_size": hidden.shape[2],
-    }
+    manifest, n, t, d = parsed
+    return {**manifest.to_metadata(), "examples": n, "tokens": t, "hidden_size": d}
 
 
 @router.post("", response_model=FileObject, summary="Upload a privatized training file")

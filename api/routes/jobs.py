@@ -11,9 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.db import repo
 from api.deps import EnqueuerDep, PrincipalDep, SessionDep, SettingsDep
-from api.errors import ServiceUnavailable
 from api.job_spec import build_job
 from api.schemas.jobs import JobCreate
 from api.schemas.objects import (
@@ -26,6 +24,8 @@ from api.schemas.objects import (
     job_object,
     page,
 )
+from service.db import repo
+from service.errors import ServiceUnavailable
 
 log = logging.getLogger("api.jobs")
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import catalog
-from api.db import repo
-from api.deps import PrincipalDep, SessionDep
-from api.errors import BadRequest, NotFound
+from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.schemas.objects import ModelList, ModelObject, model_object
+from service.db import repo
+from service.errors import BadRequest, NotFound
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -21,24 +21,31 @@ def _fine_tuned(job: dict[str, Any]) -> dict[str, Any]:
     return model_object(job["fine_tuned_model"], job["finished_at"] or job["created_at"], job["organization_id"])
 
 
+def _base(name: str, settings: Any) -> dict[str, Any]:
+    try:
+        limits = catalog.limits(name, settings).to_dict()
+    except BadRequest:  # listed but not describable (a broken operator registration): no limits
+        limits = None
+    return model_object(name, 0, OWNER, limits)
+
+
 @router.get("", response_model=ModelList, summary="List models")
-def list_models(principal: PrincipalDep, session: SessionDep) -> Any:
-    """Base models first, then this organization's fine-tuned models (newest first)."""
-    data = [model_object(name, 0, OWNER) for name in catalog.base_model_names()]
+def list_models(principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
+    """Base models first (with this server's ``privtune`` limits), then this organization's
+    fine-tuned models (newest first)."""
+    data = [_base(name, settings) for name in catalog.base_model_names()]
     data += [_fine_tuned(job) for job in repo.fine_tuned_models(session, principal.organization_id)]
     return {"object": "list", "data": data}
 
 
 @router.get("/{model_id}", response_model=ModelObject, summary="Retrieve a model")
-def retrieve_model(model_id: str, principal: PrincipalDep, session: SessionDep) -> Any:
+def retrieve_model(model_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
     """A base model, or one of the organization's fine-tuned models (404 otherwise)."""
     if model_id.startswith("ft:"):
         job = repo.job_for_model(session, principal.organization_id, model_id)
         if job is None:
             raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
         return _fine_tuned(job)
-    try:
-        catalog.describe(model_id)
-    except BadRequest:
-        raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found") from None
-    return model_object(model_id, 0, OWNER)
+    if model_id not in catalog.base_model_names():
+        raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+    return _base(model_id, settings)

@@ -19,13 +19,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import catalog
-from api.db import repo
-from api.db.repo import status as st
 from api.deps import EnqueuerDep, PrincipalDep, RedisDep, RelayDep, SessionDep, SettingsDep
-from api.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 from api.schemas.objects import FineTuningJob, job_object
-from api.step_check import check_step
 from client_sdk import protocol, wire
+from client_sdk.jobspec import PrivtuneMethod, step_shape
+from service.db import repo
+from service.db.repo import status as st
+from service.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 
 router = APIRouter(tags=["privtune"])
 
@@ -95,6 +95,16 @@ async def _running_job(request: Request, session: Any, org_id: str, job_id: str,
     job = await run_in_threadpool(repo.require_job, session, job_id, org_id)
     await run_in_threadpool(session.rollback)  # end the read transaction before a long relay wait
     return job
+
+
+def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
+    """Validate a step-channel payload for ``job`` from its header alone (torch-free) and return the
+    header: the wire format and limits, then the step protocol against the job's ``StepShape``. A
+    ``WireError`` here is answered with its one status and leaves the job untouched."""
+    header, infos = wire.inspect(body, wire.WireLimits(max_payload_bytes=max_bytes))
+    shape = step_shape(PrivtuneMethod.from_job(job), catalog.describe(job["model"]).hidden_size)
+    protocol.check_request(header, infos, shape, job["id"], require_final=require_final)
+    return header
 
 
 def _not_running(job: dict[str, Any]) -> Conflict:

@@ -84,10 +84,14 @@ class FileDeleted(BaseModel):
 
 
 class ModelObject(BaseModel):
+    """A model; base models also carry ``privtune``: what this server accepts for jobs on them
+    (``client_sdk.jobspec.ServerLimits``), so the SDK can refuse a bad job before any local work."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    privtune: dict[str, int] | None = None
 
 
 class ModelList(BaseModel):
@@ -179,6 +183,9 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
     return {"object": "file", **{k: row[k] for k in keys}, "status_details": None}
 
 
-def model_object(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
-    """The public JSON of a model."""
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+def model_object(model_id: str, created: int, owned_by: str, limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """The public JSON of a model (``limits``: a base model's ``privtune`` limits)."""
+    out: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+    if limits is not None:
+        out["privtune"] = limits
+    return out

@@ -1,4 +1,5 @@
-"""Model registry and split runtime.
+"""The device's model runtime: the catalog of base models (torch-free), the bottom model and its
+artifact loading. The provider's side (full models, the top, the export) is ``worker.models``.
 
 Only the torch-free ``catalog`` is imported eagerly (the gateway imports this package); the torch
 modules load on first access to one of their names.
@@ -25,19 +26,11 @@ _LAZY = {
     "ArtifactError": "client_sdk.models.artifact",
     "artifact_digest": "client_sdk.models.artifact",
     "verify_artifact": "client_sdk.models.artifact",
-    "ModelSpec": "client_sdk.models.registry",
-    "resolve_model": "client_sdk.models.registry",
-    "load_full_model": "client_sdk.models.registry",
-    "BottomArtifact": "client_sdk.models.split",
-    "BottomModel": "client_sdk.models.split",
-    "BottomOutput": "client_sdk.models.split",
-    "TopModel": "client_sdk.models.split",
-    "DEFAULT_LORA_TARGETS": "client_sdk.models.split",
-    "TASKS": "client_sdk.models.split",
-    "build_bottom": "client_sdk.models.split",
-    "build_top": "client_sdk.models.split",
-    "export_bottom": "client_sdk.models.split",
-    "load_bottom": "client_sdk.models.split",
+    "BottomModel": "client_sdk.models.bottom",
+    "BottomOutput": "client_sdk.models.bottom",
+    "load_bottom": "client_sdk.models.load",
+    "load_tokenizer": "client_sdk.models.load",
+    "prototype_context": "client_sdk.models.load",
 }
 
 __all__ = [

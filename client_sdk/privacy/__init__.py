@@ -10,7 +10,16 @@ every ``perturb`` takes its random generator as an argument::
     noisy = mech.perturb(hidden, mask, PerturbContext(state=state), generator=torch.Generator().manual_seed(0))
 
 ``client_sdk.privatizer.Privatizer`` wires these to a bottom model and tokenizer.
+
+Torch-free parts (the gateway imports them): ``config`` (the config dataclasses), ``errors`` and
+``table`` (names, flags, config classes). They are imported eagerly; the torch modules load on the
+first access to one of their names.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .config import (
     DChiConfig,
@@ -22,7 +31,6 @@ from .config import (
     Opt3ImportanceConfig,
     PrivTuneConfig,
 )
-from .dchi import clip_by_norm, dchi_privacy_statement, sample_gaussian, sample_l1, sample_l2, secure_generator
 from .errors import (
     InvalidChoiceError,
     NeighbourCacheError,
@@ -32,18 +40,32 @@ from .errors import (
     UnknownMechanismError,
     UnknownParameterError,
 )
-from .importance import (
-    classification_importance,
-    generation_importance,
-    generation_threshold,
-    importance_to_scale,
-    top_fraction_threshold,
-)
-from .mechanisms import Mechanism, PerturbContext
-from .neighbours import NeighbourIndex, cosine_knn, exact_hop_sets
-from .opt3 import opt3_delta, similarity
-from .registry import MECHANISMS, config_from_dict, get_config, get_mechanism, mechanism_class, mechanism_from_config
-from .state import PreparedState, prepare_state
+from .table import MECHANISMS, config_from_dict, get_config
+
+# public name -> module that defines it (imported on first access: these need torch)
+_LAZY = {
+    **dict.fromkeys(
+        ("clip_by_norm", "dchi_privacy_statement", "sample_gaussian", "sample_l1", "sample_l2", "secure_generator"),
+        "client_sdk.privacy.dchi",
+    ),
+    **dict.fromkeys(
+        ("classification_importance", "generation_importance", "generation_threshold", "importance_to_scale",
+         "top_fraction_threshold"),
+        "client_sdk.privacy.importance",
+    ),  # fmt: skip
+    "Mechanism": "client_sdk.privacy.mechanisms",
+    "PerturbContext": "client_sdk.privacy.mechanisms",
+    "NeighbourIndex": "client_sdk.privacy.neighbours",
+    "cosine_knn": "client_sdk.privacy.neighbours",
+    "exact_hop_sets": "client_sdk.privacy.neighbours",
+    "opt3_delta": "client_sdk.privacy.opt3",
+    "similarity": "client_sdk.privacy.opt3",
+    "get_mechanism": "client_sdk.privacy.registry",
+    "mechanism_class": "client_sdk.privacy.registry",
+    "mechanism_from_config": "client_sdk.privacy.registry",
+    "PreparedState": "client_sdk.privacy.state",
+    "prepare_state": "client_sdk.privacy.state",
+}
 
 __all__ = [
     "MECHANISMS",
@@ -51,40 +73,29 @@ __all__ = [
     "DChiImportanceConfig",
     "GaussianConfig",
     "InvalidChoiceError",
-    "Mechanism",
     "MechanismConfig",
     "NeighbourCacheError",
-    "NeighbourIndex",
     "NoneConfig",
     "Opt3Config",
     "Opt3ImportanceConfig",
-    "PerturbContext",
-    "PreparedState",
     "PrivTuneConfig",
     "PrivacyConfigError",
     "PrivacyError",
     "PrivacyStateError",
     "UnknownMechanismError",
     "UnknownParameterError",
-    "classification_importance",
-    "generation_threshold",
-    "top_fraction_threshold",
-    "clip_by_norm",
     "config_from_dict",
-    "cosine_knn",
-    "dchi_privacy_statement",
-    "exact_hop_sets",
-    "generation_importance",
     "get_config",
-    "get_mechanism",
-    "importance_to_scale",
-    "mechanism_class",
-    "mechanism_from_config",
-    "opt3_delta",
-    "prepare_state",
-    "sample_gaussian",
-    "sample_l1",
-    "sample_l2",
-    "secure_generator",
-    "similarity",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'client_sdk.privacy' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -93,6 +93,11 @@ class MechanismConfig:
     """Base of every mechanism config: validation from field metadata and the JSON round trip."""
 
     name: ClassVar[str] = ""
+    #: What the mechanism does, read by the torch-free table (``client_sdk.privacy.table``) and by the
+    #: mechanism classes (``client_sdk.privacy.mechanisms``): one definition for both.
+    adds_noise: ClassVar[bool] = False
+    uses_importance: ClassVar[bool] = False
+    uses_opt3: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -165,6 +170,8 @@ class ClipOptions(MechanismConfig):
 class DChiOptions(MechanismConfig):
     """d_chi-privacy noise (method.md eqs. 19-20)."""
 
+    adds_noise: ClassVar[bool] = True
+
     eta: float = option(10.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
     metric: str = option(
         "l1",
@@ -185,6 +192,8 @@ class ImportanceOptions(MechanismConfig):
     reconstruction (eq. 21 log-ratio, w = 2 sigmoid(I^)) stays available ('log_ratio', 'sigmoid'); it
     spends its lowest noise on frequent words and needs the noise of a useless model for ASR <= 10%.
     """
+
+    uses_importance: ClassVar[bool] = True
 
     importance_score: str = option(
         "information",
@@ -219,6 +228,8 @@ class ImportanceOptions(MechanismConfig):
 @dataclass(frozen=True)
 class Opt3Options(MechanismConfig):
     """OPT-3 noise direction (method.md section 3, eqs. 15-18)."""
+
+    uses_opt3: ClassVar[bool] = True
 
     k: int = option(10, "Neighbours per token in the cosine kNN graph (N_k), >= 1.", integer=True, ge=1)
     hops: int = option(
@@ -293,6 +304,7 @@ class GaussianConfig(ClipOptions):
     """``gaussian``: clip, then add N(0, (noise_multiplier * Delta)^2 I) (DP-Forward-like baseline)."""
 
     name: ClassVar[str] = "gaussian"
+    adds_noise: ClassVar[bool] = True
     noise_multiplier: float = option(1.0, "sigma / Delta: per-coordinate std = noise_multiplier * Delta (> 0).", gt=0.0)
 
 

@@ -58,11 +58,18 @@ class PerturbContext:
 class Mechanism:
     """Base class: validates shapes, perturbs the real tokens, restores the padded ones."""
 
-    name: ClassVar[str] = ""
     config_class: ClassVar[type[cfg.MechanismConfig]] = cfg.MechanismConfig
+    # Read from the config class (one definition, shared with the torch-free table):
+    name: ClassVar[str] = ""
     uses_noise: ClassVar[bool] = False
     uses_importance: ClassVar[bool] = False
     uses_opt3: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config = cls.config_class
+        cls.name, cls.uses_noise = config.name, config.adds_noise
+        cls.uses_importance, cls.uses_opt3 = config.uses_importance, config.uses_opt3
 
     def __init__(self, config: cfg.MechanismConfig | None = None) -> None:
         config = self.config_class() if config is None else config
@@ -191,7 +198,7 @@ class Mechanism:
 class NoneMechanism(Mechanism):
     """``none``: the identity (plain split learning)."""
 
-    name, config_class = "none", cfg.NoneConfig
+    config_class = cfg.NoneConfig
 
     def _perturb_tokens(self, h, mask, context, generator):
         return h
@@ -203,7 +210,7 @@ class NoneMechanism(Mechanism):
 class GaussianMechanism(Mechanism):
     """``gaussian``: clip to C, add N(0, (noise_multiplier * Delta)^2) per coordinate."""
 
-    name, config_class, uses_noise = "gaussian", cfg.GaussianConfig, True
+    config_class = cfg.GaussianConfig
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity")
@@ -220,7 +227,7 @@ class GaussianMechanism(Mechanism):
 class DChiMechanism(Mechanism):
     """``dchi``: clip to C, add isotropic d_chi noise of scale Delta / eta."""
 
-    name, config_class, uses_noise = "dchi", cfg.DChiConfig, True
+    config_class = cfg.DChiConfig
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity")
@@ -234,7 +241,7 @@ class DChiMechanism(Mechanism):
 class DChiImportanceMechanism(DChiMechanism):
     """``dchi_importance``: clip to C, add d_chi noise of scale Delta / (eta * w_i)."""
 
-    name, config_class, uses_importance = "dchi_importance", cfg.DChiImportanceConfig, True
+    config_class = cfg.DChiImportanceConfig
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity")
@@ -245,7 +252,7 @@ class DChiImportanceMechanism(DChiMechanism):
 class Opt3Mechanism(Mechanism):
     """``opt3``: clip to C, add the deterministic OPT-3 shift delta* (no formal guarantee)."""
 
-    name, config_class, uses_opt3 = "opt3", cfg.Opt3Config, True
+    config_class = cfg.Opt3Config
 
     def _eps(self, mask, context, state):
         return state.eps_local
@@ -262,7 +269,7 @@ class Opt3Mechanism(Mechanism):
 class Opt3ImportanceMechanism(Opt3Mechanism):
     """``opt3_importance``: OPT-3 with per-token budget eps_local / w_i (important tokens move less)."""
 
-    name, config_class, uses_importance = "opt3_importance", cfg.Opt3ImportanceConfig, True
+    config_class = cfg.Opt3ImportanceConfig
 
     def _eps(self, mask, context, state):
         return state.eps_local / self._weights(mask, context)  # (n,)
@@ -271,8 +278,7 @@ class Opt3ImportanceMechanism(Opt3Mechanism):
 class PrivTuneMechanism(Mechanism):
     """``privtune`` (eq. 26): clip, z_i = delta*_i + d_chi noise of scale Delta / (eta * w_i)."""
 
-    name, config_class = "privtune", cfg.PrivTuneConfig
-    uses_noise = uses_importance = uses_opt3 = True
+    config_class = cfg.PrivTuneConfig
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity", "eps_local")

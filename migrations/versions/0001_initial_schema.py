@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-24
 
-Hand-checked against ``api.db.models`` (tests/api/test_migrations.py compares them with Alembic's
+Hand-checked against ``service.db.models`` (tests/api/test_migrations.py compares them with Alembic's
 autogenerate and expects no difference). ``seq`` is the increasing integer key used for
 newest-first ordering: INTEGER PRIMARY KEY AUTOINCREMENT on SQLite, BIGSERIAL on PostgreSQL.
 """

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import deps
-from api.db import repo
-from api.db.migrate import upgrade_to_head
-from api.db.session import session_scope
+from service.db import repo
+from service.db.migrate import upgrade_to_head
+from service.db.session import session_scope
 from api.main import create_app
-from api.relay import StepRejected, StepTimeout
-from api.settings import Settings
+from service.relay import StepRejected, StepTimeout
+from service.settings import Settings
 from client_sdk import wire
 
 
@@ -45,7 +45,7 @@ def settings(tmp_path, template_db) -> Settings:
 
 @dataclass
 class FakeRelay:
-    """Stands in for ``api.relay.StepRelay``: records submissions, answers a canned reply or raises."""
+    """Stands in for ``service.relay.StepRelay``: records submissions, answers a canned reply or raises."""
 
     reply: bytes = b"reply-bytes"
     error: Exception | None = None

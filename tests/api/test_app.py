@@ -8,10 +8,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import deps
-from api.db import repo
-from api.db.session import session_scope
+from service.db import repo
+from service.db.session import session_scope
 from api.main import app_factory, create_app
-from api.settings import get_settings
+from service.settings import get_settings
 from tests.api.conftest import FakeEnqueuer
 
 

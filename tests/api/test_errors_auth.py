@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from api import deps
-from api.db import repo
+from service.db import repo
 from api.main import create_app
 from tests.api.conftest import job_body
 
@@ -34,7 +34,7 @@ def test_revoked_key_is_401_and_keys_are_stored_hashed(env):
         key, _ = repo.create_api_key(s, "acme", key_name="ci")
     assert env.client.get("/v1/models", headers=env.headers(key)).status_code == 200
     with env.session() as s:
-        from api.db.models import ApiKey
+        from service.db.models import ApiKey
 
         stored = [row.key_hash for row in s.query(ApiKey)]
         assert key not in stored and all(len(h) == 64 for h in stored)

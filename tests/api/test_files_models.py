@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client_sdk import wire
+from client_sdk import privatized_file, wire
 from tests.api.conftest import job_body
 
 
@@ -15,11 +15,15 @@ def _upload(env, content: bytes, name="train.safetensors", purpose="fine-tune", 
     )
 
 
-def _batch(kind="privatized_batch", **tensors) -> bytes:
+MANIFEST = privatized_file.Manifest("minilm-l6", 3, 2, ("neg", "pos"), "dchi", {"mechanism": "dchi", "eta": 20.0})
+
+
+def _batch(kind="privatized_batch", manifest=None, **tensors) -> bytes:
     base = {"hidden": np.zeros((3, 4, 384), np.float32), "labels": np.array([0, 1, 1], np.int64)}
     base.update(tensors)
     base = {k: v for k, v in base.items() if v is not None}
-    return wire.encode(base, wire.WireHeader(job_id="upload", step=0, kind=kind, extra={"model": "minilm-l6"}))
+    extra = MANIFEST.to_metadata() if manifest is None else manifest
+    return wire.encode(base, wire.WireHeader(job_id="upload", step=0, kind=kind, extra=extra))
 
 
 @pytest.mark.parametrize(
@@ -32,6 +36,7 @@ def _batch(kind="privatized_batch", **tensors) -> bytes:
         _batch(input_ids=np.zeros((3, 4), np.int64)),
         _batch(labels=None),
         _batch(hidden=np.zeros((3, 4), np.float32)),
+        _batch(manifest={"model": "minilm-l6"}),  # no split layer, labels or mechanism
     ],
 )
 def test_upload_rejects_anything_but_privatized_batches(env, content):
@@ -96,22 +101,20 @@ def test_models_list_and_retrieve(env):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
-def test_models_fall_back_when_the_catalog_is_missing(env, monkeypatch):
-    from api import catalog
-
-    monkeypatch.setattr(catalog, "_catalog", lambda: None)
-    catalog.describe.cache_clear()
-    try:
-        ids = [m["id"] for m in env.client.get("/v1/models", headers=env.headers()).json()["data"]]
-        assert ids == ["minilm-l6", "smollm2-135m"]
-        body = {
-            "model": "minilm-l6",
-            "method": {"type": "privtune", "privtune": {"num_labels": 2, "total_steps": 1, "split_layer": 6}},
-        }
-        r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
-        assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.split_layer"
-    finally:
-        catalog.describe.cache_clear()
+def test_base_models_publish_this_servers_limits(env):
+    """The SDK checks a job against these before any local work (client_sdk.jobspec.check_limits)."""
+    listed = {m["id"]: m for m in env.client.get("/v1/models", headers=env.headers()).json()["data"]}
+    limits = listed["minilm-l6"]["privtune"]
+    assert limits == {"max_batch_size": env.settings.max_batch_size, "max_tokens": env.settings.max_tokens,
+                      "num_layers": 6, "max_positions": 512}  # fmt: skip
+    one = env.client.get("/v1/models/minilm-l6", headers=env.headers()).json()
+    assert one["privtune"] == limits
+    body = {
+        "model": "minilm-l6",
+        "method": {"type": "privtune", "privtune": {"num_labels": 2, "total_steps": 1, "split_layer": 6}},
+    }
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.split_layer"
 
 
 def test_operator_registered_model_is_offered(env, monkeypatch, tmp_path):

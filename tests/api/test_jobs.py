@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.db import repo
+from service.db import repo
 from tests.api.conftest import job_body
 
 JOB_FIELDS = {
@@ -15,7 +15,7 @@ JOB_FIELDS = {
 
 
 def test_create_job_returns_openai_job_and_enqueues(env):
-    job = env.create_job(lora={"r": 4}, privacy={"mechanism": "privtune", "eta": 50, "alpha": 0.3})
+    job = env.create_job(lora={"r": 4}, privacy={"mechanism": "privtune", "eta": 50, "lam": 0.3})
     assert set(job) >= JOB_FIELDS
     assert job["id"].startswith("ftjob-") and job["object"] == "fine_tuning.job"
     assert job["status"] == "queued" and job["organization_id"] == env.org_id
@@ -23,7 +23,7 @@ def test_create_job_returns_openai_job_and_enqueues(env):
     cfg = job["method"]["privtune"]
     assert job["method"]["type"] == "privtune"
     assert cfg["split_layer"] == 3 and cfg["lora"] == {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": None}
-    assert cfg["privacy"] == {"mechanism": "privtune", "eta": 50.0, "alpha": 0.3}
+    assert cfg["privacy"] == {"mechanism": "privtune", "eta": 50, "lam": 0.3}
     assert job["hyperparameters"] == {"batch_size": 8, "learning_rate_multiplier": 1.0, "n_epochs": 1}
     assert env.enqueuer.jobs == [job["id"]]
     events = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=env.headers()).json()
@@ -53,11 +53,35 @@ def test_noise_aware_top_defaults_to_on_for_noisy_classification(env, privacy, t
     assert r.json()["method"]["privtune"]["noise_aware"] is expected
 
 
-def test_gateway_noise_mechanisms_match_the_sdk():
-    from api.job_spec import NOISE_MECHANISMS  # the gateway cannot import torch, so it keeps its own list
+def test_the_torch_free_mechanism_table_matches_the_registry():
     from client_sdk.privacy import MECHANISMS, mechanism_class
+    from client_sdk.privacy.table import MECHANISM_TABLE, NOISE_MECHANISMS
 
+    assert tuple(MECHANISM_TABLE) == MECHANISMS
+    for name, info in MECHANISM_TABLE.items():
+        cls = mechanism_class(name)
+        assert cls.config_class is info.config_class
+        assert (cls.uses_noise, cls.uses_importance, cls.uses_opt3) == (
+            info.adds_noise, info.uses_importance, info.uses_opt3,
+        )  # fmt: skip
     assert set(NOISE_MECHANISMS) == {name for name in MECHANISMS if mechanism_class(name).uses_noise}
+
+
+@pytest.mark.parametrize(
+    ("privacy", "param"),
+    [
+        ({"mechanism": "privtune", "alpha": 0.3}, "method.privtune.privacy.alpha"),  # not a privtune parameter
+        ({"mechanism": "dchi", "eta": -1}, "method.privtune.privacy.eta"),
+        ({"mechanism": "dchi", "metric": "l3"}, "method.privtune.privacy.metric"),
+        ({"mechanism": "privtune", "top_fraction": 2.0}, "method.privtune.privacy.top_fraction"),
+        ({"mechanism": "laplace"}, "method.privtune.privacy.mechanism"),
+    ],
+)
+def test_declared_mechanism_is_validated_by_its_config_class(env, privacy, param):
+    r = env.client.post("/v1/fine_tuning/jobs", json=job_body(privacy=privacy), headers=env.headers())
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert env.client.get("/v1/fine_tuning/jobs", headers=env.headers()).json()["data"] == []  # nothing created
 
 
 def test_noise_aware_generation_is_refused(env):

@@ -7,7 +7,7 @@ import numpy as np
 import openai
 import pytest
 
-from api.db import repo
+from service.db import repo
 from client_sdk import wire
 from tests.api.conftest import job_body
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from api.queue import celery_config, enqueue_export, enqueue_job, make_celery
-from api.settings import Settings
+from service.queue import celery_config, enqueue_export, enqueue_job, make_celery
+from service.settings import Settings
 
 
 def test_celery_config_is_safe_for_long_jobs():
@@ -48,8 +48,8 @@ def test_settings_defaults_and_env(monkeypatch, tmp_path):
 def test_gateway_never_imports_torch(tmp_path):
     code = (
         "import sys\n"
-        "import api.main, api.db.repo, api.db.migrate, api.queue, api.catalog\n"
-        "from api.settings import Settings\n"
+        "import api.main, service.db.repo, service.db.migrate, service.queue, api.catalog\n"
+        "from service.settings import Settings\n"
         f"app = api.main.create_app(Settings(data_dir={str(tmp_path)!r}))\n"
         "api.catalog.base_model_names(); api.catalog.describe('minilm-l6')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'worker'))\n"
@@ -61,7 +61,7 @@ def test_gateway_never_imports_torch(tmp_path):
 
 def test_db_layer_imports_no_fastapi():
     code = (
-        "import sys, api.db.repo, api.db.session, api.db.migrate, api.queue, api.settings\n"
+        "import sys, service.db.repo, service.db.session, service.db.migrate, service.queue, service.settings\n"
         "assert 'fastapi' not in sys.modules and 'starlette' not in sys.modules, 'fastapi imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from api.db import repo
+from service.db import repo
 from client_sdk import wire
 from tests.api.conftest import StepRejected, StepTimeout, step_payload
 
@@ -78,7 +78,7 @@ def test_flush_infer_and_final_payloads_are_relayed(env, running):
                 },
                 b"\0" * 8,
             ),
-            400,
+            413,
             "hidden",
         ),
         (lambda j: step_payload(j, hidden_dtype=np.int32), 422, "hidden"),
@@ -103,7 +103,7 @@ def test_flush_infer_and_final_payloads_are_relayed(env, running):
                 },
                 b"\0" * 100,
             ),
-            400,
+            422,
             "hidden",
         ),
     ],

@@ -145,7 +145,7 @@ def test_step_specs_check_names_dtypes_and_shapes():
     )
     _, infos = wire.inspect(good)
     wire.check_specs(infos, shape.activation_specs())
-    assert shape.check_sizes(infos["hidden"].shape, infos["attention_mask"].shape) is None
+    shape.check_sizes(infos["hidden"].shape, infos["attention_mask"].shape)  # fits: no error
 
     wrong_d = wire.encode({"hidden": torch.ones(2, 5, 7), "attention_mask": torch.ones(2, 5)}, _header())
     with pytest.raises(wire.ShapeRejected, match="hidden"):
@@ -153,5 +153,9 @@ def test_step_specs_check_names_dtypes_and_shapes():
     missing = wire.encode({"hidden": torch.ones(2, 5, 8)}, _header())
     with pytest.raises(wire.ShapeRejected, match="lacks"):
         wire.check_specs(wire.inspect(missing)[1], shape.activation_specs())
-    assert "batch size" in shape.check_sizes((9, 5, 8), (9, 5))
-    assert "attention_mask" in shape.check_sizes((2, 5, 8), (2, 4))
+    with pytest.raises(wire.ShapeRejected, match="batch size") as caught:
+        shape.check_sizes((9, 5, 8), (9, 5))
+    assert caught.value.param == "hidden"
+    with pytest.raises(wire.ShapeRejected) as caught:
+        shape.check_sizes((2, 5, 8), (2, 4))
+    assert caught.value.param == "attention_mask"

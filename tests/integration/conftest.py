@@ -100,8 +100,8 @@ class Service:
         import uvicorn
 
         os.environ.update(self.env)
-        from api.db.migrate import upgrade_to_head
-        from api.settings import get_settings
+        from service.db.migrate import upgrade_to_head
+        from service.settings import get_settings
 
         get_settings.cache_clear()
         self.settings = get_settings()
@@ -142,8 +142,8 @@ class Service:
     def new_key(self, org: str) -> str:
         from sqlalchemy.orm import sessionmaker
 
-        from api.db.keys import create_api_key
-        from api.db.session import make_engine
+        from service.db.keys import create_api_key
+        from service.db.session import make_engine
 
         with sessionmaker(make_engine(self.pg_url)).begin() as session:
             return create_api_key(session, org)[0]

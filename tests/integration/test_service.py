@@ -246,7 +246,7 @@ def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
 
 def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     from client_sdk import FineTuneJob
-    from client_sdk.jobs import _DeviceSession
+    from client_sdk.session import DeviceSession
     from client_sdk.training import DeviceTrainer
 
     options = dict(
@@ -257,7 +257,7 @@ def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
         client=service.client(),
     )
     data = toy_dataset(64)
-    session = _DeviceSession.prepare(data, **options)
+    session = DeviceSession.prepare(data, **options)
     client = session.client
     job = client.fine_tuning.jobs.create(**session.job_body(None, None))
     _wait_status(client, job.id, {"running"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from client_sdk.jobspec import PrivtuneMethod
 from tests.helpers import make_tiny_bert
 from worker.trainer import TopTrainer, TrainSpec
 
@@ -14,10 +15,10 @@ def tiny(tmp_path_factory):
     return str(make_tiny_bert(tmp_path_factory.mktemp("m") / "tiny"))
 
 
-def _spec(model: str, **kw) -> TrainSpec:
-    base = dict(model=model, split_layer=2, task="classification", num_labels=3, total_steps=10, learning_rate=1e-2)
+def _spec(model: str, learning_rate: float = 1e-2, **kw) -> TrainSpec:
+    base = dict(split_layer=2, task="classification", num_labels=3, total_steps=10)
     base.update(kw)
-    return TrainSpec(**base)
+    return TrainSpec(model, PrivtuneMethod(optimizer={"learning_rate": learning_rate}, **base))
 
 
 def _batch(seed: int = 0):

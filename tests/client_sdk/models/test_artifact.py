@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from client_sdk.models import BottomModel, load_bottom
 from client_sdk.models.artifact import ArtifactError, artifact_digest, verify_artifact
 from client_sdk.models.catalog import SplitLayerError
-from client_sdk.models.registry import load_full_model
-from client_sdk.models.split import BottomModel, build_bottom, export_bottom, load_bottom
-
-from .conftest import TEXTS, padded_batch
+from tests.model_fixtures import TEXTS, padded_batch
+from worker.models import build_bottom, export_bottom
+from worker.models.full_model import load_full_model
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import os
 import pytest
 import torch
 
+from client_sdk.models import BottomModel, load_bottom
 from client_sdk.models.catalog import describe_model
-from client_sdk.models.registry import CACHE_ENV, load_full_model, resolve_model
-from client_sdk.models.split import BottomModel, TopModel, export_bottom, load_bottom
+from worker.models import TopModel, export_bottom
+from worker.models.full_model import CACHE_ENV, load_full_model, resolve_model
 
 pytestmark = pytest.mark.slow
 

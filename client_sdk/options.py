@@ -1,0 +1,149 @@
+"""What a data owner chooses for a job: the privacy mechanism (:class:`PrivacyConfig`) and the training
+hyperparameters (:class:`Hyperparameters`), both checked the moment they are made, and turned into
+the job contract (``client_sdk.jobspec.PrivtuneMethod``) by :func:`job_spec`, which refuses anything
+the contract refuses before any local work starts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pydantic import ValidationError
+
+from client_sdk.jobspec import DeclaredPrivacy, JobSpecError, PrivtuneMethod, error_param, unknown_key_message
+from client_sdk.privacy.config import MechanismConfig
+from client_sdk.privacy.table import ETA_MECHANISMS, get_config
+
+__all__ = ["Hyperparameters", "PrivacyConfig", "PrivacyTargetError", "job_spec"]
+
+
+class PrivacyTargetError(ValueError):
+    """No eta on the search grid met ``PrivacyConfig.target_asr`` on the user's data."""
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The mechanism the device applies and its parameters (see ``client_sdk.privacy``).
+
+    ``seed=None`` (production) seeds the noise generator from the operating system's entropy;
+    a fixed seed makes runs reproducible for experiments. ``target_asr`` (e.g. 0.10) makes the SDK
+    search eta on the user's own data before training: the largest eta (least noise) whose on-device
+    audit (nearest-prototype and learned inversion attacks, ``client_sdk.audit``) stays at or below the
+    target; the chosen eta and the measured ASR are recorded in the job's metadata and privacy record.
+    Unknown mechanisms and out-of-range parameters raise ``PrivacyConfigError`` here, at once.
+    """
+
+    mechanism: str = "privtune"
+    eta: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    target_asr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_asr is not None:
+            if not 0 < self.target_asr < 1:
+                raise ValueError(f"target_asr must be in (0, 1), got {self.target_asr}")
+            if self.mechanism not in ETA_MECHANISMS:
+                raise ValueError(
+                    f"target_asr searches eta, so the mechanism must be one of {ETA_MECHANISMS}, got {self.mechanism!r}"
+                )
+        self.config()  # validates the mechanism and its parameters now
+
+    def config(self) -> MechanismConfig:
+        """The mechanism's validated config (torch-free)."""
+        params = dict(self.params)
+        if self.eta is not None:
+            params["eta"] = self.eta
+        return get_config(self.mechanism, **params)
+
+    def build(self) -> Any:
+        """The mechanism object (imports torch)."""
+        from client_sdk.privacy import mechanism_from_config
+
+        return mechanism_from_config(self.config())
+
+    def generator(self) -> Any:
+        """The noise generator: seeded from ``seed``, else from the OS entropy source."""
+        import torch
+
+        return torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(63))
+
+    def declared(self) -> dict[str, Any]:
+        """What the device declares to the server: the mechanism's full, validated configuration."""
+        return self.config().to_dict()
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Training settings of a job (the device's batch size and epochs; the server's optimiser and LoRA)."""
+
+    batch_size: int = 32
+    n_epochs: int = 3
+    learning_rate: float = 5e-4
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+
+    @classmethod
+    def coerce(cls, value: Hyperparameters | dict[str, Any] | None) -> Hyperparameters:
+        """``value`` as Hyperparameters; an unknown key raises ``JobSpecError`` listing the valid ones."""
+        if value is None or isinstance(value, Hyperparameters):
+            return value or cls()
+        if not isinstance(value, dict):
+            raise JobSpecError(f"hyperparameters must be a Hyperparameters or a dict, got {type(value).__name__}",
+                               "hyperparameters")  # fmt: skip
+        known = tuple(f.name for f in fields(cls))
+        for key in value:
+            if key not in known:
+                raise JobSpecError(unknown_key_message(str(key), known), f"hyperparameters.{key}")
+        return cls(**value)
+
+
+#: spec field (dotted, under method.privtune) -> the Hyperparameters field the user set
+_HP_FIELDS = {
+    "batch_size": "batch_size", "n_epochs": "n_epochs", "optimizer.learning_rate": "learning_rate",
+    "optimizer.weight_decay": "weight_decay", "optimizer.warmup_steps": "warmup_steps", "lora.r": "lora_r",
+    "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
+}  # fmt: skip
+
+
+def job_spec(
+    hp: Hyperparameters,
+    privacy: PrivacyConfig,
+    *,
+    num_labels: int,
+    split_layer: int,
+    max_length: int,
+    total_steps: int,
+    record: dict[str, Any] | None = None,
+    audit: dict[str, Any] | None = None,
+) -> PrivtuneMethod:
+    """The job contract for these choices; raises :class:`JobSpecError` naming the user's option
+    (``hyperparameters.batch_size``, ``split_layer``, ``max_length`` ...) if the contract refuses it."""
+    data = {
+        "task": "classification",
+        "num_labels": num_labels,
+        "split_layer": split_layer,
+        "max_tokens": max_length,
+        "batch_size": hp.batch_size,
+        "n_epochs": hp.n_epochs,
+        "total_steps": total_steps,
+        "lora": {"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout},
+        "optimizer": {"learning_rate": hp.learning_rate, "weight_decay": hp.weight_decay,
+                      "warmup_steps": hp.warmup_steps},  # fmt: skip
+        "privacy": DeclaredPrivacy.from_config(privacy.config(), record=record, audit=audit),
+    }
+    try:
+        return PrivtuneMethod.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = (error_param(first) or "").removeprefix("privtune.")
+        name = _HP_FIELDS.get(param)
+        option = f"hyperparameters.{name}" if name else {"max_tokens": "max_length"}.get(param, param)
+        got = getattr(hp, name) if name else first.get("input")
+        message = str(first.get("msg")).removeprefix("Value error, ")
+        raise JobSpecError(f"{option}: {message} (got {got!r})", option) from None

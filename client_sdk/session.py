@@ -1,0 +1,196 @@
+"""Everything the device holds for one job: data, labels, the job contract, bottom model, privatizer.
+
+:meth:`DeviceSession.prepare` runs in two phases so that a job the server would refuse costs
+nothing: first the cheap part (read the dataset, build the job contract, check it against the limits
+the gateway publishes for the model), then the local work (download the bottom, fit the mechanism on
+the user's data, search eta). :meth:`DeviceSession.run` creates nothing: it trains a job that exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from client_sdk.client import Client
+from client_sdk.data import LabelMap, load_examples, train_validation_split
+from client_sdk.jobspec import JobSpecError, LegacyHyperparameters, PrivtuneMethod, ServerLimits, check_limits
+from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetError, job_spec
+
+__all__ = ["DeviceSession"]
+
+#: the server-limit error's param -> the option the user passed
+_LIMIT_OPTIONS = {
+    "method.privtune.batch_size": "hyperparameters.batch_size",
+    "method.privtune.max_tokens": "max_length",
+    "method.privtune.split_layer": "split_layer",
+}
+
+
+class DeviceSession:
+    """One job's device state; build it with :meth:`prepare`."""
+
+    @classmethod
+    def prepare(
+        cls,
+        dataset: Any,
+        *,
+        model: str = "minilm-l6",
+        privacy: PrivacyConfig | None = None,
+        hyperparameters: Hyperparameters | dict | None = None,
+        split_layer: int = 3,
+        max_length: int = 64,
+        validation_split: float = 0.1,
+        seed: int = 0,
+        client: Client | None = None,
+        cache_dir: str | None = None,
+    ) -> DeviceSession:
+        """Check everything the job contract can refuse, then do the local work (see the module doc)."""
+        self = cls()
+        self.client = client or Client()
+        self.model, self.split_layer, self.seed, self.max_length = model, split_layer, seed, max_length
+        self.privacy = privacy or PrivacyConfig()
+        self.hp = Hyperparameters.coerce(hyperparameters)
+        examples = load_examples(dataset)
+        self.train, self.valid = train_validation_split(examples, validation_split, seed)
+        self.labels = LabelMap.fit(ex.label for ex in examples)
+        self.total_steps = -(-len(self.train) // max(self.hp.batch_size, 1)) * self.hp.n_epochs
+        self.spec = self._spec()  # refuses bad options (batch_size=0, unknown keys, ...) without a request
+        limits = self.client.models.retrieve(model).privtune
+        if limits:
+            try:
+                check_limits(self.spec, ServerLimits.from_dict(limits))
+            except JobSpecError as exc:
+                option = _LIMIT_OPTIONS.get(exc.param, exc.param)
+                raise JobSpecError(f"{option}: {exc.message} (the server's limit for {model})", option) from None
+        self._local_work(cache_dir)
+        return self
+
+    def _spec(self, record: dict[str, Any] | None = None, audit: dict[str, Any] | None = None) -> PrivtuneMethod:
+        return job_spec(
+            self.hp,
+            self.privacy,
+            num_labels=len(self.labels.names),
+            split_layer=self.split_layer,
+            max_length=self.max_length,
+            total_steps=self.total_steps,
+            record=record,
+            audit=audit,
+        )
+
+    def _local_work(self, cache_dir: str | None) -> None:
+        from client_sdk.models import load_bottom
+        from client_sdk.privatizer import Privatizer
+
+        path = self.client.bottoms.download(self.model, self.split_layer, cache_dir=cache_dir)
+        bottom, tokenizer, manifest = load_bottom(path)
+        self.privatizer = Privatizer(bottom, tokenizer, self.privacy.build(), max_length=self.max_length)
+        # Neighbour sets depend only on the bottom model: cache them next to it, keyed by its digest.
+        self.privatizer.fit(
+            [ex.text for ex in self.train],
+            [self.labels.encode(ex.label) for ex in self.train],
+            cache_dir=Path(path).parent / "neighbours",
+            model_id=manifest["digest"],
+        )
+        self.audit: dict[str, Any] | None = None
+        if self.privacy.target_asr is not None:
+            self._search_eta(bottom, tokenizer)
+        self.spec = self._spec(record=self.privatizer.privacy_record(), audit=self.audit)
+
+    def _search_eta(self, bottom: Any, tokenizer: Any) -> None:
+        """Pick eta for ``privacy.target_asr`` by auditing the user's own perturbed texts on the device."""
+        import torch
+
+        from client_sdk.audit import search_eta
+        from client_sdk.privatizer import Privatizer
+
+        state = self.privatizer.state  # independent of eta: fitted once, shared by every candidate
+
+        def factory(eta: float) -> Any:
+            return Privatizer(
+                bottom, tokenizer, replace(self.privacy, eta=eta).build(), state=state, max_length=self.max_length
+            )
+
+        result = search_eta(
+            factory,
+            [ex.text for ex in self.train],
+            self.privacy.target_asr,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if result.chosen_eta is None:
+            raise PrivacyTargetError(
+                f"no eta on the grid keeps the audited ASR at or below {self.privacy.target_asr}; the closest "
+                f"point was eta={result.closest.eta:g} with ASR {result.closest.max_asr:.3f}"
+            )
+        self.privacy = replace(self.privacy, eta=result.chosen_eta)
+        self.privatizer = factory(result.chosen_eta)
+        self.audit = {
+            "target_asr": self.privacy.target_asr,
+            "chosen_eta": result.chosen_eta,
+            "measured_asr": round(result.measured_asr, 4),
+            "audited": [{"eta": pt.eta, "max_asr": round(pt.max_asr, 4)} for pt in result.table],
+        }
+
+    def job_body(self, suffix: str | None, metadata: dict[str, str] | None) -> dict[str, Any]:
+        """The ``POST /v1/fine_tuning/jobs`` body: the job contract and OpenAI's mirrored fields."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "method": {"type": "privtune", "privtune": self.spec.model_dump(mode="json")},
+            "hyperparameters": LegacyHyperparameters.of(self.spec),
+            "seed": self.seed,
+        }
+        if suffix:
+            body["suffix"] = suffix
+        if self.audit is not None:
+            metadata = {
+                **(metadata or {}),
+                "privtune_target_asr": str(self.audit["target_asr"]),
+                "privtune_eta": f"{self.audit['chosen_eta']:g}",
+                "privtune_audit_asr": f"{self.audit['measured_asr']:.4f}",
+            }
+        if metadata:
+            body["metadata"] = metadata
+        return body
+
+    def wait_running(self, job_id: str, timeout_s: float = 600.0) -> Any:
+        """The job's record once a worker runs it; raises if it ends or does not start in time."""
+        deadline, delay = time.monotonic() + timeout_s, 0.2
+        while True:
+            record = self.client.fine_tuning.jobs.retrieve(job_id)
+            if record.status == "running":
+                return record
+            if record.status in ("failed", "cancelled", "succeeded"):
+                raise RuntimeError(f"job {job_id} is {record.status} and cannot train: {record.error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not start within {timeout_s:.0f} s (status {record.status})")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def trainer(self, job_id: str) -> Any:
+        """The device half of the job's training loop, posting through this session's client."""
+        from client_sdk.training import DeviceTrainer
+
+        return DeviceTrainer(
+            job_id,
+            lambda payload: self.client.fine_tuning.jobs.post_step(job_id, payload),
+            self.privatizer,
+            self.labels,
+            self.train,
+            self.hp.batch_size,
+            seed=self.seed,
+            generator=self.privacy.generator(),
+        )
+
+    def metrics(self, trainer: Any, report: Any, before: float, after: float) -> dict[str, Any]:
+        """What the device measured, as ``FineTuneJob.metrics``."""
+        return {
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "validation_examples": len(self.valid),
+            "bytes_sent": trainer.report.bytes_sent,
+            "bytes_received": trainer.report.bytes_received,
+            "samples_per_second": round(report.samples_per_second, 3),
+            "privacy": {**self.privacy.declared(), "record": self.privatizer.privacy_record()},
+            "hyperparameters": asdict(self.hp),
+        }

@@ -1,0 +1,258 @@
+"""Payload headers and their header-only validation (no torch: the gateway runs this).
+
+:func:`inspect` parses and checks a payload's header without reading tensor data: it rejects
+truncated bytes, pickles, unknown dtypes, inconsistent offsets and declared shapes beyond the size
+limits before any tensor is touched. :func:`check_specs` checks the declared tensors against what
+the receiver expects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DtypeRejected, NotSafetensors, SchemaError, ShapeRejected, SizeLimitExceeded, TruncatedPayload
+
+SCHEMA = "privtune.wire"
+SCHEMA_VERSION = 1
+
+#: Payload kinds: a training step (device -> cloud), its reply (cloud -> device), a privatized
+#: upload shard (classification upload mode) and the two inference kinds.
+KINDS = frozenset({"step", "step_reply", "privatized_batch", "infer", "infer_reply"})
+
+#: safetensors dtype code -> bytes per element.
+DTYPE_SIZES: dict[str, int] = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+FLOAT_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Bounds a receiver enforces before reading any tensor data."""
+
+    max_payload_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_tensors: int = 16
+    max_ndim: int = 4
+    allowed_dtypes: frozenset[str] = frozenset({"F32", "F16", "BF16", "I64", "I32", "U8", "BOOL"})
+
+    def __post_init__(self) -> None:
+        if self.max_payload_bytes <= 0 or self.max_header_bytes <= 0 or self.max_tensors <= 0:
+            raise ValueError("WireLimits: max_payload_bytes, max_header_bytes and max_tensors must be > 0")
+        unknown = set(self.allowed_dtypes) - set(DTYPE_SIZES)
+        if unknown:
+            raise ValueError(f"WireLimits: unknown dtypes {sorted(unknown)}; known: {sorted(DTYPE_SIZES)}")
+
+
+DEFAULT_LIMITS = WireLimits()
+
+
+@dataclass(frozen=True)
+class WireHeader:
+    """Metadata of one payload. ``extra`` holds further string pairs (e.g. the loss of the last step)."""
+
+    job_id: str
+    step: int
+    kind: str
+    schema_version: int = SCHEMA_VERSION
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.job_id or len(self.job_id) > 128:
+            raise SchemaError("job_id must be a non-empty string of at most 128 characters", param="job_id")
+        if not isinstance(self.step, int) or self.step < 0:
+            raise SchemaError(f"step must be an integer >= 0, got {self.step!r}", param="step")
+        if self.kind not in KINDS:
+            raise SchemaError(f"kind {self.kind!r} is not one of {sorted(KINDS)}", param="kind")
+        if self.schema_version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"schema version {self.schema_version} is not supported (this side speaks {SCHEMA_VERSION})"
+            )
+        for key, value in self.extra.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise SchemaError("extra metadata must map strings to strings")
+            if key in _RESERVED_KEYS:
+                raise SchemaError(f"extra metadata may not use the reserved key {key!r}")
+
+    def to_metadata(self) -> dict[str, str]:
+        meta = dict(self.extra)
+        meta.update(
+            schema=SCHEMA,
+            schema_version=str(self.schema_version),
+            job_id=self.job_id,
+            step=str(self.step),
+            kind=self.kind,
+        )
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> WireHeader:
+        if meta.get("schema") != SCHEMA:
+            raise SchemaError(f"metadata 'schema' must be {SCHEMA!r}, got {meta.get('schema')!r}")
+        try:
+            version = int(meta["schema_version"])
+            step = int(meta["step"])
+            job_id, kind = meta["job_id"], meta["kind"]
+        except KeyError as exc:
+            raise SchemaError(f"metadata lacks the required key {exc.args[0]!r}") from None
+        except (TypeError, ValueError):
+            raise SchemaError("metadata 'schema_version' and 'step' must be integers") from None
+        extra = {k: v for k, v in meta.items() if k not in _RESERVED_KEYS}
+        return cls(job_id=job_id, step=step, kind=kind, schema_version=version, extra=extra)
+
+
+_RESERVED_KEYS = frozenset({"schema", "schema_version", "job_id", "step", "kind"})
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as declared in a header: name, safetensors dtype code, shape, byte range."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a receiver expects of one named tensor; ``None`` in ``shape`` matches any size."""
+
+    name: str
+    dtypes: frozenset[str]
+    shape: tuple[int | None, ...]
+
+
+def inspect(
+    data: bytes | bytearray | memoryview, limits: WireLimits = DEFAULT_LIMITS
+) -> tuple[WireHeader, dict[str, TensorInfo]]:
+    """Parse and check a payload's header without reading tensor data.
+
+    Promises on success: the bytes are a well-formed safetensors payload of at most
+    ``limits.max_payload_bytes``; every tensor has an allowed dtype, at most ``max_ndim`` dimensions,
+    a byte range that matches its shape exactly; ranges tile the data buffer with no gap or overlap;
+    the metadata is a valid :class:`WireHeader`.
+    """
+    view = memoryview(data)
+    total = len(view)
+    if total > limits.max_payload_bytes:
+        raise SizeLimitExceeded(f"payload is {total} bytes; the limit is {limits.max_payload_bytes}")
+    if total >= 2 and view[0] == 0x80 and 2 <= view[1] <= 5:
+        raise NotSafetensors("payload is a Python pickle; only safetensors payloads are accepted")
+    if bytes(view[:4]) == b"PK\x03\x04":
+        raise NotSafetensors("payload is a zip archive (torch.save?); only safetensors payloads are accepted")
+    if total < 8:
+        raise TruncatedPayload(f"payload is {total} bytes; a safetensors payload starts with an 8-byte header length")
+    (header_len,) = struct.unpack("<Q", view[:8])
+    if 8 + header_len > total:  # first: garbage bytes are a broken payload, not a large one
+        raise TruncatedPayload(f"header declares {header_len} bytes but only {total - 8} follow")
+    if header_len > limits.max_header_bytes:
+        raise SizeLimitExceeded(
+            f"declared header length {header_len} exceeds the limit of {limits.max_header_bytes} bytes"
+        )
+    try:
+        header = json.loads(bytes(view[8 : 8 + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotSafetensors(f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise NotSafetensors("header must be a JSON object")
+
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict):
+        raise SchemaError("payload has no __metadata__ with schema, schema_version, job_id, step and kind")
+    wire_header = WireHeader.from_metadata(meta)
+
+    if len(header) > limits.max_tensors:
+        raise SizeLimitExceeded(f"payload has {len(header)} tensors; the limit is {limits.max_tensors}")
+    data_len = total - 8 - header_len
+    infos = [_tensor_info(name, entry, limits, data_len) for name, entry in header.items()]
+    infos.sort(key=lambda info: info.start)
+    cursor = 0
+    for info in infos:
+        if info.start != cursor:
+            raise NotSafetensors(
+                f"tensor {info.name!r} starts at byte {info.start}, expected {cursor} (gap or overlap)",
+                param=info.name,
+            )
+        cursor = info.end
+    if cursor != data_len:
+        if cursor > data_len:
+            raise TruncatedPayload(f"tensors need {cursor} data bytes but only {data_len} are present")
+        raise NotSafetensors(f"{data_len - cursor} trailing bytes after the last tensor")
+    return wire_header, {info.name: info for info in infos}
+
+
+def _tensor_info(name: str, entry: Any, limits: WireLimits, data_len: int) -> TensorInfo:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise NotSafetensors(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets", param=name)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise DtypeRejected(f"tensor {name!r}: unknown dtype {dtype!r}", param=name)
+    if dtype not in limits.allowed_dtypes:
+        raise DtypeRejected(
+            f"tensor {name!r}: dtype {dtype} is not allowed; allowed: {sorted(limits.allowed_dtypes)}", param=name
+        )
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ShapeRejected(f"tensor {name!r}: shape must be a list of non-negative integers", param=name)
+    if len(shape) > limits.max_ndim:
+        raise ShapeRejected(f"tensor {name!r}: {len(shape)} dimensions; at most {limits.max_ndim} allowed", param=name)
+    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]  # Python ints: a huge shape cannot overflow
+    if nbytes > limits.max_payload_bytes:
+        raise SizeLimitExceeded(
+            f"tensor {name!r}: shape {shape} declares {nbytes} bytes; the payload limit is {limits.max_payload_bytes}",
+            param=name,
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) and o >= 0 for o in offsets):
+        raise NotSafetensors(f"tensor {name!r}: data_offsets must be two non-negative integers", param=name)
+    start, end = offsets
+    if end - start != nbytes:
+        raise ShapeRejected(
+            f"tensor {name!r}: shape {shape} x {dtype} needs {nbytes} bytes but offsets span {end - start}",
+            param=name,
+        )
+    if end > data_len:
+        raise TruncatedPayload(f"tensor {name!r} ends at byte {end} but the data buffer has {data_len}", param=name)
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
+
+
+def check_specs(infos: Mapping[str, TensorInfo], specs: Sequence[TensorSpec], *, allow_extra: bool = False) -> None:
+    """Check declared tensors against what the receiver expects (names, dtypes, shapes)."""
+    expected = {spec.name for spec in specs}
+    missing = expected - set(infos)
+    if missing:
+        raise ShapeRejected(f"payload lacks tensor(s) {sorted(missing)}", param=sorted(missing)[0])
+    unexpected = sorted(set(infos) - expected)
+    if not allow_extra and unexpected:
+        raise ShapeRejected(f"unexpected tensor(s) {unexpected}; expected {sorted(expected)}", param=unexpected[0])
+    for spec in specs:
+        info = infos[spec.name]
+        if info.dtype not in spec.dtypes:
+            raise DtypeRejected(
+                f"tensor {spec.name!r}: dtype {info.dtype}; expected one of {sorted(spec.dtypes)}", param=spec.name
+            )
+        if len(info.shape) != len(spec.shape) or any(
+            want is not None and got != want for got, want in zip(info.shape, spec.shape, strict=True)
+        ):
+            pattern = tuple("*" if s is None else s for s in spec.shape)
+            raise ShapeRejected(
+                f"tensor {spec.name!r}: shape {list(info.shape)}; expected {list(pattern)}", param=spec.name
+            )

@@ -1,0 +1,183 @@
+"""Job CRUD and the user's state changes (cancel / pause / resume) as the gateway needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.db.base import new_id, now_f, now_s
+from service.db.errors import InvalidTransition, ObjectNotFound
+from service.db.models import Job
+from service.db.repo import status as st
+from service.db.repo._common import paginate, snapshot
+from service.db.repo.events import add_event
+
+JOB_ID_PREFIX = "ftjob-"
+
+
+def create_job(
+    session: Session,
+    *,
+    organization_id: str,
+    model: str,
+    method: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    seed: int,
+    total_steps: int | None = None,
+    training_file: str | None = None,
+    validation_file: str | None = None,
+    metadata: dict[str, str] | None = None,
+    suffix: str | None = None,
+) -> dict[str, Any]:
+    """Insert a ``queued`` job with a "Job created" event and return its snapshot (not committed)."""
+    job = Job(
+        id=new_id(JOB_ID_PREFIX),
+        organization_id=organization_id,
+        model=model,
+        status=st.QUEUED,
+        created_at=now_s(),
+        hyperparameters=hyperparameters,
+        method=method,
+        training_file=training_file,
+        validation_file=validation_file,
+        seed=seed,
+        user_metadata=metadata,
+        suffix=suffix,
+        steps_completed=0,
+        total_steps=total_steps,
+        attempt=0,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "Job created", data={"model": model, "total_steps": total_steps})
+    return snapshot(job)
+
+
+def load_job(session: Session, job_id: str, organization_id: str | None = None) -> Job | None:
+    """The job row, freshly read from the database (``organization_id`` scopes the lookup)."""
+    stmt = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    if organization_id is not None:
+        stmt = stmt.where(Job.organization_id == organization_id)
+    return session.scalars(stmt).one_or_none()
+
+
+def get_job(session: Session, job_id: str, organization_id: str | None = None) -> dict[str, Any] | None:
+    """Snapshot of the job, or None if it does not exist (in that organization)."""
+    job = load_job(session, job_id, organization_id)
+    return None if job is None else snapshot(job)
+
+
+def require_job(session: Session, job_id: str, organization_id: str | None = None) -> dict[str, Any]:
+    """Snapshot of the job; raises :class:`ObjectNotFound` if absent (or another organization's)."""
+    job = get_job(session, job_id, organization_id)
+    if job is None:
+        raise ObjectNotFound("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    organization_id: str,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The organization's jobs newest first, after the cursor, matching every ``metadata`` pair."""
+    filters = [Job.organization_id == organization_id]
+    for key, value in (metadata or {}).items():
+        filters.append(Job.user_metadata[key].as_string() == value)
+    rows, has_more = paginate(session, Job, filters, after, limit)
+    return [snapshot(r) for r in rows], has_more
+
+
+def _transition(
+    session: Session, organization_id: str, job_id: str, allowed: frozenset[str], action: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    require_job(session, job_id, organization_id)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.organization_id == organization_id, Job.status.in_(allowed))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(job_id, action, require_job(session, job_id)["status"])
+    return require_job(session, job_id)
+
+
+def cancel_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
+    """Set ``cancelled`` now (the worker stops at its next heartbeat/step). Raises
+    :class:`InvalidTransition` for a job already succeeded, failed or cancelled."""
+    job = _transition(
+        session, organization_id, job_id, st.CANCELLABLE, "cancelled", {"status": st.CANCELLED, "finished_at": now_s()}
+    )
+    add_event(session, job_id, "Job cancelled")
+    return job
+
+
+def pause_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
+    """Set ``paused``; a running worker checkpoints and releases the job. Only from queued/running."""
+    was_running = require_job(session, job_id, organization_id)["status"] == st.RUNNING
+    job = _transition(session, organization_id, job_id, st.PAUSABLE, "paused", {"status": st.PAUSED})
+    message = "Pause requested; the worker saves a checkpoint and releases the job" if was_running else "Job paused"
+    add_event(session, job_id, message, data={"step": job["steps_completed"]})
+    return job
+
+
+def resume_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
+    """Set a paused job back to ``queued`` (the caller enqueues it). Raises a retryable
+    :class:`InvalidTransition` while the pausing worker still holds a live lease."""
+    job = require_job(session, job_id, organization_id)
+    if job["status"] != st.PAUSED:
+        raise InvalidTransition(job_id, "resumed", job["status"], detail="Only a paused job can be resumed.")
+    now = now_f()
+    if job["lease_owner"] is not None and (job["lease_expires_at"] or 0) > now:
+        raise InvalidTransition(
+            job_id, "resumed yet", "paused", retryable=True, detail="The worker is still saving its checkpoint."
+        )
+    job = _transition(
+        session,
+        organization_id,
+        job_id,
+        frozenset({st.PAUSED}),
+        "resumed",
+        {"status": st.QUEUED, "lease_owner": None, "lease_expires_at": None},
+    )
+    add_event(session, job_id, "Job resumed", data={"step": job["steps_completed"]})
+    return job
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str) -> None:
+    """Mark a not-yet-finished job failed with an error (e.g. it could not be enqueued)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(st.TERMINAL))
+        .values(status=st.FAILED, finished_at=now_s(), error={"code": code, "message": message, "param": None})
+        .execution_options(synchronize_session=False)
+    )
+    add_event(session, job_id, f"Job failed: {message}", level="error")
+
+
+def fine_tuned_models(session: Session, organization_id: str) -> list[dict[str, Any]]:
+    """The organization's succeeded jobs that produced a model, newest first."""
+    stmt = (
+        select(Job)
+        .where(Job.organization_id == organization_id, Job.status == st.SUCCEEDED, Job.fine_tuned_model.is_not(None))
+        .order_by(Job.seq.desc())
+    )
+    return [snapshot(j) for j in session.scalars(stmt)]
+
+
+def job_for_model(session: Session, organization_id: str, fine_tuned_model: str) -> dict[str, Any] | None:
+    """The succeeded job that produced ``fine_tuned_model`` in this organization, if any."""
+    stmt = select(Job).where(
+        Job.organization_id == organization_id,
+        Job.fine_tuned_model == fine_tuned_model,
+        Job.status == st.SUCCEEDED,
+    )
+    job = session.scalars(stmt).first()
+    return None if job is None else snapshot(job)

@@ -1,0 +1,100 @@
+"""The per-job step channel between gateway replicas and the job's worker, in Redis (torch-free).
+
+Keys (``J`` = job id, ``R`` = a request id chosen by the gateway):
+
+    pt:job:J:steps   list   gateway RPUSHes ``R (32 bytes) + payload``; the worker BLPOPs
+    pt:reply:R       list   the worker LPUSHes ``status byte + body`` and sets a short TTL;
+                            the gateway that sent R BLPOPs it
+
+A reply's first byte is ``0`` for a wire payload (the step's output) or ``1`` for a rejection,
+:class:`service.errors.StepRejected` as JSON (``{"status", "code", "message", "param", "expected_step"}``). Replies go to a per-request list, so a
+rejection is never mistaken for the answer to a later, valid request. Idempotency lives in the
+worker: it remembers the reply to the last step it served and sends it again for a retried step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import StepRejected, StepTimeout
+
+REQUEST_ID_BYTES = 32
+REPLY_OK = b"\x00"
+REPLY_REJECTED = b"\x01"
+REPLY_TTL_S = 120
+
+
+def steps_key(job_id: str) -> str:
+    return f"pt:job:{job_id}:steps"
+
+
+def reply_key(request_id: str) -> str:
+    return f"pt:reply:{request_id}"
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """One step request as the worker sees it."""
+
+    request_id: str
+    payload: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> StepMessage:
+        return cls(raw[:REQUEST_ID_BYTES].decode("ascii"), raw[REQUEST_ID_BYTES:])
+
+
+class StepRelay:
+    """Gateway side: hand a step to the job's worker and wait for its reply."""
+
+    def __init__(self, redis_client: Any):
+        self.redis = redis_client
+
+    def submit(self, job_id: str, step: int, payload: bytes, timeout_s: float) -> bytes:
+        """Queue ``payload`` for the job's worker and return the worker's reply bytes.
+
+        Raises :class:`StepRejected` when the worker refuses the step and :class:`StepTimeout` when no
+        reply arrives in ``timeout_s``. ``step`` is informational (the payload header is authoritative).
+        """
+        request_id = uuid.uuid4().hex
+        self.redis.rpush(steps_key(job_id), request_id.encode("ascii") + payload)
+        popped = self.redis.blpop([reply_key(request_id)], timeout=max(1, int(round(timeout_s))))
+        if popped is None:
+            raise StepTimeout(f"no reply for step {step} of job {job_id} within {timeout_s:.0f} s")
+        body = popped[1]
+        if body[:1] == REPLY_OK:
+            return bytes(body[1:])
+        raise StepRejected.from_json(bytes(body[1:]))
+
+
+class WorkerChannel:
+    """Worker side: receive a job's step requests and answer them."""
+
+    def __init__(self, redis_client: Any, job_id: str):
+        self.redis = redis_client
+        self.job_id = job_id
+
+    def receive(self, timeout_s: float = 1.0) -> StepMessage | None:
+        """Block up to ``timeout_s`` for the next step request; None when none arrived."""
+        popped = self.redis.blpop([steps_key(self.job_id)], timeout=timeout_s)
+        return None if popped is None else StepMessage.parse(popped[1])
+
+    def reply(self, request_id: str, payload: bytes) -> None:
+        self._push(request_id, REPLY_OK + payload)
+
+    def reject(self, request_id: str, rejection: StepRejected) -> None:
+        """Answer ``request_id`` with ``rejection`` (the gateway raises it again, same fields)."""
+        self._push(request_id, REPLY_REJECTED + rejection.to_json())
+
+    def _push(self, request_id: str, body: bytes) -> None:
+        key = reply_key(request_id)
+        pipe = self.redis.pipeline()
+        pipe.lpush(key, body)
+        pipe.expire(key, REPLY_TTL_S)
+        pipe.execute()
+
+    def discard_pending(self) -> None:
+        """Drop queued requests (the job ended; their senders time out or see the job's status)."""
+        self.redis.delete(steps_key(self.job_id))

@@ -1,0 +1,202 @@
+"""The server half of a split model (provider side): blocks l+1..L and the task head, run on the
+device's (perturbed) representations; ``build_top`` cuts it from the full model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from client_sdk.models.bottom import family_module
+from client_sdk.models.catalog import (
+    SUPPORTED_MODEL_TYPES,
+    UnsupportedArchitectureError,
+    describe_model,
+    validate_split_layer,
+)
+from client_sdk.protocol import TASKS
+
+from .full_model import load_full_model
+
+#: The top's tasks: the job tasks (client_sdk.protocol.TASKS) plus "features" (the last hidden state,
+#: for the evaluation's attacks).
+TOP_TASKS = (*TASKS, "features")
+DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` ``(b, t, d)`` over the real tokens of ``attention_mask`` ``(b, t)``: ``(b, d)``."""
+    weights = attention_mask.to(device=hidden.device, dtype=hidden.dtype)[..., None]  # (b, t, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (b, d)
+
+
+def precision_log_weights(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Log inverse-variance weights ``(b, t)`` (<= 0) of noisy token states ``(b, t, d)``.
+
+    With independent noise z_j added to a representation of roughly constant norm, ||h~_j||^2 ~
+    ||h_j||^2 + ||z_j||^2, so 1 / ||h~_j||^2 estimates token j's precision up to a constant. The
+    weight is relative to the sequence's smallest real norm (its cleanest token gets log-weight 0);
+    padded positions get 0 (the padding mask handles them).
+    """
+    norms = hidden.float().norm(dim=-1).clamp_min(1e-6)  # (b, t)
+    real = attention_mask.to(device=hidden.device, dtype=torch.bool)
+    ref = norms.masked_fill(~real, float("inf")).amin(dim=1, keepdim=True)  # (b, 1)
+    ref = torch.where(torch.isfinite(ref), ref, torch.ones_like(ref))
+    return torch.where(real, 2.0 * torch.log(ref / norms), torch.zeros_like(norms))
+
+
+def check_task(task: str, family: str, num_labels: int | None) -> None:
+    """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for a model of ``family``."""
+    if task not in TOP_TASKS:
+        raise ValueError(f"task must be one of {TOP_TASKS}, got {task!r}")
+    if task == "generation" and family != "llama":
+        raise UnsupportedArchitectureError(
+            f"task='generation' needs a causal LM (family 'llama'); family {family!r} is an encoder"
+        )
+    if task == "classification" and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
+        raise ValueError(f"num_labels must be an integer >= 2 for task='classification', got {num_labels!r}")
+
+
+class TopModel(nn.Module):
+    """Blocks l+1..L plus a task head, fed with the (perturbed) split-layer states and the attention mask.
+
+    Tasks:
+      * ``"classification"``: blocks, (Llama: final norm), masked mean-pool, ``classifier`` -> ``(b, C)``.
+      * ``"generation"`` (causal LMs): blocks only -> last hidden state ``(b, t, d)`` *before* the final
+        norm; the device applies norm + LM head (:meth:`BottomModel.lm_logits`).
+      * ``"features"``: blocks (Llama: + final norm) -> ``(b, t, d)``, the full model's last hidden state.
+
+    ``noise_aware`` (classification and features; for inputs with per-token noise of varying scale,
+    e.g. importance-scaled d_chi noise): with w_j = :func:`precision_log_weights` of the received
+    states (the inverse-variance weight of token j, estimated from its norm), each state is scaled by
+    sqrt(w_j) (to the sequence's reference norm, so a noisy token's huge keys and values cannot swamp
+    the attention), every attention logit towards key j gets + log w_j, and the pool is weighted by
+    w_j. Tokens that arrive buried in noise then hardly contaminate the others. It adds no parameters:
+    the same weights load either way.
+
+    Submodules keep the Hugging Face names, so peft LoRA can target ``default_lora_targets`` and keep
+    the ``classifier`` trainable via ``modules_to_save=["classifier"]``. Blocks live at
+    ``blocks.layers.i``, where i counts from 0 within the top (block l+1+i of the full model).
+    """
+
+    def __init__(
+        self,
+        config,
+        split_layer: int,
+        task: str,
+        layers: nn.ModuleList,
+        norm: nn.Module | None = None,
+        classifier: nn.Linear | None = None,
+        noise_aware: bool = False,
+    ) -> None:
+        super().__init__()
+        family_module(config.model_type)  # rejects unsupported architectures
+        num_labels = classifier.out_features if classifier is not None else None
+        check_task(task, SUPPORTED_MODEL_TYPES[config.model_type], num_labels)
+        if len(layers) != config.num_hidden_layers - split_layer:
+            raise ValueError(f"TopModel needs {config.num_hidden_layers - split_layer} blocks, got {len(layers)}")
+        self.config = config
+        self.family: str = SUPPORTED_MODEL_TYPES[config.model_type]
+        self.task = task
+        self.split_layer = split_layer
+        self.hidden_size: int = config.hidden_size
+        self.num_labels = num_labels
+        self.is_causal: bool = self._family.IS_CAUSAL
+        self.default_lora_targets: list[str] = list(DEFAULT_LORA_TARGETS[self.family])
+        self.blocks = self._family.Blocks(config, layers)
+        self.norm = norm if self.is_causal and task != "generation" else None
+        self.classifier = classifier
+        if noise_aware and task == "generation":
+            raise ValueError("noise_aware applies to task='classification' or 'features', not 'generation'")
+        self.noise_aware = bool(noise_aware)
+
+    @property
+    def _family(self) -> ModuleType:
+        return family_module(self.config.model_type)
+
+    @classmethod
+    def from_full_model(
+        cls,
+        model: nn.Module,
+        split_layer: int,
+        task: str,
+        num_labels: int | None = None,
+        generator: torch.Generator | None = None,
+        noise_aware: bool = False,
+    ) -> TopModel:
+        """Take blocks l+1..L (and the final norm if needed) from a loaded full model; add a fresh head.
+
+        The modules are shared with ``model``, not copied. The classifier's weights are drawn from
+        N(0, initializer_range^2) with ``generator`` and its bias is zero.
+        """
+        family = family_module(model.config.model_type)
+        check_task(task, SUPPORTED_MODEL_TYPES[model.config.model_type], num_labels)
+        parts = family.parts_of(model)
+        layers = nn.ModuleList(list(parts["layers"])[split_layer:])
+        classifier = None
+        if task == "classification":
+            classifier = nn.Linear(model.config.hidden_size, num_labels)
+            std = float(getattr(model.config, "initializer_range", 0.02))
+            with torch.no_grad():
+                weight = torch.randn(classifier.weight.shape, generator=generator) * std
+                classifier.weight.copy_(weight)
+                classifier.bias.zero_()
+        return cls(model.config, split_layer, task, layers, parts["norm"], classifier, noise_aware)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the top on split-layer states ``(b, t, d)`` with the right-padded mask ``(b, t)``.
+
+        Returns logits ``(b, C)`` for classification, else hidden states ``(b, t, d)`` (see class doc).
+        """
+        log_w = None
+        if self.noise_aware:
+            log_w = precision_log_weights(hidden, attention_mask)  # (b, t)
+            hidden = hidden * (0.5 * log_w).exp().to(hidden.dtype)[..., None]  # every token at the reference norm
+        hidden, _ = self.blocks(hidden, attention_mask, key_bias=log_w)  # (b, t, d)
+        if self.task == "generation":
+            return hidden
+        if self.norm is not None:
+            hidden = self.norm(hidden)  # (b, t, d)
+        if self.task == "features":
+            return hidden
+        weights = attention_mask if log_w is None else attention_mask.to(hidden.dtype) * log_w.exp().to(hidden.dtype)
+        return self.classifier(masked_mean(hidden, weights))  # (b, C)
+
+    def describe(self) -> dict:
+        """Return a JSON-able summary: family, task, split layer, sizes and LoRA targets."""
+        return {
+            "family": self.family,
+            "task": self.task,
+            "split_layer": self.split_layer,
+            "num_layers": self.config.num_hidden_layers,
+            "top_layers": len(self.blocks.layers),
+            "hidden_size": self.hidden_size,
+            "num_labels": self.num_labels,
+            "lora_targets": list(self.default_lora_targets),
+            "noise_aware": self.noise_aware,
+        }
+
+
+def build_top(
+    name_or_path: str | Path,
+    split_layer: int,
+    task: str,
+    num_labels: int | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    noise_aware: bool = False,
+) -> TopModel:
+    """Build the server's top (blocks l+1..L + head) for ``task`` from the full model, in eval mode.
+
+    Only the top blocks (and the final norm, where the task needs it) are kept; the classifier head
+    of ``task="classification"`` is initialised from ``torch.Generator().manual_seed(seed)``, so the
+    same arguments give the same top. ``noise_aware``: see :class:`TopModel`.
+    """
+    info = describe_model(name_or_path)
+    validate_split_layer(info, split_layer)
+    check_task(task, info.family, num_labels)
+    model, _, _ = load_full_model(name_or_path, cache_dir)
+    generator = torch.Generator().manual_seed(seed)
+    return TopModel.from_full_model(model, split_layer, task, num_labels, generator, noise_aware).eval()
