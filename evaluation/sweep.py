@@ -38,10 +38,11 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from client_sdk.privacy import MECHANISMS  # the registry's order: none, gaussian, dchi, ..., privtune
-from evaluation.harness import ExperimentConfig, Resources, run_experiment
+from evaluation.config import ExperimentConfig
+from evaluation.harness import Resources, run_experiment
+from evaluation.rows import ResultRow
 
 ETAS_QUICK = (5.0, 20.0, 80.0)  # isotropic noise/signal ~ 11, 2.8, 0.7: private / leaky / near-clean
 ETA_REF = 10.0  # the shipped default eta (privtune is run at it as well as at ETAS_QUICK)
@@ -174,10 +175,11 @@ DEFAULT_GRIDS = tuple(name for name in GRIDS if name != "defaults")
 
 
 class ResultStore:
-    """Append-only JSON-lines file of result rows, indexed by ``key``.
+    """Append-only JSON-lines file of result rows (``ResultRow``), indexed by ``key``.
 
-    A truncated last line (a crash mid-write) is ignored on reading; rows are flushed and fsynced
-    one at a time, so a finished experiment is never lost.
+    A truncated last line (a crash mid-write) is ignored on reading, and so is a line that is not a
+    row this version can read; rows are flushed and fsynced one at a time, so a finished experiment
+    is never lost. On disk each line is ``ResultRow.to_dict()`` as JSON with sorted keys.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -186,46 +188,45 @@ class ResultStore:
 
     def refresh(self) -> None:
         """(Re-)read the file: picks up rows another process (another shard) appended meanwhile."""
-        self._rows: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, ResultRow] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+                    data = json.loads(line)
+                    row = ResultRow.from_dict(data) if isinstance(data, dict) and "key" in data else None
+                except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
                     continue
-                if isinstance(row, dict) and "key" in row:
-                    self._rows[row["key"]] = row
+                if row is not None:
+                    self._rows[row.key] = row
 
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> ResultRow | None:
         """The row with ``key``, or None."""
         return self._rows.get(key)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[ResultRow]:
         """All rows, in file order (later duplicates replace earlier ones)."""
         return list(self._rows.values())
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: ResultRow) -> None:
         """Write one row durably and index it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.write(json.dumps(row.to_dict(), sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        self._rows[row["key"]] = row
+        self._rows[row.key] = row
 
 
-def attach_undefended(row: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    """Copy the baseline's ASR of the same attack and threat model into each attack entry of ``row``."""
-    base = {(a["name"], a["threat_model"]): a for a in baseline.get("attacks", [])}
-    for attack in row.get("attacks", []):
-        ref = base.get((attack["name"], attack["threat_model"]))
-        attack["undefended_asr"] = None if ref is None else ref["asr"]
-    row["undefended_key"] = baseline["key"]
-    row["utility"]["undefended_accuracy"] = baseline["utility"]["accuracy"]
-    return row
+def attach_undefended(row: ResultRow, baseline: ResultRow) -> ResultRow:
+    """``row`` with the baseline's ASR of the same attack and threat model on each attack entry (None
+    where the baseline lacks it), the baseline's key and its accuracy (``undefended_accuracy``)."""
+    base = {(a.name, a.threat_model): a.asr for a in baseline.attacks}
+    attacks = tuple(a.with_undefended(base.get((a.name, a.threat_model))) for a in row.attacks)
+    utility = replace(row.utility, undefended_accuracy=baseline.utility.accuracy)
+    return replace(row, attacks=attacks, utility=utility, undefended_key=baseline.key)
 
 
 def shard(configs: list[ExperimentConfig], index: int, count: int) -> list[ExperimentConfig]:
@@ -243,13 +244,13 @@ class Runner:
         store: ResultStore,
         resources: Resources,
         log: Callable[[str], None] | None = None,
-        experiment: Callable[[ExperimentConfig, Resources], dict[str, Any]] = run_experiment,
+        experiment: Callable[[ExperimentConfig, Resources], ResultRow] = run_experiment,
     ):
         self.store, self.resources, self.experiment = store, resources, experiment
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.trained = 0  # experiments actually run (not skipped) by this runner
 
-    def run(self, config: ExperimentConfig) -> dict[str, Any]:
+    def run(self, config: ExperimentConfig) -> ResultRow:
         """The row of ``config``: from the store if finished, else run (baseline first) and stored."""
         row = self.store.get(config.key())
         if row is not None:
@@ -261,7 +262,7 @@ class Runner:
         self.trained += 1
         row = attach_undefended(row, baseline if baseline is not None else row)
         self.store.append(row)
-        self.log(f"[eval] done in {time.perf_counter() - started:.0f} s: accuracy {row['utility']['accuracy']:.3f}")
+        self.log(f"[eval] done in {time.perf_counter() - started:.0f} s: accuracy {row.utility.accuracy:.3f}")
         return row
 
     def run_all(self, configs: Iterable[ExperimentConfig], budget_s: float | None = None) -> dict[str, int]:

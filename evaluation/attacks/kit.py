@@ -10,7 +10,7 @@ with the kit's own seed, so results do not depend on the order in which attacks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -212,9 +212,9 @@ class AttackKit:
     victim's tokenisation; ``public_texts`` with ``public_attributes`` / ``public_labels`` (N_pub,)
     ints: shadow data; ``known``: the model of the mechanism; ``top``: the server's top model.
 
-    Memo (``_cache``): the public observations ``"naive"``, ``"adaptive"`` (noise from ``seed``) and
-    ``"expected"`` (noiseless mechanism output), and ``"prototypes_adaptive"``. A caller may pre-seed
-    the entries that do not depend on the noise level (all but ``"adaptive"``) to share them.
+    Memo (``cache``): the public observations ``"naive"``, ``"adaptive"`` (noise from ``seed``) and
+    ``"expected"`` (noiseless mechanism output), and ``"prototypes_adaptive"``. A caller may seed it
+    with the entries that do not depend on the noise level (all but ``"adaptive"``) to share them.
     """
 
     bottom: Any
@@ -231,7 +231,7 @@ class AttackKit:
     top: torch.nn.Module | None = None
     batch_size: int = 32
     seed: int = 0
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_privatizer(
@@ -245,19 +245,19 @@ class AttackKit:
         prototypes: torch.Tensor | None = None,
         seed: int = 0,
         batch_size: int = 32,
+        cache: Mapping[str, Any] | None = None,
     ) -> AttackKit:
         """The kit for attacking ``privatizer``'s output (fitted; its mechanism is what the adaptive
-        attacker knows). ``prototypes`` may be passed to skip recomputing them (one pass over |V|)."""
+        attacker knows). ``prototypes``: skips recomputing them (one pass over |V|); ``cache``: seeds the memo."""
         bottom = privatizer.bottom
         as_long = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.long)
-        if prototypes is None:
-            prototypes = bottom.token_prototypes()
+        prototypes = bottom.token_prototypes() if prototypes is None else prototypes  # (|V|, d)
         return cls(
             bottom=bottom, tokenizer=privatizer.tokenizer, prototypes=prototypes.detach().float().cpu(),
             embeddings=bottom.input_embeddings().detach().float(), privatize_public=privatizer.privatize,
             encode=privatizer.encode, public_texts=tuple(public_texts), special_ids=tuple(privatizer.special_ids),
             known=KnownMechanism(privatizer), public_attributes=as_long(public_attributes),
-            public_labels=as_long(public_labels), top=top, batch_size=batch_size, seed=seed,
+            public_labels=as_long(public_labels), top=top, batch_size=batch_size, seed=seed, cache=dict(cache or {}),
         )  # fmt: skip
 
     @property
@@ -282,12 +282,12 @@ class AttackKit:
         return self._public("expected", lambda batch, ids, mask: twin.privatize(batch, generator=g)["hidden"])
 
     def _public(self, key: str, run: Run) -> Observation:
-        if key not in self._cache:
+        if key not in self.cache:
             if not self.public_texts:
                 raise AttackUnavailable("the kit has no public texts")
             obs = _represent(self.public_texts, self.encode, run, self.special_ids, self.batch_size)
-            self._cache[key] = replace(obs, attribute=self.public_attributes, labels=self.public_labels)
-        return self._cache[key]
+            self.cache[key] = replace(obs, attribute=self.public_attributes, labels=self.public_labels)
+        return self.cache[key]
 
     def attack_prototypes(self, threat_model: str) -> torch.Tensor:
         """(|V|, d) prototypes as the attacker expects to observe each token: raw ("naive"), or the
@@ -295,6 +295,6 @@ class AttackKit:
         (threat_model,) = check_threat_models(threat_model)
         if threat_model == "naive":
             return self.prototypes
-        if "prototypes_adaptive" not in self._cache:
-            self._cache["prototypes_adaptive"] = expected_lone_tokens(self.known.privatizer, self.prototypes)
-        return self._cache["prototypes_adaptive"]
+        if "prototypes_adaptive" not in self.cache:
+            self.cache["prototypes_adaptive"] = expected_lone_tokens(self.known.privatizer, self.prototypes)
+        return self.cache["prototypes_adaptive"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -165,6 +166,16 @@ def test_kit_models_the_mechanism_deterministic_part(setup):
     assert kit.public("adaptive") is kit.public("adaptive")  # cached, so attacks never see different noise
 
 
+def test_a_kit_seeded_with_another_kits_entries_reuses_them(setup):
+    _, kit = setup("privtune", eta=30.0)
+    shared = {"naive": kit.public("naive"), "expected": kit.public_expected()}
+    twin = AttackKit.from_privatizer(kit.known.privatizer, kit.public_texts, prototypes=kit.prototypes, cache=shared)
+    assert twin.public("naive") is shared["naive"] and twin.public_expected() is shared["expected"]
+    assert twin.cache is not shared and "prototypes_adaptive" not in shared  # the kit copies what it is given
+    twin.attack_prototypes("adaptive")
+    assert set(twin.cache) == {"naive", "expected", "prototypes_adaptive"}  # readable, to share further
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -201,7 +212,7 @@ def test_attribute_attacks_recover_without_noise_and_fall_with_strong_noise(setu
 
 def test_attribute_attacks_need_attributes(setup):
     obs, kit = setup("none")
-    bare = AttackKit(**{**kit.__dict__, "public_attributes": None, "_cache": {}})
+    bare = replace(kit, public_attributes=None, cache={})
     for name in ("A3", "A4", "A5"):
         with pytest.raises(AttackUnavailable):
             ATTACKS[name](obs, bare)

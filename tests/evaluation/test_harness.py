@@ -13,6 +13,7 @@ import pytest
 from evaluation.data import load_eval_data
 from evaluation.harness import HARNESS_VERSION, ExperimentConfig, Resources
 from evaluation.report import load_rows, render
+from evaluation.rows import ResultRow
 from evaluation.sweep import MECHANISMS, ResultStore, Runner, grid
 from tests.helpers import WORDS, make_tiny_bert
 
@@ -87,21 +88,27 @@ def test_experiment_end_to_end_then_resume_does_no_training(tiny, data_dir, tmp_
     cfg = _config(tiny)
     row = runner.run(cfg)
     assert runner.trained == 2  # the undefended baseline first, then the experiment
-    assert row["key"] == cfg.key() and row["status"] == "ok"
-    utility = row["utility"]
-    assert 0.0 <= utility["accuracy"] <= 1.0 and 0.0 <= utility["accuracy_unperturbed_inference"] <= 1.0
-    assert utility["steps"] == 2 * 6 and 0 < utility["chance"] <= 1
-    assert row["noise"]["ratio"] > 0.1  # eta=20 on d=32: noise is of the order of the signal
-    attacks = {(a["name"], a["threat_model"]): a for a in row["attacks"]}
+    assert isinstance(row, ResultRow) and row.key == cfg.key() and row.status == "ok" and row.config == cfg
+    utility = row.utility
+    assert 0.0 <= utility.accuracy <= 1.0 and 0.0 <= utility.accuracy_unperturbed_inference <= 1.0
+    assert utility.steps == 2 * 6 and 0 < utility.chance <= 1
+    assert row.noise.ratio > 0.1  # eta=20 on d=32: noise is of the order of the signal
+    attacks = {(a.name, a.threat_model): a for a in row.attacks}
     for name in ("A0-learned", "A2", "A1-label", "A3", "A5"):
         for threat in ("naive", "adaptive"):
             entry = attacks[(name, threat)]
-            assert 0.0 <= entry["asr"] <= 1.0 and 0.0 < entry["chance"] <= 1.0
-            assert entry["undefended_asr"] is not None
-    assert attacks[("A1-label", "naive")]["asr"] == 1.0  # the returned gradient row gives the label away
+            assert 0.0 <= entry.asr <= 1.0 and 0.0 < entry.chance <= 1.0
+            assert entry.undefended_asr is not None and entry.details["harness_seconds"] >= 0
+    assert attacks[("A1-label", "naive")].asr == 1.0  # the returned gradient row gives the label away
     baseline = store.get(cfg.baseline().key())
-    assert baseline is not None and baseline["config"]["mechanism"] == "none"
-    assert baseline["noise"]["ratio"] < 1e-2  # float16 on the wire only
+    assert baseline is not None and baseline.config.mechanism == "none"
+    assert baseline.noise.ratio < 1e-2  # float16 on the wire only
+    assert row.undefended_key == baseline.key and row.utility.undefended_accuracy == baseline.utility.accuracy
+    assert {(a.name, a.details.get("same_as")) for a in baseline.attacks if a.threat_model == "adaptive"} == {
+        (a.name, "naive") for a in baseline.attacks if a.threat_model == "naive"
+    }  # with mechanism none the adaptive attacker is the naive one
+    stored = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [ResultRow.from_dict(json.loads(line)) for line in stored] == [baseline, row]  # what was returned
 
     (tmp_path / "results.jsonl").open("a").write('{"key": "trunc')  # a crash mid-write
 
@@ -121,7 +128,7 @@ def test_run_all_logs_failures_and_respects_the_budget(tiny, tmp_path):
         calls.append(config.mechanism)
         if config.mechanism == "dchi":
             raise RuntimeError("boom")
-        return _fake_row(config, acc=0.8, asr=0.9)
+        return ResultRow.from_dict(_fake_row(config, acc=0.8, asr=0.9))
 
     logs = []
     runner = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=logs.append, experiment=fake)
@@ -144,7 +151,7 @@ def test_shards_partition_the_grid_and_share_finished_rows(tiny, tmp_path):
 
     def fake(config, resources):
         calls.append(config.mechanism)
-        return _fake_row(config, acc=0.8, asr=0.9)
+        return ResultRow.from_dict(_fake_row(config, acc=0.8, asr=0.9))
 
     first = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=lambda m: None, experiment=fake)
     second = Runner(ResultStore(tmp_path / "r.jsonl"), Resources(tmp_path), log=lambda m: None, experiment=fake)

@@ -1,0 +1,159 @@
+"""One experiment end to end: fit, train through the service's split code in-process, evaluate, attack.
+
+Promises: ``run_experiment(config, resources)`` returns the experiment's ``ResultRow`` (see
+``evaluation.rows``), deterministic for a config up to timing; it writes nothing but the prototype /
+neighbour cache under ``resources.cache_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client_sdk import protocol
+from client_sdk.data import LabelMap
+from evaluation.config import HARNESS_VERSION, ExperimentConfig
+from evaluation.harness.resources import Resources, model_id
+from evaluation.harness.server_view import ServerView, build_observation, last_steps
+from evaluation.harness.suite import run_attacks
+from evaluation.rows import DataSummary, Machine, NoiseSummary, ObservationSummary, ResultRow, Timing, Utility
+
+__all__ = ["machine", "now_iso", "run_experiment"]
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, seconds."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def machine() -> Machine:
+    """CPU, core count and torch threads of this machine (for the report)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return Machine(cpu=cpu, nproc=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
+    """Train, evaluate and attack one configuration; returns its result row.
+
+    Promises: the row has ``key``, ``config``, ``utility`` (``accuracy`` through the perturbed path,
+    ``accuracy_unperturbed_inference``, ``chance`` = majority share of the test labels), ``noise``
+    (the measured noise-to-signal ratio of what was sent, the privacy record), ``attacks`` (one entry
+    per attack and threat model: ``name``, ``threat_model``, ``asr``, ``chance``, ``n``, ``details``;
+    ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
+    written but the prototype / neighbour cache under ``resources.cache_dir``.
+    """
+    from client_sdk.privacy import get_mechanism
+    from client_sdk.privatizer import Privatizer
+    from client_sdk.training import DeviceTrainer
+    from worker.step_server import StepServer
+    from worker.trainer import TopTrainer, TrainSpec
+
+    started = time.perf_counter()
+    data = resources.data(config)
+    bottom, tokenizer = resources.bottom(config.model, config.split_layer)
+    labels = LabelMap.fit(r.label for r in data.private)
+    examples = [r.example() for r in data.private]
+    test = [r.example() for r in data.test if r.label in labels.names]  # a label the device never saw: dropped
+
+    t0 = time.perf_counter()
+    mechanism = get_mechanism(config.mechanism, **config.mechanism_params())
+    privatizer = Privatizer(bottom, tokenizer, mechanism, max_length=config.max_length)
+    plain = Privatizer(bottom, tokenizer, "none", max_length=config.max_length)
+    if config.mechanism != "none":
+        privatizer.fit(
+            [ex.text for ex in examples],
+            [labels.encode(ex.label) for ex in examples],
+            cache_dir=resources.cache_dir / "neighbours",
+            model_id=model_id(config.model, config.split_layer),
+            generator=torch.Generator().manual_seed(config.seed),
+            prototypes=resources.prototypes(config.model, config.split_layer),
+        )
+    fit_s = time.perf_counter() - t0
+
+    per_epoch = -(-len(examples) // config.batch_size)
+    total_steps = per_epoch * config.epochs
+    watched = last_steps(len(examples), config, total_steps, per_epoch)
+    spec = TrainSpec(
+        model=config.model,
+        split_layer=config.split_layer,
+        task="classification",
+        num_labels=len(labels.names),
+        total_steps=total_steps,
+        lora_r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        noise_aware=config.top_noise_aware(),
+    )
+    job_id = f"eval-{config.key()}"
+    top = TopTrainer(spec)
+    shape = protocol.StepShape(bottom.hidden_size, "classification", len(labels.names), 1024, config.max_length)
+    server = StepServer(top, shape, job_id)
+    view = ServerView(server.handle, watched)
+    noise = torch.Generator().manual_seed(config.seed + 1)
+    device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, noise)
+    t0 = time.perf_counter()
+    report = device.train(total_steps)
+    train_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    accuracy = device.evaluate(test)
+    accuracy_plain = DeviceTrainer(job_id, server.handle, plain, labels, examples, config.batch_size).evaluate(test)
+    eval_s = time.perf_counter() - t0
+    majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
+
+    observed = build_observation(view, data, config, privatizer, plain)
+    t0 = time.perf_counter()
+    attacks = run_attacks(observed, config, resources, data, privatizer, top.model, labels)
+    attack_s = time.perf_counter() - t0
+    top.close()
+    total_s = time.perf_counter() - started
+    last = report.losses[-per_epoch:]
+    return ResultRow(
+        key=config.key(),
+        label=config.label(),
+        config=config,
+        harness_version=HARNESS_VERSION,
+        status="ok",
+        utility=Utility(
+            accuracy=accuracy,
+            accuracy_unperturbed_inference=accuracy_plain,
+            chance=majority,
+            n_test=len(test),
+            last_epoch_loss=sum(last) / max(len(last), 1),
+            steps=report.steps,
+        ),
+        noise=NoiseSummary(ratio=observed.noise_ratio, privacy=_privacy(privatizer)),
+        attacks=tuple(attacks),
+        observation=ObservationSummary(texts=observed.observation.n, attribute_values=observed.attribute_names),
+        data=DataSummary.from_dict(data.summary()),
+        timing=Timing(
+            fit_s=round(fit_s, 2),
+            train_s=round(train_s, 2),
+            eval_s=round(eval_s, 2),
+            attack_s=round(attack_s, 2),
+            total_s=round(total_s, 2),
+        ),
+        machine=machine(),
+        finished_at=now_iso(),
+    )
+
+
+def _privacy(privatizer: Any) -> dict[str, Any]:
+    """The privacy record, reduced to JSON-able values."""
+    record = privatizer.privacy_record()
+    return json.loads(json.dumps(record, default=lambda o: o.tolist() if torch.is_tensor(o) else str(o)))
