@@ -139,7 +139,7 @@ class HTTPCore:
         self.api_key = api_key
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.max_retries = max_retries
-        self._sleep = sleep
+        self.sleep = sleep  # what waits between retries and polls (public: resources poll too)
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
 
@@ -218,5 +218,5 @@ class HTTPCore:
                 delay = backoff_delay(retries_done) if server_delay is None else server_delay
                 reason = f"status {response.status_code}"
             log.info("%s %s: %s; retrying in %.2f s (%d left)", method, url, reason, delay, retries_left - 1)
-            self._sleep(delay)
+            self.sleep(delay)
             retries_done += 1

@@ -73,5 +73,5 @@ class Client(HTTPCore):
             timeout=self.timeout if timeout is None else timeout,
             max_retries=self.max_retries if max_retries is None else max_retries,
             http_client=self._http,
-            sleep=self._sleep,
+            sleep=self.sleep,
         )

@@ -7,64 +7,87 @@ prepared from the user's own data (neighbours, importance, centroids), every bat
 before it leaves, the loss is computed with the local labels, and only dL/d(logits) is returned.
 What the server receives is exactly ``Privatizer.privatize(texts)``.
 
-A :class:`FineTuneJob` is the device's handle on one job: the server's record (a
-``client_sdk.types.FineTuningJob``, the OpenAI object, as ``.record``; its fields are readable on the
-handle) plus what only the device measured (``.metrics``, ``.report``).
+A :class:`FineTuneJob` is the OpenAI ``FineTuningJob`` object the server returns, extended with what
+only the device measured (``.metrics``, ``.report``): one job type, not a wrapper beside it.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
+
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from client_sdk.client import Client
 from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetError
 from client_sdk.session import DeviceSession
 from client_sdk.training import TrainingReport
+from client_sdk.types import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 
 __all__ = ["FineTuneJob", "Hyperparameters", "PrivacyConfig", "PrivacyTargetError"]
 
 
-class FineTuneJob:
-    """A fine-tuning job seen from the device: its server record plus what the device measured."""
+class FineTuneJob(FineTuningJob):
+    """A fine-tuning job the device trains: the server's ``fine_tuning.job`` object (every field of
+    ``FineTuningJob``: ``id``, ``status``, ``fine_tuned_model`` ...) plus what only the device measured
+    (``metrics``: accuracies, bytes, privacy record; ``report``: per-step losses, throughput).
 
-    def __init__(
-        self, client: Client, record: Any, report: TrainingReport | None = None, metrics: dict[str, Any] | None = None
-    ):
-        self.client, self.record, self.report = client, record, report
-        self.metrics = metrics or {}
+    It is immutable like the object it extends: :meth:`refresh`, :meth:`cancel` and :meth:`pause`
+    return the job's new state.
+    """
 
-    def __getattr__(self, name: str) -> Any:  # id, status, fine_tuned_model, ... from the record
-        return getattr(self.record, name)
+    model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
+
+    metrics: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    _client: Client = PrivateAttr()
+    _report: TrainingReport | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(
+        cls,
+        client: Client,
+        job: FineTuningJob,
+        report: TrainingReport | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> FineTuneJob:
+        """The device's view of the server's ``job`` (``client`` is what follows it)."""
+        out = cls.model_validate({**job.model_dump(), "metrics": metrics or {}})
+        out._client, out._report = client, report
+        return out
+
+    @property
+    def report(self) -> TrainingReport | None:
+        """What the device measured step by step (None for a job this device did not train)."""
+        return self._report
 
     def __repr__(self) -> str:
-        return f"FineTuneJob(id={self.record.id!r}, status={self.record.status!r}, metrics={self.metrics})"
+        return f"FineTuneJob(id={self.id!r}, status={self.status!r}, metrics={self.metrics})"
+
+    __str__ = __repr__
 
     # ---- following a job ----------------------------------------------------------------------
+    def _with(self, job: FineTuningJob) -> FineTuneJob:
+        return FineTuneJob.of(self._client, job, self._report, self.metrics)
+
     def refresh(self) -> FineTuneJob:
-        """Re-read the server's record."""
-        self.record = self.client.fine_tuning.jobs.retrieve(self.record.id)
-        return self
+        """The job as the server has it now."""
+        return self._with(self._client.fine_tuning.jobs.retrieve(self.id))
 
-    def events(self, limit: int | None = None) -> list[Any]:
+    def events(self, limit: int | None = None) -> list[FineTuningJobEvent]:
         """The job's events, newest first (all of them, or the first ``limit``)."""
-        events = []
-        for event in self.client.fine_tuning.jobs.list_events(self.record.id):
-            if limit is not None and len(events) >= limit:
-                break
-            events.append(event)
-        return events
+        return list(itertools.islice(self._client.fine_tuning.jobs.list_events(self.id), limit))
 
-    def checkpoints(self) -> list[Any]:
+    def checkpoints(self) -> list[FineTuningJobCheckpoint]:
         """The job's checkpoints, newest first."""
-        return list(self.client.fine_tuning.jobs.checkpoints.list(self.record.id))
+        return list(self._client.fine_tuning.jobs.checkpoints.list(self.id))
 
     def cancel(self) -> FineTuneJob:
-        self.record = self.client.fine_tuning.jobs.cancel(self.record.id)
-        return self
+        """Cancel the job; returns its new state."""
+        return self._with(self._client.fine_tuning.jobs.cancel(self.id))
 
     def pause(self) -> FineTuneJob:
-        self.record = self.client.fine_tuning.jobs.pause(self.record.id)
-        return self
+        """Pause the job at its next checkpoint; returns its new state."""
+        return self._with(self._client.fine_tuning.jobs.pause(self.id))
 
     # ---- training ---------------------------------------------------------------------------
     @classmethod
@@ -131,7 +154,7 @@ class FineTuneJob:
             bar.close()
         after = trainer.evaluate(session.valid)
         record = session.client.fine_tuning.jobs.complete(record.id, trainer.finish_payload())
-        return cls(session.client, record, report, session.metrics(trainer, report, before, after))
+        return cls.of(session.client, record, report, session.metrics(trainer, report, before, after))
 
 
 class _ProgressBar:

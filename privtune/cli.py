@@ -16,6 +16,9 @@ import json
 import logging
 import sys
 import uuid
+from typing import Any
+
+from client_sdk.privacy.table import MECHANISMS  # torch-free
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -121,56 +124,61 @@ def _eval(args: argparse.Namespace) -> int:
     return run(args)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default; descriptions keep their line breaks."""
+
+
+def _command(sub: Any, name: str, help: str, func: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="privtune", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="privtune", description=__doc__, formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", help="run the embedded stack until Ctrl-C")
-    p.add_argument("--data-dir", default=".privtune")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=_up)
+    p = _command(sub, "up", "run the embedded stack (SQLite, embedded Redis, gateway, workers) until Ctrl-C", _up)
+    p.add_argument("--data-dir", default=".privtune", help="where the database, Redis, files and models live")
+    p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
+    p.add_argument("--port", type=int, default=8000, help="port the gateway listens on")
 
-    p = sub.add_parser("serve", help="run the gateway")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p = _command(sub, "serve", "run the gateway (settings from PRIVTUNE_* variables)", _serve)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--migrate", action="store_true", help="alembic upgrade head before serving")
-    p.set_defaults(func=_serve)
 
-    p = sub.add_parser("worker", help="run a Celery worker")
-    p.add_argument("--queues", default="gpu,artifacts")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
-    p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=_worker)
+    p = _command(sub, "worker", "run a Celery worker (solo pool: one process per GPU)", _worker)
+    p.add_argument("--queues", default="gpu,artifacts", help="Celery queues: gpu (training), artifacts (exports)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (None: cuda if available, else cpu)")
+    p.add_argument("--loglevel", default="INFO", help="Celery log level")
 
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
-    p = keys.add_parser("create", help="create an organization's API key (printed once)")
-    p.add_argument("--org", required=True)
-    p.set_defaults(func=_keys_create)
+    keys = sub.add_parser("keys", help="API keys", formatter_class=_Help)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = _command(keys_sub, "create", "create an organization's API key (printed once, stored hashed)", _keys_create)
+    p.add_argument("--org", required=True, help="the organization's name (created if new)")
 
-    models = sub.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
-    p = models.add_parser("export", help="export a bottom-model artifact for download")
-    p.add_argument("model")
-    p.add_argument("--split-layer", type=int, default=3)
-    p.set_defaults(func=_models_export)
+    models = sub.add_parser("models", help="base models", formatter_class=_Help)
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    p = _command(models_sub, "export", "export a bottom-model artifact for download", _models_export)
+    p.add_argument("model", help="a base model name, e.g. minilm-l6")
+    p.add_argument("--split-layer", type=int, default=3, help="blocks that run on the device")
 
-    p = sub.add_parser("demo", help="the README's main job on the embedded stack")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--mechanism", default="privtune")
-    p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--data-dir", default=".privtune")
-    p.set_defaults(func=_demo)
+    p = _command(sub, "demo", "the README's main job on the embedded stack", _demo)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--mechanism", default="privtune", choices=MECHANISMS, help="privacy mechanism")
+    p.add_argument("--eta", type=float, default=None, help="privacy parameter eta (None: the mechanism's default)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs")
+    p.add_argument("--data-dir", default=".privtune", help="where the embedded stack keeps its state")
 
-    p = sub.add_parser("eval", help="privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md")
+    p = _command(sub, "eval", "privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md", _eval)
     try:
         from evaluation.cli import add_arguments  # argparse only: no torch at parser build
     except ImportError:  # the service image ships without the evaluation package
         add_arguments = None
     if add_arguments is not None:
         add_arguments(p)
-    p.set_defaults(func=_eval)
     return parser
 
 

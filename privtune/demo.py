@@ -69,9 +69,9 @@ def run_demo(
         checkpoints = len(job.checkpoints())
     m = job.metrics
     return {
-        "job_id": job.record.id,
-        "status": job.record.status,
-        "fine_tuned_model": job.record.fine_tuned_model,
+        "job_id": job.id,
+        "status": job.status,
+        "fine_tuned_model": job.fine_tuned_model,
         "model": "minilm-l6",
         "split_layer": 3,
         "mechanism": mechanism,

@@ -61,7 +61,7 @@ class Bottoms(SyncAPIResource):
                     raise
                 delay = parse_retry_after(exc.response.headers)
                 delay = min(DEFAULT_POLL_INTERVAL if delay is None else delay, MAX_RETRY_AFTER, wait_timeout - elapsed)
-                self._client._sleep(delay)
+                self._client.sleep(delay)
                 waited += delay
 
     def download(

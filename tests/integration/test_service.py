@@ -68,9 +68,9 @@ def test_sdk_trains_through_the_service(service):
         metadata={"team": "e2e"},
         progress=False,
     )
-    assert job.record.status == "succeeded", service.worker_log()
-    assert job.record.steps_completed == job.record.total_steps == job.report.steps
-    assert job.record.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
+    assert job.status == "succeeded", service.worker_log()
+    assert job.steps_completed == job.total_steps == job.report.steps
+    assert job.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
     events = job.events()
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all(e.data["train_loss"] is not None for e in metrics)
@@ -78,7 +78,7 @@ def test_sdk_trains_through_the_service(service):
     assert checkpoints and max(c.step_number for c in checkpoints) == job.report.steps
     assert job.metrics["bytes_sent"] > 0 and 0 <= job.metrics["accuracy_after"] <= 1
     listed = service.client().fine_tuning.jobs.list(metadata={"team": "e2e"}).data
-    assert [j.id for j in listed] == [job.record.id]
+    assert [j.id for j in listed] == [job.id]
 
 
 def test_retried_step_is_not_applied_twice(service):
@@ -273,7 +273,7 @@ def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     client.fine_tuning.jobs.pause(job.id)
     _wait_event(client, job.id, "Job paused at step 5")
     resumed = FineTuneJob.resume(job.id, data, progress=False, **options)
-    assert resumed.record.status == "succeeded", service.worker_log()
+    assert resumed.status == "succeeded", service.worker_log()
     assert resumed.report.steps == session.total_steps
     assert max(c.step_number for c in resumed.checkpoints()) == session.total_steps
 
@@ -291,7 +291,7 @@ def test_target_asr_picks_eta_on_the_device_and_records_it(service):
         hyperparameters={"batch_size": 8, "n_epochs": 1},
         progress=False,
     )
-    assert job.record.status == "succeeded", service.worker_log()
-    meta = job.record.metadata
+    assert job.status == "succeeded", service.worker_log()
+    meta = job.metadata
     assert float(meta["privtune_audit_asr"]) <= 0.5 and float(meta["privtune_eta"]) > 0
-    assert "chosen on the device for target ASR 0.5" in _events_text(service.client(), job.record.id)
+    assert "chosen on the device for target ASR 0.5" in _events_text(service.client(), job.id)
