@@ -4,22 +4,12 @@ Format: plain safetensors (8-byte little-endian header length, a JSON header, on
 so any safetensors reader can open a payload and nothing is ever unpickled. The header's
 ``__metadata__`` carries the schema version, the job id, the step number and the payload kind.
 
-Two halves:
-- :func:`inspect` parses and checks the header only. It needs no torch (the gateway uses it) and
-  rejects truncated bytes, pickles, unknown dtypes, inconsistent offsets and declared shapes beyond
-  the size limits before any tensor is touched.
-- :func:`encode` / :func:`decode` turn tensors (torch or numpy) into bytes and back.
-
-Error tree (all are ``WireError``, a ``ValueError``; each names its ``param`` and has a ``code``)::
-
-    WireError
-     ├── TruncatedPayload      bytes end before the header or the data says they should
-     ├── NotSafetensors        pickle / zip / anything that is not a safetensors payload
-     ├── SchemaError           missing or wrong metadata (schema version, job id, step, kind)
-     ├── DtypeRejected         a dtype outside the allowed set
-     ├── ShapeRejected         a shape that does not match what the receiver expects
-     ├── SizeLimitExceeded     payload, header, element count or tensor count beyond the limits
-     └── NonFiniteTensor       NaN or Inf in a floating tensor (checked by decode)
+Three small modules, re-exported here:
+- ``header``: :func:`inspect` parses and checks the header only. It needs no torch (the gateway uses
+  it) and rejects truncated bytes, pickles, unknown dtypes, inconsistent offsets and declared shapes
+  beyond the size limits before any tensor is touched; :func:`check_specs` checks declared tensors.
+- ``codec``: :func:`encode` / :func:`decode` turn tensors (torch or numpy) into bytes and back.
+- ``errors``: the ``WireError`` tree (a ``ValueError``; each error names its ``param`` and has a ``code``).
 """
 
 from __future__ import annotations
