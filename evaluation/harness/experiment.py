@@ -56,6 +56,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
     written but the prototype / neighbour cache under ``resources.cache_dir``.
     """
+    from client_sdk.jobspec import DeclaredPrivacy, LoraSpec, OptimizerSpec, PrivtuneMethod
     from client_sdk.privacy import get_mechanism
     from client_sdk.privatizer import Privatizer
     from client_sdk.training import DeviceTrainer
@@ -87,18 +88,20 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     per_epoch = -(-len(examples) // config.batch_size)
     total_steps = per_epoch * config.epochs
     watched = last_steps(len(examples), config, total_steps, per_epoch)
-    spec = TrainSpec(
-        model=config.model,
-        split_layer=config.split_layer,
+    method = PrivtuneMethod(  # the job contract a service job would carry
         task="classification",
         num_labels=len(labels.names),
+        split_layer=config.split_layer,
+        max_tokens=config.max_length,
+        batch_size=config.batch_size,
+        n_epochs=config.epochs,
         total_steps=total_steps,
-        lora_r=config.lora_r,
-        lora_alpha=2 * config.lora_r,
-        learning_rate=config.learning_rate,
-        seed=config.seed,
+        lora=LoraSpec(r=config.lora_r, alpha=2 * config.lora_r),
+        optimizer=OptimizerSpec(learning_rate=config.learning_rate),
+        privacy=DeclaredPrivacy.from_config(mechanism.config),
         noise_aware=config.top_noise_aware(),
     )
+    spec = TrainSpec(config.model, method, seed=config.seed)
     job_id = f"eval-{config.key()}"
     top = TopTrainer(spec)
     shape = protocol.StepShape(bottom.hidden_size, "classification", len(labels.names), 1024, config.max_length)

@@ -48,7 +48,7 @@ class Resources:
     def _split_model(self, model: str, split_layer: int) -> tuple[Any, Any, torch.Tensor]:
         key = (model, split_layer)
         if key not in self._bottoms:
-            from client_sdk.models import build_bottom
+            from worker.models import build_bottom
 
             bottom, tokenizer = build_bottom(model, split_layer)
             prototypes = self._cached_prototypes(bottom, model, split_layer)

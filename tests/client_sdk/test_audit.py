@@ -20,10 +20,10 @@ from client_sdk.audit import (
     privacy_audit,
     search_eta,
 )
-from client_sdk.models import build_bottom
 from client_sdk.privacy import clip_by_norm, get_mechanism
 from client_sdk.privatizer import Privatizer
 from tests.helpers import make_tiny_bert, toy_dataset
+from worker.models import build_bottom  # the provider cuts the bottom (tests only)
 
 TEXTS = [text for text, _ in toy_dataset(96, seed=3)]
 LABELS = [int(label == "pos") for _, label in toy_dataset(96, seed=3)]

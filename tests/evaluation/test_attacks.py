@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from client_sdk.audit import expected_privatizer
-from client_sdk.models import build_bottom
+from client_sdk.jobspec import PrivtuneMethod
 from client_sdk.privacy import get_mechanism
 from client_sdk.privatizer import Privatizer
 from evaluation.attacks import (
@@ -27,6 +27,7 @@ from evaluation.attacks import (
 )
 from evaluation.attacks.base import token_result
 from tests.helpers import WORDS, make_tiny_bert
+from worker.models import build_bottom
 from worker.trainer import TopTrainer, TrainSpec
 
 SPLIT = 2
@@ -71,7 +72,7 @@ def bottom(model_dir):
 
 @pytest.fixture(scope="module")
 def top(model_dir):
-    spec = TrainSpec(model=model_dir, split_layer=SPLIT, task="classification", num_labels=2, total_steps=10)
+    spec = TrainSpec(model_dir, PrivtuneMethod(split_layer=SPLIT, task="classification", num_labels=2, total_steps=10))
     return TopTrainer(spec).model
 
 
