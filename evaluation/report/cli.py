@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evaluation.report RESULTS.jsonl [...] [--out docs/RESULTS.md]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluation.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="JSONL files written by the sweep")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--plots-dir", type=Path, default=None, help="where the PNG plots go (default: --out's folder)")

@@ -228,6 +228,22 @@ def test_report_renders_the_paper_shaped_tables(tmp_path):
     assert "MY NOTES" in render(load_rows([results]), out)
 
 
+def test_python_m_evaluation_report_writes_the_document(tmp_path, capsys):
+    from evaluation.report import main
+
+    base = ExperimentConfig(n_train=64, n_public=32, n_test=32, n_attack=16, epochs=1, attack_budget="quick")
+    rows = [_fake_row(base.baseline(), 0.8, 0.9), _fake_row(replace(base, mechanism="dchi", eta=10.0), 0.6, 0.1)]
+    results = tmp_path / "rows.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "RESULTS.md"
+    assert main([str(results), "--out", str(out)]) == 0
+    assert "Table III shape: `dchi`" in out.read_text() and "from 2 rows" in capsys.readouterr().out
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "empty.jsonl"), "--out", str(out)])
+    assert info.value.code == 2
+
+
 def test_cli_reports_from_a_jsonl_without_running(tmp_path, capsys):
     from privtune.cli import main
 
