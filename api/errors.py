@@ -36,10 +36,14 @@ from service.errors import BadRequest, ServiceError, ServiceUnavailable, from_wi
 log = logging.getLogger("api.errors")
 
 _OUTAGES: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
-    ((OperationalError, InterfaceError, PoolTimeout), "The database is unavailable; retry shortly.", "database_unavailable"),
+    (
+        (OperationalError, InterfaceError, PoolTimeout),
+        "The database is unavailable; retry shortly.",
+        "database_unavailable",
+    ),
     ((RedisConnectionError, RedisTimeoutError), "Redis is unavailable; retry shortly.", "redis_unavailable"),
     ((BrokerError,), "The job queue is unavailable; retry shortly.", "queue_unavailable"),
-)  # fmt: skip
+)
 _HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -70,8 +74,11 @@ def validation_error(exc: RequestValidationError) -> BadRequest:
         return BadRequest("The request body is not valid JSON.", code="invalid_request")
     param = error_param(first)
     message = str(first.get("msg")).removeprefix("Value error, ")
-    return BadRequest(f"Invalid value for '{param}': {message}" if param else message,
-                      param=param, code="invalid_value" if param else "invalid_request")  # fmt: skip
+    return BadRequest(
+        f"Invalid value for '{param}': {message}" if param else message,
+        param=param,
+        code="invalid_value" if param else "invalid_request",
+    )
 
 
 def render(exc: ServiceError, request: Request | None = None) -> JSONResponse:

@@ -54,7 +54,9 @@ def _from_manifest(spec: PrivtuneMethod, model: str, stored: dict[str, Any]) -> 
     """Upload mode: the privatized file's manifest fixes model, split, labels and mechanism."""
     manifest = privatized_file.Manifest.from_stored(stored)
     if manifest.model != model:
-        raise BadRequest(f"The training file was privatized for {manifest.model!r}, not {model!r}.", param="training_file")
+        raise BadRequest(
+            f"The training file was privatized for {manifest.model!r}, not {model!r}.", param="training_file"
+        )
     update: dict[str, Any] = {
         "split_layer": manifest.split_layer,
         "num_labels": manifest.num_labels,

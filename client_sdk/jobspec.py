@@ -230,8 +230,11 @@ class LegacyHyperparameters(_Spec):
 
     @model_validator(mode="after")
     def _bounds(self) -> LegacyHyperparameters:
-        for name, low, high in (("batch_size", 1, 1 << 20), ("learning_rate_multiplier", 1e-6, 1000.0),
-                                ("n_epochs", 1, 50)):  # fmt: skip
+        for name, low, high in (
+            ("batch_size", 1, 1 << 20),
+            ("learning_rate_multiplier", 1e-6, 1000.0),
+            ("n_epochs", 1, 50),
+        ):
             value = getattr(self, name)
             if value != "auto" and not low <= value <= high:
                 raise FieldError(name, f"{name} must be 'auto' or between {low:g} and {high:g}, got {value!r}")
@@ -273,8 +276,12 @@ class ServerLimits:
     max_positions: int
 
     def to_dict(self) -> dict[str, int]:
-        return {"max_batch_size": self.max_batch_size, "max_tokens": self.max_tokens,
-                "num_layers": self.num_layers, "max_positions": self.max_positions}  # fmt: skip
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_tokens": self.max_tokens,
+            "num_layers": self.num_layers,
+            "max_positions": self.max_positions,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerLimits:
@@ -307,5 +314,3 @@ def step_shape(spec: PrivtuneMethod, hidden_size: int) -> StepShape:
         max_batch_size=spec.batch_size,
         max_tokens=spec.max_tokens,
     )
-
-

@@ -94,8 +94,9 @@ class Hyperparameters:
         if value is None or isinstance(value, Hyperparameters):
             return value or cls()
         if not isinstance(value, dict):
-            raise JobSpecError(f"hyperparameters must be a Hyperparameters or a dict, got {type(value).__name__}",
-                               "hyperparameters")  # fmt: skip
+            raise JobSpecError(
+                f"hyperparameters must be a Hyperparameters or a dict, got {type(value).__name__}", "hyperparameters"
+            )
         known = tuple(f.name for f in fields(cls))
         for key in value:
             if key not in known:
@@ -105,10 +106,15 @@ class Hyperparameters:
 
 #: spec field (dotted, under method.privtune) -> the Hyperparameters field the user set
 _HP_FIELDS = {
-    "batch_size": "batch_size", "n_epochs": "n_epochs", "optimizer.learning_rate": "learning_rate",
-    "optimizer.weight_decay": "weight_decay", "optimizer.warmup_steps": "warmup_steps", "lora.r": "lora_r",
-    "lora.alpha": "lora_alpha", "lora.dropout": "lora_dropout",
-}  # fmt: skip
+    "batch_size": "batch_size",
+    "n_epochs": "n_epochs",
+    "optimizer.learning_rate": "learning_rate",
+    "optimizer.weight_decay": "weight_decay",
+    "optimizer.warmup_steps": "warmup_steps",
+    "lora.r": "lora_r",
+    "lora.alpha": "lora_alpha",
+    "lora.dropout": "lora_dropout",
+}
 
 
 def job_spec(
@@ -133,8 +139,11 @@ def job_spec(
         "n_epochs": hp.n_epochs,
         "total_steps": total_steps,
         "lora": {"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout},
-        "optimizer": {"learning_rate": hp.learning_rate, "weight_decay": hp.weight_decay,
-                      "warmup_steps": hp.warmup_steps},  # fmt: skip
+        "optimizer": {
+            "learning_rate": hp.learning_rate,
+            "weight_decay": hp.weight_decay,
+            "warmup_steps": hp.warmup_steps,
+        },
         "privacy": DeclaredPrivacy.from_config(privacy.config(), record=record, audit=audit),
     }
     try:

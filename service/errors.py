@@ -167,15 +167,25 @@ class StepRejected(ServiceError):
         return cls(wire_status(exc), exc.code, exc.message, param=exc.param)
 
     def to_json(self) -> bytes:
-        fields = {"status": self.status_code, "code": self.code, "message": self.message, "param": self.param,
-                  "expected_step": self.expected_step}  # fmt: skip
+        fields = {
+            "status": self.status_code,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+            "expected_step": self.expected_step,
+        }
         return json.dumps(fields).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> StepRejected:
         fields = json.loads(data)
-        return cls(fields["status"], fields["code"], fields["message"], param=fields.get("param"),
-                   expected_step=fields.get("expected_step"))  # fmt: skip
+        return cls(
+            fields["status"],
+            fields["code"],
+            fields["message"],
+            param=fields.get("param"),
+            expected_step=fields.get("expected_step"),
+        )
 
 
 def from_wire_error(exc: wire.WireError) -> ServiceError:

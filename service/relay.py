@@ -6,9 +6,10 @@ Keys (``J`` = job id, ``R`` = a request id chosen by the gateway):
     pt:reply:R       list   the worker LPUSHes ``status byte + body`` and sets a short TTL;
                             the gateway that sent R BLPOPs it
 
-A reply's first byte is ``0`` for a wire payload (the step's output) or ``1`` for a rejection,
-:class:`service.errors.StepRejected` as JSON (``{"status", "code", "message", "param", "expected_step"}``). Replies go to a per-request list, so a
-rejection is never mistaken for the answer to a later, valid request. Idempotency lives in the
+A reply's first byte is ``0`` for a wire payload (the step's output) or ``1`` for a rejection: a
+:class:`service.errors.StepRejected` as JSON (``{"status", "code", "message", "param",
+"expected_step"}``). Replies go to a per-request list, so a rejection is never mistaken for the
+answer to a later, valid request. Idempotency lives in the
 worker: it remembers the reply to the last step it served and sends it again for a retried step.
 """
 

@@ -70,9 +70,12 @@ class StepServer:
         expected = self.trainer.steps_applied + (2 if self.trainer.has_pending else 1)
         if header.step != expected:
             raise StepRejected(
-                409, "step_out_of_order", f"expected step {expected}, got {header.step}", param="step",
+                409,
+                "step_out_of_order",
+                f"expected step {expected}, got {header.step}",
+                param="step",
                 expected_step=expected,
-            )  # fmt: skip
+            )
         grad = tensors.get(protocol.GRAD_OUTPUT)
         self._check_gradient(grad)
         if grad is not None:
@@ -96,14 +99,18 @@ class StepServer:
         pending = self.trainer.pending_shape()
         if pending is not None and grad is None:
             raise StepRejected(
-                400, "missing_gradient", "this step must carry grad_output for the previous step",
+                400,
+                "missing_gradient",
+                "this step must carry grad_output for the previous step",
                 param=protocol.GRAD_OUTPUT,
-            )  # fmt: skip
+            )
         if pending is None and grad is not None:
             raise StepRejected(
-                400, "unexpected_gradient", "no pending output: send this step without grad_output",
+                400,
+                "unexpected_gradient",
+                "no pending output: send this step without grad_output",
                 param=protocol.GRAD_OUTPUT,
-            )  # fmt: skip
+            )
         if grad is not None and tuple(grad.shape) != pending:
             raise StepRejected.from_wire(
                 wire.ShapeRejected(

@@ -77,7 +77,11 @@ class TopTrainer:
         torch.manual_seed(spec.seed)
         if top is None:
             top = build_top(
-                spec.model, method.split_layer, method.task, num_labels=method.num_labels, cache_dir=model_cache_dir,
+                spec.model,
+                method.split_layer,
+                method.task,
+                num_labels=method.num_labels,
+                cache_dir=model_cache_dir,
                 noise_aware=bool(method.noise_aware),
             )
         targets = list(method.lora.target_modules or top.default_lora_targets)

@@ -105,8 +105,12 @@ def test_base_models_publish_this_servers_limits(env):
     """The SDK checks a job against these before any local work (client_sdk.jobspec.check_limits)."""
     listed = {m["id"]: m for m in env.client.get("/v1/models", headers=env.headers()).json()["data"]}
     limits = listed["minilm-l6"]["privtune"]
-    assert limits == {"max_batch_size": env.settings.max_batch_size, "max_tokens": env.settings.max_tokens,
-                      "num_layers": 6, "max_positions": 512}  # fmt: skip
+    assert limits == {
+        "max_batch_size": env.settings.max_batch_size,
+        "max_tokens": env.settings.max_tokens,
+        "num_layers": 6,
+        "max_positions": 512,
+    }
     one = env.client.get("/v1/models/minilm-l6", headers=env.headers()).json()
     assert one["privtune"] == limits
     body = {

@@ -8,10 +8,28 @@ from service.db import repo
 from tests.api.conftest import job_body
 
 JOB_FIELDS = {
-    "id", "object", "created_at", "finished_at", "model", "fine_tuned_model", "organization_id", "status",
-    "hyperparameters", "method", "training_file", "validation_file", "result_files", "trained_tokens", "error",
-    "seed", "estimated_finish", "integrations", "metadata", "steps_completed", "total_steps",
-}  # fmt: skip
+    "id",
+    "object",
+    "created_at",
+    "finished_at",
+    "model",
+    "fine_tuned_model",
+    "organization_id",
+    "status",
+    "hyperparameters",
+    "method",
+    "training_file",
+    "validation_file",
+    "result_files",
+    "trained_tokens",
+    "error",
+    "seed",
+    "estimated_finish",
+    "integrations",
+    "metadata",
+    "steps_completed",
+    "total_steps",
+}
 
 
 def test_create_job_returns_openai_job_and_enqueues(env):
@@ -62,8 +80,10 @@ def test_the_torch_free_mechanism_table_matches_the_registry():
         cls = mechanism_class(name)
         assert cls.config_class is info.config_class
         assert (cls.uses_noise, cls.uses_importance, cls.uses_opt3) == (
-            info.adds_noise, info.uses_importance, info.uses_opt3,
-        )  # fmt: skip
+            info.adds_noise,
+            info.uses_importance,
+            info.uses_opt3,
+        )
     assert set(NOISE_MECHANISMS) == {name for name in MECHANISMS if mechanism_class(name).uses_noise}
 
 
@@ -244,9 +264,17 @@ def test_enqueue_failure_answers_503_and_fails_the_job(env):
 
 def test_sdk_job_body_is_accepted_and_privacy_recorded_as_declared(env):
     declared = {
-        "mechanism": "privtune", "sensitivity": "clip", "clip_norm": None, "eta": 10.0, "metric": "l1",
-        "importance_to_scale": "sigmoid", "beta": 0.5, "k": 10, "similarity": "pearson+cos", "lam": 0.5,
-    }  # fmt: skip
+        "mechanism": "privtune",
+        "sensitivity": "clip",
+        "clip_norm": None,
+        "eta": 10.0,
+        "metric": "l1",
+        "importance_to_scale": "sigmoid",
+        "beta": 0.5,
+        "k": 10,
+        "similarity": "pearson+cos",
+        "lam": 0.5,
+    }
     body = job_body(split_layer=2, n_epochs=3, lora={"r": 8, "alpha": 16, "dropout": 0.0})
     body["method"]["privtune"].update(
         optimizer={"learning_rate": 5e-4, "weight_decay": 0.0, "warmup_steps": 0}, privacy=declared
