@@ -35,30 +35,45 @@ QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid t
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` options to ``parser`` (``privtune eval`` and ``python -m evaluation.cli``); imports nothing heavy."""
     parser.add_argument("--quick", action="store_true", help="reduced grid: fewer texts, epochs and etas")
+    parser.add_argument("--out", type=Path, default=None, help="results JSONL (None: .privtune/eval/{quick,full}.jsonl)")
     parser.add_argument(
-        "--out", type=Path, default=None, help="results JSONL (default .privtune/eval/{quick,full}.jsonl)"
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="evaluation data (default $PRIVTUNE_EVAL_DATA or ../shared/data)"
+        "--data-dir", default=None, help="evaluation data (None: $PRIVTUNE_EVAL_DATA, else ../shared/data)"
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR / "cache", help="prototype / neighbour cache")
     parser.add_argument(
-        "--grids", default=",".join(GRID_NAMES),
-        help=f"comma-separated subset of {','.join(GRID_NAMES + OTHER_GRIDS)} (default: all but {','.join(OTHER_GRIDS)})",
+        "--grids",
+        default=",".join(GRID_NAMES),
+        help=f"comma-separated subset of {','.join(GRID_NAMES + OTHER_GRIDS)}",
     )
-    parser.add_argument("--budget-minutes", type=float, default=None,
-                        help=f"start no experiment after this many minutes (default {QUICK_BUDGET_MIN:g} with --quick, "
-                             "none otherwise); the rest runs on the next invocation")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran ~3x slower "
-                             "under contention and starve other jobs)")  # fmt: skip
-    parser.add_argument("--shard", default=None, metavar="K/N",
-                        help="run only every N-th config starting at K (0-based), e.g. two processes with 0/2 "
-                             "and 1/2 on one results file; finished rows are shared through the file")  # fmt: skip
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help=f"start no experiment after this many minutes (None: {QUICK_BUDGET_MIN:g} with --quick, no limit "
+        "otherwise); the rest runs on the next invocation",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (on a shared 2-core machine 2 threads ran ~3x slower under contention)",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="run only every N-th config starting at K (0-based), e.g. two processes with 0/2 and 1/2 on one "
+        "results file; finished rows are shared through the file (None: all configs)",
+    )
     parser.add_argument("--report", action="store_true", help="write the results document after running")
-    parser.add_argument("--report-out", type=Path, default=Path("docs") / "RESULTS.md")
-    parser.add_argument("--report-include", type=Path, action="append", default=[],
-                        help="further JSONL files to include in the report (repeatable)")  # fmt: skip
+    parser.add_argument("--report-out", type=Path, default=Path("docs") / "RESULTS.md", help="the results document")
+    parser.add_argument(
+        "--report-include",
+        type=Path,
+        action="append",
+        default=[],
+        help="further JSONL files to include in the report (repeatable)",
+    )
     parser.add_argument("--no-run", action="store_true", help="do not run experiments (e.g. report only)")
     parser.add_argument("--list", action="store_true", help="print the grid's configs and whether each is done")
     return parser
@@ -111,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evaluation.cli [options]`` (same as ``privtune eval``)."""
-    parser = add_arguments(argparse.ArgumentParser(prog="privtune eval", description=__doc__.split("\n\n")[0]))
+    parser = argparse.ArgumentParser(
+        prog="privtune eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser = add_arguments(parser)
     return run(parser.parse_args(argv))
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from client_sdk.privacy import MECHANISMS, mechanism_class
+from client_sdk.privacy.table import MECHANISMS, mechanism_info
 
 __all__ = [
     "ATTACK_BUDGETS",
@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 HARNESS_VERSION = 3  # part of every key: bump when a change makes old rows incomparable
-NOISELESS = tuple(name for name in MECHANISMS if not mechanism_class(name).uses_noise)  # none, opt3, opt3_importance
-OPT3_MECHANISMS = ("opt3", "opt3_importance", "privtune")
+NOISELESS = tuple(n for n in MECHANISMS if not mechanism_info(n).adds_noise)  # none, opt3, opt3_importance
+OPT3_MECHANISMS = tuple(n for n in MECHANISMS if mechanism_info(n).uses_opt3)  # opt3, opt3_importance, privtune
 
 #: keyword options per attack and budget (the attacks' own defaults otherwise)
 ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {

@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from client_sdk.privacy import MECHANISMS  # the registry's order: none, gaussian, dchi, ..., privtune
-from evaluation.config import ExperimentConfig
+from client_sdk.privacy.table import MECHANISMS  # method.md order: none, gaussian, dchi, ..., privtune
+from evaluation.config import NOISELESS, ExperimentConfig
 from evaluation.harness import Resources, run_experiment
 from evaluation.rows import ResultRow
 
@@ -60,7 +60,7 @@ _TOP10 = (("importance_to_scale", "top_fraction"), ("top_fraction", 0.1), ("w_mi
 
 
 def _noise(mechanism: str, eta: float | None) -> float | None:
-    return None if mechanism in ("none", "opt3", "opt3_importance") else eta
+    return None if mechanism in NOISELESS else eta
 
 
 def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[ExperimentConfig]:

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.report.paper import PAPER_HEADLINE, PAPER_TABLE_III
-from evaluation.report.queries import NOISE_MECHANISMS, THREATS, accuracy, first, operating_points, pick, strongest
+from evaluation.report.queries import (
+    NOISE_MECHANISMS,
+    NOISELESS,
+    THREATS,
+    accuracy,
+    first,
+    operating_points,
+    pick,
+    strongest,
+)
 from evaluation.rows import ResultRow
 
 __all__ = ["plot_eta", "plot_privacy_utility", "save_figure"]
@@ -47,7 +56,7 @@ def plot_privacy_utility(rows: list[ResultRow], dataset: str, path: Path, title:
     base_acc = 100 * accuracy(base)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, threat in zip(axes, THREATS, strict=True):
-        for mechanism in (*NOISE_MECHANISMS, "opt3", "opt3_importance"):
+        for mechanism in (*NOISE_MECHANISMS, *(m for m in NOISELESS if m != "none")):
             points = operating_points(rows, dataset, mechanism, threat)
             if not points:
                 continue

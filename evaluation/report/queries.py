@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client_sdk.privacy import table
 from evaluation.config import HARNESS_VERSION, ExperimentConfig
 from evaluation.rows import AttackEntry, ResultRow
 
@@ -42,8 +43,12 @@ TOKEN_ATTACKS = ("A0-opt", "A0-learned", "A1", "A2")
 LABEL_ATTACKS = ("A1-label",)
 ATTRIBUTE_ATTACKS = ("A3", "A4", "A5")
 THREATS = ("naive", "adaptive")
-NOISE_MECHANISMS = ("dchi", "privtune", "gaussian", "dchi_importance")
-ABLATION_ORDER = ("none", "gaussian", "dchi", "dchi_importance", "opt3", "opt3_importance", "privtune")
+_NOISE_DISPLAY_ORDER = ("dchi", "privtune", "gaussian", "dchi_importance")  # plots' colours and tables' order
+#: The mechanisms that add noise (the table's set; a new one must be given a place in the display order).
+NOISE_MECHANISMS = tuple(sorted(table.NOISE_MECHANISMS, key=_NOISE_DISPLAY_ORDER.index))
+ABLATION_ORDER = table.MECHANISMS  # method.md section 6 order
+#: The mechanisms without random noise (no eta axis): none, opt3, opt3_importance.
+NOISELESS = tuple(m for m in table.MECHANISMS if not table.mechanism_info(m).adds_noise)
 
 
 class _Any:

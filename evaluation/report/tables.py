@@ -14,6 +14,7 @@ from evaluation.report.queries import (
     ABLATION_ORDER,
     ATTRIBUTE_ATTACKS,
     LABEL_ATTACKS,
+    NOISELESS,
     THREATS,
     TOKEN_ATTACKS,
     accuracy,
@@ -176,7 +177,7 @@ def ablation_table(rows: list[ResultRow], dataset: str, eta: float) -> list[str]
     same = pick(rows, dataset=dataset, split_layer=3, hops=None, defaults=True)
     chosen = []
     for m in ABLATION_ORDER:
-        want = None if m in ("none", "opt3", "opt3_importance") else eta
+        want = None if m in NOISELESS else eta
         chosen += pick(same, mechanism=m, eta=want)
     if len(chosen) < 3:
         return []
