@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db import repo
 from service.errors import Authentication
+from service.redis_client import redis_client
 from service.relay import StepRelay
 from service.settings import Settings
 
@@ -57,9 +58,8 @@ def get_redis(request: Request) -> Any:
     """The app's Redis client, created on first use (no connection is made until a command runs)."""
     state = request.app.state
     if getattr(state, "redis", None) is None:
-        import redis
-
-        state.redis = redis.Redis.from_url(state.settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+        settings = state.settings  # a step waits up to step_timeout_s for its worker (BLPOP)
+        state.redis = redis_client(settings.redis_url, longest_wait_s=settings.step_timeout_s)
     return state.redis
 
 

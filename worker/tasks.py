@@ -23,15 +23,16 @@ EXPORT_BOTTOM = "worker.export_bottom"
 @lru_cache(maxsize=1)
 def _resources() -> tuple[Any, Any, Any]:
     """Settings, a sessionmaker and a Redis client for this worker process (built on first use)."""
-    import redis
     from sqlalchemy.orm import sessionmaker
 
     from service.db.session import make_engine
+    from service.redis_client import redis_client
     from service.settings import get_settings
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
-    return settings, sessionmaker(engine, expire_on_commit=False), redis.Redis.from_url(settings.redis_url)
+    redis = redis_client(settings.redis_url, longest_wait_s=1.0)  # the runner polls its step list every second
+    return settings, sessionmaker(engine, expire_on_commit=False), redis
 
 
 def worker_id() -> str:

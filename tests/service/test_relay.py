@@ -1,18 +1,17 @@
-"""The gateway with a real Redis: the step relay to a worker-side channel and the export guard."""
+"""The step relay with a real Redis: a worker that answers late (still loading its model) is waited
+for as long as the step timeout says, not redis-py's default 5 s read timeout."""
 
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api import deps
-from service.db import repo
-from service.db.session import session_scope
-from api.main import create_app
-from service.relay import WorkerChannel
-from tests.api.conftest import FakeEnqueuer, job_body, step_payload
+from service.errors import StepRejected, StepTimeout
+from service.redis_client import redis_client
+from service.relay import StepRelay, WorkerChannel
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -20,63 +19,54 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def live(settings):
+def client():
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    client = redis_client(REDIS_URL, longest_wait_s=10)
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc.__class__.__name__}")
-    app = create_app(settings.model_copy(update={"redis_url": REDIS_URL, "step_timeout_s": 5}))
-    enqueuer = FakeEnqueuer()
-    app.dependency_overrides[deps.get_enqueuer] = lambda: enqueuer
-    with session_scope(app.state.session_factory) as s:
-        key, _ = repo.create_api_key(s, "acme")
-    with TestClient(app) as http:
-        yield app, http, {"Authorization": f"Bearer {key}"}, client, enqueuer
+    yield client
     client.close()
 
 
-def test_step_round_trip_through_redis(live):
-    app, http, headers, client, _ = live
-    job_id = http.post("/v1/fine_tuning/jobs", json=job_body(), headers=headers).json()["id"]
-    with session_scope(app.state.session_factory) as s:
-        repo.claim_job(s, job_id, "w1", 60)
-    channel = WorkerChannel(client, job_id)
-    seen = []
+def _worker(client, job_id: str, delay: float, answer) -> threading.Thread:
+    def run() -> None:
+        channel = WorkerChannel(client, job_id)
+        message = None
+        while message is None:
+            message = channel.receive(timeout_s=1.0)
+        time.sleep(delay)
+        answer(channel, message)
 
-    def worker():
-        message = channel.receive(timeout_s=5)
-        seen.append(message.payload)
-        channel.reply(message.request_id, b"top-output")
-
-    thread = threading.Thread(target=worker)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    body = step_payload(job_id)
-    r = http.post(f"/v1/fine_tuning/jobs/{job_id}/steps", content=body, headers=headers)
-    thread.join()
-    assert r.status_code == 200 and r.content == b"top-output" and seen == [body]
-
-    def rejecting_worker():
-        message = channel.receive(timeout_s=5)
-        channel.reject(message.request_id, 409, "step_out_of_order", "resend step 1", "step", expected_step=1)
-
-    thread = threading.Thread(target=rejecting_worker)
-    thread.start()
-    r = http.post(f"/v1/fine_tuning/jobs/{job_id}/steps", content=step_payload(job_id, step=5), headers=headers)
-    thread.join()
-    assert r.status_code == 409 and r.headers["x-should-retry"] == "false"
-    assert r.json()["error"]["expected_step"] == 1 and r.json()["error"]["code"] == "step_out_of_order"
-    channel.discard_pending()
+    return thread
 
 
-def test_export_is_enqueued_once(live):
-    _, http, headers, client, enqueuer = live
-    client.delete("pt:export:minilm-l6:l4")
-    try:
-        for _ in range(3):
-            assert http.get("/v1/privtune/bottoms/minilm-l6/4", headers=headers).status_code == 503
-        assert enqueuer.exports == [("minilm-l6", 4)]
-    finally:
-        client.delete("pt:export:minilm-l6:l4")
+def test_a_reply_later_than_five_seconds_arrives(client):
+    job_id = f"ftjob-{uuid.uuid4().hex}"
+    thread = _worker(client, job_id, 6.5, lambda ch, m: ch.reply(m.request_id, b"late reply"))
+    started = time.monotonic()
+    assert StepRelay(client).submit(job_id, 1, b"payload", timeout_s=10) == b"late reply"
+    assert time.monotonic() - started > 6
+    thread.join(timeout=5)
+
+
+def test_a_rejection_crosses_the_relay_with_every_field(client):
+    job_id = f"ftjob-{uuid.uuid4().hex}"
+    rejection = StepRejected(409, "step_out_of_order", "expected step 4, got 2", param="step", expected_step=4)
+    thread = _worker(client, job_id, 0.0, lambda ch, m: ch.reject(m.request_id, rejection))
+    with pytest.raises(StepRejected) as caught:
+        StepRelay(client).submit(job_id, 2, b"payload", timeout_s=5)
+    got = caught.value
+    assert (got.status_code, got.code, got.param, got.expected_step) == (409, "step_out_of_order", "step", 4)
+    assert got.headers["x-expected-step"] == "4" and got.headers["x-should-retry"] == "false"
+    thread.join(timeout=5)
+
+
+def test_no_reply_is_a_retryable_timeout(client):
+    with pytest.raises(StepTimeout) as caught:
+        StepRelay(client).submit(f"ftjob-{uuid.uuid4().hex}", 1, b"payload", timeout_s=1)
+    assert caught.value.status_code == 503 and caught.value.headers["retry-after"] == "1"
