@@ -1,0 +1,318 @@
+"""The job runner on a real SQLite database and a scripted in-memory step channel (no Redis): a job
+runs to succeeded, cancel and pause are seen at the next step, a resumed job asks for checkpoint + 1,
+a rejected request is answered through the channel and changes nothing, an unclaimable job is skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from client_sdk import protocol, wire
+from client_sdk.jobspec import PrivtuneMethod
+from service.db import repo
+from service.db.migrate import upgrade_to_head
+from service.db.session import make_engine, make_session_factory
+from service.errors import StepRejected
+from service.relay import StepMessage
+from service.settings import Settings
+from tests.helpers import make_tiny_bert
+from tests.worker.test_upload_source import write_privatized
+from worker.runner import JobRunner
+
+MODEL, HIDDEN, LABELS, BATCH, TOKENS, TOTAL = "tiny-bert", 32, 2, 2, 5, 4
+G = (BATCH, LABELS)
+
+
+class FakeChannel:
+    """Duck-types ``service.relay.WorkerChannel``: serves a script of request payloads (bytes) and hooks
+    (callables run when reached, then "nothing arrived this second"; a ``(hook, payload)`` pair runs
+    the hook after the runner's control check and then delivers the payload); records every answer."""
+
+    def __init__(self, script: list[bytes | Callable[[], None] | tuple[Callable[[], None], bytes]]):
+        self.script = deque(script)
+        self.answers: dict[str, bytes | StepRejected] = {}
+        self.discarded = 0
+        self._sent = 0
+
+    def receive(self, timeout_s: float = 1.0) -> StepMessage | None:
+        if not self.script:
+            raise AssertionError("the runner asked for more requests than the test scripted")
+        item = self.script.popleft()
+        if callable(item):
+            item()
+            return None
+        if isinstance(item, tuple):  # (hook, payload): the hook runs while the request is in flight
+            hook, item = item
+            hook()
+        self._sent += 1
+        return StepMessage(f"req-{self._sent}", item)
+
+    def reply(self, request_id: str, payload: bytes) -> None:
+        self.answers[request_id] = payload
+
+    def reject(self, request_id: str, rejection: StepRejected) -> None:
+        assert isinstance(rejection, StepRejected)
+        self.answers[request_id] = rejection
+
+    def discard_pending(self) -> None:
+        self.discarded += 1
+        self.script.clear()
+
+    def rejections(self) -> list[tuple[int, str, int | None]]:
+        return [(r.status_code, r.code, r.expected_step) for r in self.answers.values() if isinstance(r, StepRejected)]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job of the test database and the requests its device sends."""
+
+    id: str
+
+    def step(self, n: int, grad: bool = False, activations: bool = True, loss: float | None = None) -> bytes:
+        """Step ``n``: random activations (b, t, d), the previous step's gradient and loss if given."""
+        g = torch.Generator().manual_seed(n)
+        tensors: dict[str, torch.Tensor] = {}
+        if activations:
+            tensors[protocol.HIDDEN] = torch.randn(BATCH, TOKENS, HIDDEN, generator=g)
+            tensors[protocol.ATTENTION_MASK] = torch.ones(BATCH, TOKENS, dtype=torch.uint8)
+        if grad:
+            tensors[protocol.GRAD_OUTPUT] = torch.randn(*G, generator=g)
+        extra = {} if loss is None else {protocol.LOSS: str(loss)}
+        return wire.encode(tensors, wire.WireHeader(self.id, n, "step", extra=extra), float_dtype="float32")
+
+    def final(self) -> bytes:
+        return wire.encode({}, wire.WireHeader(self.id, 0, "step", extra={protocol.FINAL: "1"}))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("m") / MODEL, hidden=HIDDEN)
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    upgrade_to_head(f"sqlite:///{path}")
+    return path
+
+
+class Env:
+    """A migrated SQLite database with one organization, and settings that make a run short."""
+
+    def __init__(self, tmp_path: Path, template_db: Path):
+        db = tmp_path / "privtune.sqlite3"
+        shutil.copy(template_db, db)
+        url = f"sqlite:///{db}"
+        self.settings = Settings(
+            data_dir=tmp_path,
+            database_url=url,
+            heartbeat_seconds=1,
+            checkpoint_every=2,
+            log_every_steps=1,
+            lease_seconds=60,
+            device_idle_timeout_s=60,
+        )
+        self.engine = make_engine(url)
+        self.factory = make_session_factory(self.engine)
+        with self.factory.begin() as s:
+            _, self.org = repo.create_api_key(s, "acme")
+
+    def job(self, method: str = "privtune", training_file: str | None = None, **privtune) -> Job:
+        spec = dict(
+            split_layer=2,
+            task="classification",
+            num_labels=LABELS,
+            total_steps=TOTAL,
+            batch_size=4,
+            max_tokens=8,
+            optimizer={"learning_rate": 1e-2},
+        )
+        spec.update(privtune)
+        body = {"type": method, "privtune": PrivtuneMethod(**spec).model_dump(mode="json")}
+        with self.factory.begin() as s:
+            job = repo.create_job(
+                s,
+                organization_id=self.org,
+                model=MODEL,
+                method=body,
+                hyperparameters={},
+                seed=0,
+                total_steps=spec["total_steps"],
+                training_file=training_file,
+            )
+        return Job(job["id"])
+
+    def run(self, job_id: str, script: list, worker: str = "worker-1", **settings) -> tuple[str, FakeChannel]:
+        runner = JobRunner(job_id, self.settings.model_copy(update=settings), self.factory, None, worker, "cpu")
+        runner.channel = channel = FakeChannel(script)
+        return runner.run(), channel
+
+    def do(self, fn, *args, **kwargs):
+        with self.factory.begin() as s:
+            return fn(s, *args, **kwargs)
+
+    def get(self, job_id: str) -> dict:
+        return self.do(repo.get_job, job_id)
+
+    def events(self, job_id: str) -> list[dict]:
+        return list(reversed(self.do(repo.list_events, job_id, limit=100)[0]))  # oldest first
+
+    def of_kind(self, job_id: str, kind: str) -> list[dict]:
+        """The events of the worker's ``kind`` (``data.kind``), oldest first."""
+        return [e for e in self.events(job_id) if (e["data"] or {}).get("kind") == kind]
+
+    def kinds(self, job_id: str) -> list[str]:
+        return [(e["data"] or {}).get("kind") for e in self.events(job_id) if (e["data"] or {}).get("kind")]
+
+    def checkpoints(self, job_id: str) -> list[dict]:
+        return sorted(self.do(repo.list_checkpoints, job_id, limit=100)[0], key=lambda c: c["step_number"])
+
+
+@pytest.fixture
+def env(tmp_path, tiny, template_db, monkeypatch):
+    monkeypatch.setenv("PRIVTUNE_EXTRA_MODELS", json.dumps({MODEL: str(tiny)}))
+    env = Env(tmp_path, template_db)
+    yield env
+    env.engine.dispose()
+
+
+def test_a_job_runs_to_succeeded(env):
+    job = env.job()
+    updates = [job.step(n, grad=True, loss=n / 10) for n in (2, 3, 4)]
+    result, channel = env.run(job.id, [job.step(1), *updates, job.step(5, True, False, loss=0.5), job.final()])
+    assert result == "succeeded" and channel.rejections() == [] and len(channel.answers) == 6
+    row = env.get(job.id)
+    assert (row["status"], row["steps_completed"], row["lease_owner"]) == ("succeeded", TOTAL, None)
+    assert row["fine_tuned_model"] == f"ft:{MODEL}:{env.org}:privtune:{job.id}"
+    checkpoints = env.checkpoints(job.id)
+    assert [c["step_number"] for c in checkpoints] == [2, 4]  # every checkpoint_every applied steps
+    assert all(Path(c["path"]).is_dir() for c in checkpoints)
+    assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{row['fine_tuned_model']}:ckpt-step-2"
+    assert (env.settings.artifact_dir / "jobs" / job.id / "final" / "adapter.safetensors").is_file()
+    kinds = env.kinds(job.id)
+    assert kinds[:2] == ["job_started", "privacy"] and kinds[-1] == "job_succeeded"
+    assert kinds.count("checkpoint_saved") == 2
+    metrics = [e["data"] for e in env.events(job.id) if e["type"] == "metrics"]
+    assert [(m["step"], m["train_loss"]) for m in metrics] == [(1, 0.2), (2, 0.3), (3, 0.4), (4, 0.5)]
+
+
+def test_cancel_is_seen_at_the_next_step(env):
+    job = env.job()
+    cancel = lambda: env.do(repo.cancel_job, env.org, job.id)
+    result, channel = env.run(job.id, [job.step(1), job.step(2, grad=True), cancel, job.step(3, grad=True)])
+    assert result == "cancelled" and channel.discarded == 1
+    assert list(channel.answers) == ["req-1", "req-2"]  # step 3 was never served
+    assert env.get(job.id)["status"] == "cancelled" and env.checkpoints(job.id) == []
+    assert env.kinds(job.id)[-1] == "job_cancelled"
+
+
+def test_a_cancel_that_lands_while_the_completion_is_served_is_not_reported_as_success(env):
+    job = env.job()
+    cancel = lambda: env.do(repo.cancel_job, env.org, job.id)
+    script = [job.step(1), job.step(2, True, False), (cancel, job.final())]
+    result, _ = env.run(job.id, script)
+    row = env.get(job.id)
+    assert (row["status"], row["fine_tuned_model"]) == ("cancelled", None)
+    assert "job_succeeded" not in env.kinds(job.id)  # the log must not contradict the status
+    assert result != "succeeded"
+
+
+def test_a_silent_device_pauses_the_job_with_a_checkpoint(env):
+    job = env.job()
+    silence = lambda: time.sleep(0.3)
+    result, _ = env.run(job.id, [job.step(1), job.step(2, grad=True), silence], device_idle_timeout_s=0.2)
+    assert result == "paused"
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"]) == ("paused", None)
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [1]
+    assert [(e["level"], e["data"]["step"]) for e in env.of_kind(job.id, "job_paused")] == [("warn", 1)]
+
+
+def test_pause_checkpoints_releases_the_lease_and_a_resume_asks_for_checkpoint_plus_one(env):
+    job = env.job()
+    pause = lambda: env.do(repo.pause_job, env.org, job.id)
+    script = [job.step(1), *(job.step(n, grad=True) for n in (2, 3, 4)), pause]
+    assert env.run(job.id, script, checkpoint_every=100)[0] == "paused"
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"], row["lease_expires_at"]) == ("paused", None, None)
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [3]
+    assert [(e["level"], e["data"]["step"]) for e in env.of_kind(job.id, "job_paused")] == [("info", 3)]
+
+    env.do(repo.resume_job, env.org, job.id)
+    script = [job.step(1), job.step(9, grad=True), job.step(4, grad=True), job.step(4), job.step(5, True, False)]
+    result, channel = env.run(job.id, [*script, job.final()], worker="worker-2", checkpoint_every=100)
+    assert result == "succeeded"
+    assert channel.rejections() == [
+        (409, "step_out_of_order", 4),
+        (409, "step_out_of_order", 4),
+        (400, "unexpected_gradient", None),
+    ]
+    assert channel.answers["req-1"].headers["x-expected-step"] == "4"
+    assert [e["data"]["step"] for e in env.of_kind(job.id, "job_restarted")] == [3]
+    assert env.get(job.id)["steps_completed"] == TOTAL
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [3, 4]
+
+
+def test_a_rejected_request_is_answered_through_the_channel_and_changes_nothing(env):
+    job = env.job()
+    activations = wire.decode(job.step(2))[1]
+    bad_grad = wire.encode({**activations, "grad_output": torch.zeros(3, LABELS)}, wire.WireHeader(job.id, 2, "step"))
+    result, channel = env.run(job.id, [job.step(1), b"garbage bytes", bad_grad, job.step(1), job.final()])
+    assert result == "succeeded"
+    rejected = {
+        rid: (a.status_code, a.code, a.param) for rid, a in channel.answers.items() if isinstance(a, StepRejected)
+    }
+    assert rejected == {"req-2": (400, "truncated_payload", None), "req-3": (422, "shape_rejected", "grad_output")}
+    assert channel.answers["req-4"] == channel.answers["req-1"]  # the retry still gets the stored reply
+    assert env.get(job.id)["steps_completed"] == 0 and env.checkpoints(job.id) == []
+
+
+def test_an_unclaimable_job_is_skipped(env):
+    paused, taken = env.job(), env.job()
+    env.do(repo.pause_job, env.org, paused.id)
+    env.do(repo.claim_job, taken.id, "other-worker", 60)
+    for job in (paused, taken):
+        before = env.events(job.id)
+        assert env.run(job.id, [])[0] == "skipped"
+        assert env.events(job.id) == before
+    assert env.get(taken.id)["lease_owner"] == "other-worker" and env.get(paused.id)["status"] == "paused"
+
+
+def test_a_lost_lease_stops_without_writing(env):
+    job = env.job()
+    reap = lambda: env.do(repo.reap_expired, time.time() + 3600)  # as if the lease had expired
+    script = [job.step(1), job.step(2, grad=True), job.step(3, grad=True), reap, job.step(4, grad=True)]
+    assert env.run(job.id, script, checkpoint_every=100)[0] == "lease_lost"
+    assert env.get(job.id)["status"] == "queued" and env.checkpoints(job.id) == []
+    last = env.events(job.id)[-1]  # the reaper's; nothing after it, no failure
+    assert last["data"]["reason"] == "lease_expired" and all(e["level"] != "error" for e in env.events(job.id))
+
+
+def test_an_upload_job_trains_from_its_file_to_succeeded(env, tmp_path):
+    path = write_privatized(tmp_path / "train.safetensors", model=MODEL)  # 10 examples: 3 steps of 4
+    file_id, size = repo.new_file_id(), path.stat().st_size
+    env.do(
+        repo.create_file,
+        file_id=file_id,
+        organization_id=env.org,
+        filename="train.safetensors",
+        purpose="fine-tune",
+        size=size,
+        path=str(path),
+    )
+    job = env.job(method="supervised", training_file=file_id, total_steps=None)
+    assert env.run(job.id, [])[0] == "succeeded"  # no device in the loop: the channel is never read
+    row = env.get(job.id)
+    assert (row["status"], row["steps_completed"]) == ("succeeded", 3)
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2, 3]
+    metrics = [e["data"] for e in env.events(job.id) if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["train_loss"] > 0 for m in metrics)
+    assert all(m["total_steps"] == 3 for m in metrics)
