@@ -48,7 +48,15 @@ def _read_path(path: Path) -> list[Any]:
     opener = gzip.open if suffixes.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
         if ".jsonl" in suffixes or ".json" in suffixes:
-            return [json.loads(line) for line in fh if line.strip()]
+            rows = []
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+            return rows
         if ".csv" in suffixes:
             return list(csv.DictReader(fh))
     raise DatasetError(f"{path}: expected a .jsonl, .jsonl.gz or .csv file")

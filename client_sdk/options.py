@@ -88,6 +88,18 @@ class Hyperparameters:
     warmup_steps: int = 0
     weight_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Refuse values of the wrong type at once (the step count is computed from them); the
+        ranges are the job contract's, checked by :func:`job_spec`."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or (f.type == "int" and not isinstance(value, int)):
+                kind = "an integer" if f.type == "int" else "a number"
+                raise JobSpecError(f"hyperparameters.{f.name} must be {kind}, got {value!r}", f"hyperparameters.{f.name}")
+            if f.type == "float":
+                object.__setattr__(self, f.name, float(value))
+
     @classmethod
     def coerce(cls, value: Hyperparameters | dict[str, Any] | None) -> Hyperparameters:
         """``value`` as Hyperparameters; an unknown key raises ``JobSpecError`` listing the valid ones."""

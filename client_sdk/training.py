@@ -77,6 +77,8 @@ class DeviceTrainer:
         step, grad, loss_value = start_step, None, None
         started = time.perf_counter()
         while step <= total_steps + 1:
+            if step > total_steps and grad is None:  # the worker resumed after the last step: nothing to flush
+                break
             tensors: dict[str, torch.Tensor] = {}
             extra = {} if loss_value is None else {protocol.LOSS: f"{loss_value:.6f}"}
             if step <= total_steps:

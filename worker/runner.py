@@ -44,6 +44,7 @@ class JobRunner:
         self.device = pick_device(device)
         self.limits = wire.WireLimits(max_payload_bytes=settings.max_step_bytes)
         self.trainer: TopTrainer | None = None
+        self.outcome = "succeeded"  # what _finish recorded (another status if the job ended first)
         self.last_checkpoint_step = 0
         self._last_heartbeat = float("-inf")
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
@@ -158,7 +159,7 @@ class JobRunner:
 
         if not source.run(self.server, self.spec.total_steps, should_stop):
             return outcome[0]
-        return "succeeded"
+        return self.outcome
 
     def _serve(self) -> str:
         idle_limit = float(getattr(self.settings, "device_idle_timeout_s", 900))
@@ -180,7 +181,7 @@ class JobRunner:
                 continue
             self.channel.reply(message.request_id, reply)
             if self.server.finished:
-                return "succeeded"
+                return self.outcome
 
     def _control(self) -> str:
         """The job's status, read before every step; the lease is renewed every ``heartbeat_seconds``."""
@@ -250,7 +251,13 @@ class JobRunner:
         self._db(
             repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied
         )
-        self._db(repo.finish_job, self.worker_id, "succeeded", fine_tuned_model=self._model_name())
+        if not self._db(repo.finish_job, self.worker_id, "succeeded", fine_tuned_model=self._model_name()):
+            self.outcome = self._db(repo.get_job)["status"]  # e.g. cancelled while the completion was served
+            self._event(
+                f"Completion not recorded: the job was {self.outcome} first", data={"kind": "completion_refused"}
+            )
+            return
+        self.outcome = "succeeded"
         self._event(
             f"Job succeeded after {self.trainer.steps_applied} steps; model {self._model_name()}",
             data={"kind": "job_succeeded", "step": self.trainer.steps_applied},

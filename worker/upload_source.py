@@ -51,6 +51,8 @@ class UploadSource:
         step = server.trainer.steps_applied + 1  # after a resume: the checkpoint's step + 1, no gradient
         grad, loss = None, None
         while step <= total_steps + 1:
+            if step > total_steps and grad is None:  # resumed after the last step: nothing to flush
+                break
             if should_stop():
                 return False
             reply = server.handle(self._payload(step, grad, loss))

@@ -21,7 +21,7 @@ from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.schemas.objects import FileDeleted, FileObject, ListPage, file_object, page
 from client_sdk import privatized_file, wire
 from service.db import repo
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, from_wire_error
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -44,13 +44,14 @@ def _save_upload(upload: UploadFile, dest: Path, limit: int) -> int:
     return size
 
 
-def _inspect_mapped(mapped: mmap.mmap, limits: wire.WireLimits) -> tuple[Any, str | None]:
-    # Errors become strings here so no traceback keeps a view of the map alive when it closes.
+def _inspect_mapped(mapped: mmap.mmap, limits: wire.WireLimits) -> tuple[Any, ServiceError | None]:
+    # Errors become plain service errors here so no traceback keeps a view of the map alive when it closes.
     try:
         header, infos = wire.inspect(mapped, limits)
         return privatized_file.check(header, infos), None
     except wire.WireError as exc:
-        return None, str(exc)
+        refused = from_wire_error(exc)  # the wire error's one status and code; the form field is the param
+        return None, type(refused)(f"{NOT_PRIVATIZED} ({exc.message})", param="file", code=exc.code)
 
 
 def inspect_privatized(path: Path, limit: int) -> dict[str, Any]:
@@ -62,8 +63,8 @@ def inspect_privatized(path: Path, limit: int) -> dict[str, Any]:
             raise BadRequest(NOT_PRIVATIZED, param="file", code="invalid_file_format")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:  # header-only: no full read
             parsed, problem = _inspect_mapped(mapped, wire.WireLimits(max_payload_bytes=limit))
-    if parsed is None:
-        raise BadRequest(f"{NOT_PRIVATIZED} ({problem})", param="file", code="invalid_file_format")
+    if problem is not None:
+        raise problem
     manifest, n, t, d = parsed
     return {**manifest.to_metadata(), "examples": n, "tokens": t, "hidden_size": d}
 

@@ -27,22 +27,23 @@ def _batch(kind="privatized_batch", manifest=None, **tensors) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "status", "code"),
     [
-        b'{"text": "I love my bank", "label": 1}\n{"text": "secret", "label": 0}\n',
-        b"plain text that is not a payload at all",
-        b"",
-        _batch(kind="step"),
-        _batch(input_ids=np.zeros((3, 4), np.int64)),
-        _batch(labels=None),
-        _batch(hidden=np.zeros((3, 4), np.float32)),
-        _batch(manifest={"model": "minilm-l6"}),  # no split layer, labels or mechanism
+        (b'{"text": "I love my bank", "label": 1}\n{"text": "secret", "label": 0}\n', 400, "invalid_file_format"),
+        (b"plain text that is not a payload at all", 400, "truncated_payload"),
+        (b"", 400, "invalid_file_format"),
+        (_batch(kind="step"), 400, "invalid_header"),
+        (_batch(input_ids=np.zeros((3, 4), np.int64)), 422, "shape_rejected"),  # token ids are refused
+        (_batch(labels=None), 422, "shape_rejected"),
+        (_batch(hidden=np.zeros((3, 4), np.float32)), 422, "shape_rejected"),
+        (_batch(manifest={"model": "minilm-l6"}), 400, "invalid_header"),  # no split layer, labels or mechanism
     ],
 )
-def test_upload_rejects_anything_but_privatized_batches(env, content):
+def test_upload_rejects_anything_but_privatized_batches(env, content, status, code):
+    """A refused file gets its wire error's one status (service.errors.WIRE_STATUS) and keeps nothing."""
     r = _upload(env, content)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == "file"
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == "file" and r.json()["error"]["code"] == code
     assert env.client.get("/v1/files", headers=env.headers()).json()["data"] == []
     assert [p.name for p in env.settings.file_dir.iterdir()] == []  # nothing kept on disk
 
