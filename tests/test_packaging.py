@@ -44,7 +44,7 @@ def test_sdk_wheel_contains_its_packages(tmp_path):
     for module in (
         "client_sdk/__init__.py",
         "client_sdk/wire/codec.py",
-        "client_sdk/jobspec.py",
+        "client_sdk/jobspec/method.py",
         "client_sdk/models/load.py",
         "client_sdk/privacy/mechanisms.py",
         "client_sdk/privacy/table.py",

@@ -1,0 +1,63 @@
+"""What one server accepts for one model, and what a job accepts per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client_sdk.protocol import StepShape
+
+from .errors import JobSpecError
+from .method import P, PrivtuneMethod
+
+__all__ = ["ServerLimits", "check_limits", "step_shape"]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server accepts for one model: published by the gateway on the model object."""
+
+    max_batch_size: int
+    max_tokens: int
+    num_layers: int
+    max_positions: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_tokens": self.max_tokens,
+            "num_layers": self.num_layers,
+            "max_positions": self.max_positions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerLimits:
+        return cls(**{k: int(data[k]) for k in ("max_batch_size", "max_tokens", "num_layers", "max_positions")})
+
+
+def check_limits(spec: PrivtuneMethod, limits: ServerLimits) -> None:
+    """Raise :class:`JobSpecError` (``param`` = the field) if ``spec`` exceeds ``limits``."""
+    if spec.batch_size > limits.max_batch_size:
+        raise JobSpecError(f"batch_size must be <= {limits.max_batch_size}, got {spec.batch_size}.", f"{P}.batch_size")
+    top = min(limits.max_tokens, limits.max_positions)
+    if spec.max_tokens > top:
+        raise JobSpecError(f"max_tokens must be <= {top}, got {spec.max_tokens}.", f"{P}.max_tokens")
+    if not 1 <= spec.split_layer < limits.num_layers:
+        raise JobSpecError(
+            f"split_layer must satisfy 1 <= split_layer <= {limits.num_layers - 1} ({limits.num_layers} layers), "
+            f"got {spec.split_layer}.",
+            f"{P}.split_layer",
+            code="invalid_split_layer",
+        )
+
+
+def step_shape(spec: PrivtuneMethod, hidden_size: int) -> StepShape:
+    """What a job accepts per step (gateway, worker and evaluation build it here, nowhere else): the
+    model's hidden size, the task and labels, at most ``batch_size`` rows of at most ``max_tokens``."""
+    return StepShape(
+        hidden_size=int(hidden_size),
+        task=spec.task,
+        num_labels=spec.num_labels,
+        max_batch_size=spec.batch_size,
+        max_tokens=spec.max_tokens,
+    )
