@@ -77,7 +77,7 @@ class Bottoms(SyncAPIResource):
         ``cache_dir`` defaults to ``$PRIVTUNE_CACHE_DIR``, else ``~/.cache/privtune/bottoms``. Every
         file is checked against the manifest's sha256 (and the manifest against its digest) and
         written atomically; files already present with the right hash are not downloaded again.
-        The directory also gets ``manifest.json``, so ``client_sdk.models.split.load_bottom`` can
+        The directory also gets ``manifest.json``, so ``client_sdk.models.load_bottom`` can
         open it. A ``BottomArtifactError`` (bad hash, unsafe name) leaves the cache as it was.
         """
         manifest = self.manifest(model, split_layer, wait_timeout=wait_timeout)

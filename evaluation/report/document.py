@@ -39,7 +39,7 @@ pooled head; every step privatizes its batch again, so every epoch sees fresh no
 
 - **Top model**: as the service configures it: for mechanisms that add noise the top is noise-aware
   (each received state's precision is estimated from its norm and weights its attention key and its
-  share of the pool, `client_sdk.models.top.TopModel`); otherwise a plain mean pool. The "Variants"
+  share of the pool, `worker.models.top.TopModel`); otherwise a plain mean pool. The "Variants"
   table shows `privtune` with a plain top.
 
 - **UP**: test accuracy through the same perturbed path (private inference). "UP, unperturbed
