@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,21 @@ def causal_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 @contextmanager
+def eager_attention(configs: Iterable[Any]) -> Iterator[None]:
+    """Run with the eager attention kernel for the block (the fused kernels return no attention
+    weights and have no double backward): each Hugging Face ``config`` is switched and restored after."""
+    unique = {id(c): c for c in configs}
+    saved = {key: getattr(config, "_attn_implementation", None) for key, config in unique.items()}
+    try:
+        for config in unique.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in unique.items():
+            config._attn_implementation = saved[key]
+
+
+@contextmanager
 def capture_attentions(modules: Sequence[nn.Module], enabled: bool) -> Iterator[list[torch.Tensor] | None]:
     """Collect the softmax attention weights ``(b, h, t, t)`` returned by ``modules`` during the block.
 
@@ -40,16 +56,11 @@ def capture_attentions(modules: Sequence[nn.Module], enabled: bool) -> Iterator[
     if not enabled:
         yield None
         return
-    configs = {id(m.config): m.config for m in modules}
-    saved = {key: config._attn_implementation for key, config in configs.items()}
     weights: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _args, out: weights.append(out[1])) for m in modules]
     try:
-        for config in configs.values():
-            config._attn_implementation = "eager"
-        yield weights
+        with eager_attention(m.config for m in modules):
+            yield weights
     finally:
         for handle in handles:
             handle.remove()
-        for key, config in configs.items():
-            config._attn_implementation = saved[key]

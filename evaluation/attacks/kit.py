@@ -11,7 +11,7 @@ with the kit's own seed, so results do not depend on the order in which attacks 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from client_sdk.audit import expected_lone_tokens, expected_privatizer, noiseless_mechanism
+from client_sdk.models.attention import eager_attention
 from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm
 from client_sdk.privacy.config import ClipOptions
 
@@ -78,20 +79,14 @@ def observe(
 def top_mode(top: torch.nn.Module, eager: bool = False) -> Iterator[torch.nn.Module]:
     """Run ``top`` in eval mode (no dropout) and, with ``eager``, with eager attention (double backward);
     both are restored afterwards."""
-    configs = {id(c): c for m in top.modules() if (c := getattr(m, "config", None)) is not None}
-    saved = {k: getattr(c, "_attn_implementation", None) for k, c in configs.items()}
+    configs = [c for m in top.modules() if (c := getattr(m, "config", None)) is not None]
     was_training = top.training
     top.eval()
     try:
-        if eager:
-            for c in configs.values():
-                c._attn_implementation = "eager"
-        yield top
+        with eager_attention(configs) if eager else nullcontext():
+            yield top
     finally:
         top.train(was_training)
-        if eager:
-            for k, c in configs.items():
-                c._attn_implementation = saved[k]
 
 
 @torch.no_grad()
