@@ -25,8 +25,12 @@ class Example:
     label: Any
 
 
-def load_examples(dataset: Any, text_key: str | None = None, label_key: str | None = None) -> list[Example]:
-    """Read a list of (text, label) pairs or dicts, a JSONL/JSONL.GZ/CSV path, or a ``datasets.Dataset``."""
+def load_examples(dataset: Any, text_column: str | None = None, label_column: str | None = None) -> list[Example]:
+    """Read a list of (text, label) pairs or dicts, a JSONL/JSONL.GZ/CSV path, or a ``datasets.Dataset``.
+
+    Dict rows (JSONL, CSV, datasets) take the text from ``text_column`` and the label from
+    ``label_column``, or by default from the first of ``TEXT_KEYS`` / ``LABEL_KEYS`` they have; a row
+    without them is a ``DatasetError`` that names the columns expected and the columns found."""
     if isinstance(dataset, (str, Path)):
         rows = _read_path(Path(dataset))
     elif isinstance(dataset, Iterable):  # lists of pairs or dicts, datasets.Dataset (iterates dict rows)
@@ -38,7 +42,7 @@ def load_examples(dataset: Any, text_key: str | None = None, label_key: str | No
         )
     if not rows:
         raise DatasetError("the dataset is empty")
-    return [_example(row, i, text_key, label_key) for i, row in enumerate(rows)]
+    return [_example(row, i, text_column, label_column) for i, row in enumerate(rows)]
 
 
 def _read_path(path: Path) -> list[Any]:
@@ -62,10 +66,21 @@ def _read_path(path: Path) -> list[Any]:
     raise DatasetError(f"{path}: expected a .jsonl, .jsonl.gz or .csv file")
 
 
-def _example(row: Any, index: int, text_key: str | None, label_key: str | None) -> Example:
+def _column(row: dict, index: int, given: str | None, defaults: tuple[str, ...], what: str) -> Any:
+    """The value of ``row``'s text or label column, or a ``DatasetError`` naming expected and found columns."""
+    wanted = (given,) if given else defaults
+    key = next((k for k in wanted if k in row), None)
+    if key is None:
+        expected = f"{what}_column={given!r}" if given else f"a {what} column (one of {', '.join(defaults)})"
+        hint = "" if given else f"; name it with {what}_column=..."
+        raise DatasetError(f"row {index} has columns {sorted(map(str, row))}; expected {expected}{hint}")
+    return row[key]
+
+
+def _example(row: Any, index: int, text_column: str | None, label_column: str | None) -> Example:
     if isinstance(row, dict):
-        text = row.get(text_key) if text_key else next((row[k] for k in TEXT_KEYS if k in row), None)
-        label = row.get(label_key) if label_key else next((row[k] for k in LABEL_KEYS if k in row), None)
+        text = _column(row, index, text_column, TEXT_KEYS, "text")
+        label = _column(row, index, label_column, LABEL_KEYS, "label")
     elif isinstance(row, Sequence) and not isinstance(row, str) and len(row) == 2:
         text, label = row
     else:

@@ -108,8 +108,14 @@ class FineTuneJob(FineTuningJob):
         client: Client | None = None,
         progress: bool = True,
         cache_dir: str | None = None,
+        text_column: str | None = None,
+        label_column: str | None = None,
     ) -> FineTuneJob:
         """Train privately on ``dataset`` and return the finished job (``metrics`` has the accuracies).
+
+        ``dataset``: (text, label) pairs, dicts, a .jsonl/.jsonl.gz/.csv path or a ``datasets.Dataset``;
+        ``text_column`` / ``label_column`` name the columns of dict rows (default: ``text``, ``label``
+        and their usual synonyms, ``client_sdk.data.TEXT_KEYS`` / ``LABEL_KEYS``).
 
         Raises ``JobSpecError`` (``.param`` names the option) before any local work for an option the
         job contract or the server's limits refuse, ``DatasetError`` for a dataset it cannot read."""
@@ -126,6 +132,8 @@ class FineTuneJob(FineTuningJob):
             seed=seed,
             client=client,
             cache_dir=cache_dir,
+            text_column=text_column,
+            label_column=label_column,
         )
         record = session.client.fine_tuning.jobs.create(**session.job_body(suffix, metadata))
         return cls._run(session, record, progress)

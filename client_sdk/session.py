@@ -45,6 +45,8 @@ class DeviceSession:
         seed: int = 0,
         client: Client | None = None,
         cache_dir: str | None = None,
+        text_column: str | None = None,
+        label_column: str | None = None,
     ) -> DeviceSession:
         """Check everything the job contract can refuse, then do the local work (see the module doc)."""
         self = cls()
@@ -52,7 +54,7 @@ class DeviceSession:
         self.model, self.split_layer, self.seed, self.max_length = model, split_layer, seed, max_length
         self.privacy = privacy or PrivacyConfig()
         self.hp = Hyperparameters.coerce(hyperparameters)
-        examples = load_examples(dataset)
+        examples = load_examples(dataset, text_column=text_column, label_column=label_column)
         self.train, self.valid = train_validation_split(examples, validation_split, seed)
         self.labels = LabelMap.fit(ex.label for ex in examples)
         self.total_steps = -(-len(self.train) // max(self.hp.batch_size, 1)) * self.hp.n_epochs

@@ -33,7 +33,7 @@ def test_a_list_of_dicts_with_any_known_keys(text_key, label_key):
 
 def test_explicit_keys_win():
     rows = [{"review": text, "stars": label, "text": "ignored"} for text, label in ROWS]
-    assert load_examples(rows, text_key="review", label_key="stars") == EXAMPLES
+    assert load_examples(rows, text_column="review", label_column="stars") == EXAMPLES
 
 
 def test_falsy_labels_are_labels():
@@ -96,10 +96,11 @@ def test_an_unsupported_dataset_type(dataset):
 @pytest.mark.parametrize(
     ("row", "match"),
     [
-        ({"label": "pos"}, "row 1: text must be a non-empty string"),
+        ({"label": "pos"}, r"row 1 has columns \['label'\]; expected a text column \(one of text, "),
         ({"text": "   ", "label": "pos"}, "row 1: text must be a non-empty string"),
         ({"text": 5, "label": "pos"}, "row 1: text must be a non-empty string"),
-        ({"text": "w1"}, "row 1: missing label"),
+        ({"text": "w1"}, r"row 1 has columns \['text'\]; expected a label column \(one of label, "),
+        ({"text": "w1", "label": None}, "row 1: missing label"),
         (("w1", None), "row 1: missing label"),
         ("just text", r"row 1: expected \(text, label\)"),
         (("w1", "pos", "extra"), r"row 1: expected \(text, label\)"),
@@ -108,6 +109,18 @@ def test_an_unsupported_dataset_type(dataset):
 def test_a_bad_row_is_named(row, match):
     with pytest.raises(DatasetError, match=match):
         load_examples([ROWS[0], row])
+
+
+def test_a_csv_whose_columns_do_not_fit_says_which_it_expected_and_found(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,category\nthe film was a delight,pos\na tedious mess,neg\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as info:
+        load_examples(path)
+    message = str(info.value)
+    assert "['category', 'text']" in message and "label_column" in message and "one of label, labels" in message
+    assert [e.label for e in load_examples(path, label_column="category")] == ["pos", "neg"]
+    with pytest.raises(DatasetError, match=r"expected label_column='stars'"):
+        load_examples(path, label_column="stars")
 
 
 def test_a_malformed_jsonl_line_is_a_dataset_error(tmp_path):
