@@ -72,17 +72,7 @@ _TORCH_CODES = {
     "uint8": "U8",
     "bool": "BOOL",
 }
-_NUMPY_CODES = {
-    "float32": "F32",
-    "float16": "F16",
-    "float64": "F64",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
+_NUMPY_CODES = {name: code for name, code in _TORCH_CODES.items() if name != "bfloat16"}  # numpy has no bfloat16
 
 
 def decode(

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from client_sdk import protocol
 from client_sdk.data import LabelMap
 from evaluation.config import HARNESS_VERSION, ExperimentConfig
 from evaluation.harness.resources import Resources, model_id
@@ -56,7 +55,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
     written but the prototype / neighbour cache under ``resources.cache_dir``.
     """
-    from client_sdk.jobspec import DeclaredPrivacy, LoraSpec, OptimizerSpec, PrivtuneMethod
+    from client_sdk.jobspec import DeclaredPrivacy, LoraSpec, OptimizerSpec, PrivtuneMethod, step_shape
     from client_sdk.privacy import get_mechanism
     from client_sdk.privatizer import Privatizer
     from client_sdk.training import DeviceTrainer
@@ -104,8 +103,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     spec = TrainSpec(config.model, method, seed=config.seed)
     job_id = f"eval-{config.key()}"
     top = TopTrainer(spec)
-    shape = protocol.StepShape(bottom.hidden_size, "classification", len(labels.names), 1024, config.max_length)
-    server = StepServer(top, shape, job_id)
+    server = StepServer(top, step_shape(method, bottom.hidden_size), job_id)
     view = ServerView(server.handle, watched)
     noise = torch.Generator().manual_seed(config.seed + 1)
     device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, noise)
