@@ -79,7 +79,7 @@ class Enqueuer(Protocol):
 
     def job(self, job_id: str) -> None: ...
 
-    def export(self, model: str, split_layer: int) -> None: ...
+    def export(self, model: str, split_layer: int, tail_layers: int = 0) -> None: ...
 
 
 class CeleryEnqueuer:
@@ -95,11 +95,11 @@ class CeleryEnqueuer:
 
         enqueue_job(self.celery, job_id)
 
-    def export(self, model: str, split_layer: int) -> None:
-        """Queue ``worker.export_bottom(model, split_layer)``."""
+    def export(self, model: str, split_layer: int, tail_layers: int = 0) -> None:
+        """Queue ``worker.export_bottom(model, split_layer, tail_layers)``."""
         from service.queue import enqueue_export
 
-        enqueue_export(self.celery, model, split_layer)
+        enqueue_export(self.celery, model, split_layer, tail_layers)
 
 
 def get_enqueuer(request: Request) -> Enqueuer:

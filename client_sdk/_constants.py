@@ -11,9 +11,11 @@ from client_sdk import __version__
 BASE_URL_ENV = "PRIVTUNE_BASE_URL"
 API_KEY_ENV = "PRIVTUNE_API_KEY"
 CACHE_DIR_ENV = "PRIVTUNE_CACHE_DIR"
+STATE_DIR_ENV = "PRIVTUNE_STATE_DIR"  # the device's own end of each job (client_sdk.end_state)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_BOTTOM_CACHE = "~/.cache/privtune/bottoms"
+DEFAULT_STATE_DIR = "~/.cache/privtune/jobs"
 
 #: Connecting should be quick; reading may not be: a training step waits for the job's worker.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=600.0, pool=10.0)

@@ -129,3 +129,31 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order[within * batch_size : (within + 1) * batch_size]
+
+
+#: fewer training examples than this in a class triggers :func:`warn_rare_classes`
+MIN_EXAMPLES_PER_CLASS = 10
+
+
+class DatasetWarning(UserWarning):
+    """The dataset can be trained on, but probably not well (e.g. a class with very few examples)."""
+
+
+def warn_rare_classes(examples: Sequence[Example], labels: LabelMap) -> dict[str, int]:
+    """Warn (``DatasetWarning``) when a class has fewer than ``MIN_EXAMPLES_PER_CLASS`` training examples;
+    returns the count per class."""
+    import warnings
+
+    counts = {name: 0 for name in labels.names}
+    for ex in examples:
+        counts[str(ex.label)] += 1
+    rare = {name: n for name, n in counts.items() if n < MIN_EXAMPLES_PER_CLASS}
+    if rare:
+        shown = ", ".join(f"{name!r}: {n}" for name, n in sorted(rare.items(), key=lambda kv: kv[1]))
+        warnings.warn(
+            f"{len(rare)} of {len(counts)} classes have fewer than {MIN_EXAMPLES_PER_CLASS} training examples "
+            f"({shown}); the model will hardly learn them. Add examples or merge classes.",
+            DatasetWarning,
+            stacklevel=3,
+        )
+    return counts

@@ -108,22 +108,30 @@ class FineTuneJob(FineTuningJob):
         client: Client | None = None,
         progress: bool = True,
         cache_dir: str | None = None,
-        text_column: str | None = None,
-        label_column: str | None = None,
+        tail_layers: int | None = None,
+        state_dir: str | None = None,
+        report_metrics: bool = True,
+        **columns: str | None,
     ) -> FineTuneJob:
-        """Train privately on ``dataset`` and return the finished job (``metrics`` has the accuracies).
+        """Train privately on ``dataset`` and return the finished job (``metrics`` has the validation results).
 
-        ``dataset``: (text, label) pairs, dicts, a .jsonl/.jsonl.gz/.csv path or a ``datasets.Dataset``;
-        ``text_column`` / ``label_column`` name the columns of dict rows (default: ``text``, ``label``
-        and their usual synonyms, ``client_sdk.data.TEXT_KEYS`` / ``LABEL_KEYS``).
+        ``task="classification"``: (text, label) pairs, dicts, a .jsonl/.jsonl.gz/.csv path or a
+        ``datasets.Dataset``; ``text_column`` / ``label_column`` name the columns of dict rows (default:
+        ``text``, ``label`` and their usual synonyms, ``client_sdk.data.TEXT_KEYS`` / ``LABEL_KEYS``). The
+        head is trained on the device.
+        ``task="generation"`` (a causal LM, e.g. ``smollm2-135m``): (prompt, completion) pairs, dicts with
+        ``prompt_column`` / ``completion_column``, or OpenAI chat rows (``{"messages": [...]}``, loss on
+        the assistant turns); the last ``tail_layers`` blocks, the final norm and the LM head run on the
+        device. ``state_dir``: where the device keeps its end of the model (default
+        ``$PRIVTUNE_STATE_DIR`` or ``~/.cache/privtune/jobs``); ``report_metrics=False`` sends no loss
+        aggregates for the job's events.
 
         Raises ``JobSpecError`` (``.param`` names the option) before any local work for an option the
         job contract or the server's limits refuse, ``DatasetError`` for a dataset it cannot read."""
-        if task != "classification":
-            raise ValueError(f"task {task!r} is not supported by FineTuneJob.create yet; use 'classification'")
         session = DeviceSession.prepare(
             dataset,
             model=model,
+            task=task,
             privacy=privacy,
             hyperparameters=hyperparameters,
             split_layer=split_layer,
@@ -132,8 +140,10 @@ class FineTuneJob(FineTuningJob):
             seed=seed,
             client=client,
             cache_dir=cache_dir,
-            text_column=text_column,
-            label_column=label_column,
+            tail_layers=tail_layers,
+            state_dir=state_dir,
+            report_metrics=report_metrics,
+            **columns,
         )
         record = session.client.fine_tuning.jobs.create(**session.job_body(suffix, metadata))
         return cls._run(session, record, progress)
@@ -141,8 +151,9 @@ class FineTuneJob(FineTuningJob):
     @classmethod
     def resume(cls, job_id: str, dataset: Any, *, progress: bool = True, **options: Any) -> FineTuneJob:
         """Continue an interrupted or paused job. Pass the dataset and the keyword arguments of
-        :meth:`create` (model, privacy, hyperparameters, split_layer, seed, ...) that created it."""
-        for create_only in ("suffix", "metadata", "task"):
+        :meth:`create` (model, task, privacy, hyperparameters, split_layer, seed, ...) that created it;
+        the device's end is restored from its state directory at the worker's checkpoint."""
+        for create_only in ("suffix", "metadata"):
             options.pop(create_only, None)
         session = DeviceSession.prepare(dataset, **options)
         record = session.client.fine_tuning.jobs.retrieve(job_id)
@@ -157,12 +168,23 @@ class FineTuneJob(FineTuningJob):
         trainer = session.trainer(record.id)
         before = trainer.evaluate(session.valid)
         bar = _ProgressBar(session.total_steps, 1) if progress else None
-        report = trainer.train(session.total_steps, start_step=1, progress=bar.update if bar else None)
-        if bar:
-            bar.close()
+        try:
+            report = trainer.train(start_step=1, progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
         after = trainer.evaluate(session.valid)
-        record = session.client.fine_tuning.jobs.complete(record.id, trainer.finish_payload())
+        record = session.client.fine_tuning.jobs.complete(record.id, trainer.finish_payload(after))
+        session.save_final(trainer)
         return cls.of(session.client, record, report, session.metrics(trainer, report, before, after))
+
+    def model(self, **options: Any) -> Any:
+        """The fine-tuned model, for private inference from this device (``client_sdk.FineTunedModel``)."""
+        from client_sdk.inference import FineTunedModel
+
+        if not self.fine_tuned_model:
+            raise ValueError(f"job {self.id} has no fine-tuned model (status {self.status!r})")
+        return FineTunedModel(self.fine_tuned_model, client=self._client, **options)
 
 
 class _ProgressBar:

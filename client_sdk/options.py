@@ -7,7 +7,7 @@ the contract refuses before any local work starts.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,13 +75,23 @@ class PrivacyConfig:
         return self.config().to_dict()
 
 
+AUTO = "auto"
+#: "auto" epochs give at least this many optimizer steps (a head trained from scratch needs steps, not
+#: passes), between MIN_AUTO_EPOCHS and MAX_AUTO_EPOCHS passes
+AUTO_TARGET_STEPS, MIN_AUTO_EPOCHS, MAX_AUTO_EPOCHS = 100, 3, 20
+#: "auto" learning rate per task (LoRA on both sides; a classification head from scratch)
+AUTO_LEARNING_RATE = {"classification": 2e-3, "generation": 1e-3}
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Training settings of a job (the device's batch size and epochs; the server's optimiser and LoRA)."""
+    """Training settings of a job (the device's batch size and epochs; the optimiser and LoRA of both
+    sides). Like OpenAI's, ``n_epochs`` and ``learning_rate`` default to ``"auto"``: chosen from the
+    dataset's size and the task by :meth:`resolved` (see ``AUTO_*``)."""
 
     batch_size: int = 32
-    n_epochs: int = 3
-    learning_rate: float = 5e-4
+    n_epochs: int | str = AUTO
+    learning_rate: float | str = AUTO
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -93,12 +103,29 @@ class Hyperparameters:
         ranges are the job contract's, checked by :func:`job_spec`."""
         for f in fields(self):
             value = getattr(self, f.name)
+            auto_allowed = "str" in str(f.type)
+            if value == AUTO and auto_allowed:
+                continue
+            integer = f.type.startswith("int")
             number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or (f.type == "int" and not isinstance(value, int)):
-                kind = "an integer" if f.type == "int" else "a number"
-                raise JobSpecError(f"hyperparameters.{f.name} must be {kind}, got {value!r}", f"hyperparameters.{f.name}")
-            if f.type == "float":
+            if not number or (integer and not isinstance(value, int)):
+                kind = "an integer" if integer else "a number"
+                auto = ' or "auto"' if auto_allowed else ""
+                raise JobSpecError(
+                    f"hyperparameters.{f.name} must be {kind}{auto}, got {value!r}", f"hyperparameters.{f.name}"
+                )
+            if not integer:
                 object.__setattr__(self, f.name, float(value))
+
+    def resolved(self, n_train: int, task: str) -> Hyperparameters:
+        """The same settings with every ``"auto"`` decided for ``n_train`` training examples of ``task``."""
+        update: dict[str, Any] = {}
+        if self.n_epochs == AUTO:
+            per_epoch = max(-(-n_train // max(self.batch_size, 1)), 1)
+            update["n_epochs"] = min(max(-(-AUTO_TARGET_STEPS // per_epoch), MIN_AUTO_EPOCHS), MAX_AUTO_EPOCHS)
+        if self.learning_rate == AUTO:
+            update["learning_rate"] = AUTO_LEARNING_RATE.get(task, AUTO_LEARNING_RATE["classification"])
+        return replace(self, **update)
 
     @classmethod
     def coerce(cls, value: Hyperparameters | dict[str, Any] | None) -> Hyperparameters:
@@ -133,19 +160,22 @@ def job_spec(
     hp: Hyperparameters,
     privacy: PrivacyConfig,
     *,
-    num_labels: int,
+    num_labels: int | None,
     split_layer: int,
     max_length: int,
     total_steps: int,
+    task: str = "classification",
+    tail_layers: int | None = None,
     record: dict[str, Any] | None = None,
     audit: dict[str, Any] | None = None,
 ) -> PrivtuneMethod:
     """The job contract for these choices; raises :class:`JobSpecError` naming the user's option
     (``hyperparameters.batch_size``, ``split_layer``, ``max_length`` ...) if the contract refuses it."""
     data = {
-        "task": "classification",
+        "task": task,
         "num_labels": num_labels,
         "split_layer": split_layer,
+        "tail_layers": tail_layers,
         "max_tokens": max_length,
         "batch_size": hp.batch_size,
         "n_epochs": hp.n_epochs,

@@ -210,11 +210,23 @@ class Privatizer:
         Tokenise, run the frozen bottom, apply the mechanism with ``generator`` (None: a fresh
         OS-seeded generator). ``labels`` are used only by centroid_mode='label' and never sent.
         """
+        input_ids, attention_mask = self.encode(texts)  # (b, t)
+        return self.privatize_ids(input_ids, attention_mask, generator=generator, labels=labels)
+
+    @torch.no_grad()
+    def privatize_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: Sequence[int] | torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`privatize` of already tokenised, right-padded ``input_ids`` / ``attention_mask`` ``(b, t)``
+        (generation: the device builds prompt + completion tokens itself)."""
         if self.state is None and self.mechanism.name != "none":
             raise PrivacyStateError(
                 f"mechanism {self.mechanism.name!r} needs fitted state: call Privatizer.fit() first"
             )
-        input_ids, attention_mask = self.encode(texts)  # (b, t)
         state = self.state or PreparedState()
         use_attention = self.mechanism.uses_importance and state.importance_table is None
         out = self._bottom(input_ids, attention_mask, output_attentions=use_attention)

@@ -1,23 +1,32 @@
 """The interactive split-training step protocol, shared by SDK, gateway and worker (torch-free).
 
-One round trip per step (architecture.md, "Two training modes"):
+U-shaped for both tasks (architecture.md, "Two training modes"): the device holds the bottom and a
+private, trained end of the model (a classification head, or a generation tail), so no logits, loss
+or label cross the wire. One round trip per step:
 
     device -> cloud   kind="step", step=t      hidden (b, t, d), attention_mask (b, t),
                                                 grad_output of step t-1 (absent at the first step
-                                                and right after a resume), extra: loss of step t-1
-    cloud  -> device  kind="step_reply", step=t output of the top model for step t:
-                                                logits (b, c) for classification,
-                                                last hidden state (b, t, d) for generation
+                                                and right after a resume), extra: metrics (optional)
+    cloud  -> device  kind="step_reply", step=t output of the server's part for step t:
+                                                the pooled representation (b, d) for classification,
+                                                the middle's last hidden state (b, t, d) for generation
+                                                (logits (b, c) only in upload mode, whose head is the
+                                                server's); extra: checkpoint = its latest checkpoint step
     device -> cloud   kind="step", step=T+1    grad_output of step T only (a "flush": the worker
                                                 applies it and answers with an empty reply)
     device -> cloud   kind="infer", step=0     hidden + attention_mask: output only, no state change
-                                                (the device's local validation, private inference)
+                                                (the device's validation during training)
     device -> cloud   kind="step", extra final="1", no tensors: save the final adapter and finish
+
+``grad_output`` is dL/d(output), computed by the device through its own end. The optional ``metrics``
+extra is a JSON object of aggregates the user lets the device report for the job's events (a running
+mean of the training loss, validation loss and accuracy); ``FineTuneJob.create(report_metrics=False)``
+sends none.
 
 Steps are numbered from 1. Step t may only follow step t-1; a retried step t gets the reply that
 was already computed, never a second optimizer step. After a worker restart the job resumes from
 its last checkpoint c, and the device is told (409, code ``step_out_of_order``, ``expected_step``
-= c + 1) to resend from there without a gradient.
+= c + 1) to resend from there without a gradient; it restores its own end as saved at step c.
 """
 
 from __future__ import annotations
@@ -33,8 +42,11 @@ GRAD_OUTPUT = "grad_output"
 OUTPUT = "output"
 
 FINAL = "final"  # extra key: "1" on the completion payload
-LOSS = "loss"  # extra key: device-reported loss of the previous step
+METRICS = "metrics"  # extra key: JSON object of device-side aggregates (train_loss, valid_loss, ...)
+CHECKPOINT = "checkpoint"  # reply extra key: the worker's latest checkpoint step
 EXPECTED_STEP = "expected_step"
+#: what the ``metrics`` extra may carry (floats); anything else is refused
+METRIC_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "valid_mean_token_accuracy")
 
 MASK_DTYPES = frozenset({"U8", "BOOL", "I32", "I64"})
 WIRE_FLOAT_DTYPES = frozenset(FLOAT_DTYPES - {"F64"})
@@ -52,18 +64,22 @@ class StepShape:
     num_labels: int | None
     max_batch_size: int
     max_tokens: int
+    server_head: bool = False  # upload mode: the server holds the classification head and returns logits
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.task == "classification" and (self.num_labels is None or self.num_labels < 2):
-            raise ValueError("classification needs num_labels >= 2")
+        if self.server_head and (self.task != "classification" or self.num_labels is None or self.num_labels < 2):
+            raise ValueError("a server-side head is for classification with num_labels >= 2")
+
+    def _output_dims(self) -> tuple[int | None, ...]:
+        if self.task == "generation":
+            return (None, None, self.hidden_size)
+        return (None, self.num_labels if self.server_head else self.hidden_size)
 
     def output_shape(self, batch: int, tokens: int) -> tuple[int, ...]:
-        """Shape of the top model's output (and so of its gradient) for a batch."""
-        if self.task == "classification":
-            return (batch, self.num_labels)
-        return (batch, tokens, self.hidden_size)
+        """Shape of the server's output (and so of its gradient) for a batch."""
+        return tuple(batch if i == 0 else tokens if d is None else d for i, d in enumerate(self._output_dims()))
 
     def activation_specs(self) -> list[TensorSpec]:
         """Specs of a step's activations; batch and token counts are checked by :meth:`check_sizes`."""
@@ -73,9 +89,8 @@ class StepShape:
         ]
 
     def grad_spec(self) -> TensorSpec:
-        """Spec of ``grad_output``: dL/d(output), shaped like the top's output."""
-        dims = (None, self.num_labels) if self.task == "classification" else (None, None, self.hidden_size)
-        return TensorSpec(GRAD_OUTPUT, WIRE_FLOAT_DTYPES, dims)
+        """Spec of ``grad_output``: dL/d(output), shaped like the server's output."""
+        return TensorSpec(GRAD_OUTPUT, WIRE_FLOAT_DTYPES, self._output_dims())
 
     def check_sizes(self, hidden_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> None:
         """Raise ``ShapeRejected`` (``param`` = the tensor) if batch/token counts are out of bounds or
@@ -120,6 +135,8 @@ def check_request(
         raise SchemaError(f"payload kind is {header.kind!r}; expected one of {list(REQUEST_KINDS)}", param="kind")
     if header.job_id != job_id:
         raise SchemaError(f"payload is for job {header.job_id!r}, not {job_id!r}", param="job_id")
+    if METRICS in header.extra:
+        parse_metrics(header.extra[METRICS])
     final = header.kind == "step" and header.extra.get(FINAL) == "1"
     if require_final and not final:
         raise SchemaError("the completion payload must carry extra final='1'", param=FINAL)
@@ -141,3 +158,25 @@ def check_request(
     if has_grad:
         shape.check_grad_size(infos[GRAD_OUTPUT].shape)
     return StepRequest("flush" if flush else header.kind, header.step, has_grad)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The ``metrics`` extra as ``{name: value}``; ``SchemaError`` (param ``metrics``) unless it is a JSON
+    object of finite numbers under :data:`METRIC_KEYS`."""
+    import json
+    import math
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SchemaError("extra metrics must be a JSON object", param=METRICS) from None
+    if not isinstance(data, dict) or len(data) > len(METRIC_KEYS):
+        raise SchemaError("extra metrics must be a JSON object", param=METRICS)
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        if key not in METRIC_KEYS:
+            raise SchemaError(f"unknown metric {key!r}; expected some of {list(METRIC_KEYS)}", param=METRICS)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SchemaError(f"metric {key!r} must be a finite number", param=METRICS)
+        out[key] = float(value)
+    return out

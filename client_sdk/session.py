@@ -8,23 +8,28 @@ the user's data, search eta). :meth:`DeviceSession.run` creates nothing: it trai
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from client_sdk.client import Client
-from client_sdk.data import LabelMap, load_examples, train_validation_split
+from client_sdk.data import LabelMap, load_examples, train_validation_split, warn_rare_classes
 from client_sdk.jobspec import JobSpecError, LegacyHyperparameters, PrivtuneMethod, ServerLimits, check_limits
 from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetError, job_spec
 
 __all__ = ["DeviceSession"]
+
+CLASSIFICATION_COLUMNS = ("text_column", "label_column")
+GENERATION_COLUMNS = ("prompt_column", "completion_column", "messages_column")
 
 #: the server-limit error's param -> the option the user passed
 _LIMIT_OPTIONS = {
     "method.privtune.batch_size": "hyperparameters.batch_size",
     "method.privtune.max_tokens": "max_length",
     "method.privtune.split_layer": "split_layer",
+    "method.privtune.tail_layers": "tail_layers",
 }
 
 
@@ -37,6 +42,7 @@ class DeviceSession:
         dataset: Any,
         *,
         model: str = "minilm-l6",
+        task: str = "classification",
         privacy: PrivacyConfig | None = None,
         hyperparameters: Hyperparameters | dict | None = None,
         split_layer: int = 3,
@@ -45,18 +51,26 @@ class DeviceSession:
         seed: int = 0,
         client: Client | None = None,
         cache_dir: str | None = None,
-        text_column: str | None = None,
-        label_column: str | None = None,
+        tail_layers: int | None = None,
+        state_dir: str | None = None,
+        report_metrics: bool = True,
+        **columns: str | None,
     ) -> DeviceSession:
-        """Check everything the job contract can refuse, then do the local work (see the module doc)."""
+        """Check everything the job contract can refuse, then do the local work (see the module doc).
+
+        ``columns``: ``text_column`` / ``label_column`` (classification), ``prompt_column`` /
+        ``completion_column`` / ``messages_column`` (generation)."""
         self = cls()
         self.client = client or Client()
-        self.model, self.split_layer, self.seed, self.max_length = model, split_layer, seed, max_length
+        self.model, self.task, self.split_layer, self.seed = model, task, split_layer, seed
+        self.max_length, self.tail_layers, self.report_metrics = max_length, tail_layers, report_metrics
+        self.state_dir = state_dir
         self.privacy = privacy or PrivacyConfig()
-        self.hp = Hyperparameters.coerce(hyperparameters)
-        examples = load_examples(dataset, text_column=text_column, label_column=label_column)
+        examples, self.labels = _read_dataset(dataset, task, columns)
         self.train, self.valid = train_validation_split(examples, validation_split, seed)
-        self.labels = LabelMap.fit(ex.label for ex in examples)
+        self.hp = Hyperparameters.coerce(hyperparameters).resolved(len(self.train), task)
+        if self.labels is not None:
+            warn_rare_classes(self.train, self.labels)
         self.total_steps = -(-len(self.train) // max(self.hp.batch_size, 1)) * self.hp.n_epochs
         self.spec = self._spec()  # refuses bad options (batch_size=0, unknown keys, ...) without a request
         limits = self.client.models.retrieve(model).privtune
@@ -73,25 +87,31 @@ class DeviceSession:
         return job_spec(
             self.hp,
             self.privacy,
-            num_labels=len(self.labels.names),
+            task=self.task,
+            num_labels=len(self.labels.names) if self.labels is not None else None,
             split_layer=self.split_layer,
             max_length=self.max_length,
             total_steps=self.total_steps,
+            tail_layers=self.tail_layers,
             record=record,
             audit=audit,
-        )
+        ).resolved()
 
     def _local_work(self, cache_dir: str | None) -> None:
         from client_sdk.models import load_bottom
         from client_sdk.privatizer import Privatizer
 
-        path = self.client.bottoms.download(self.model, self.split_layer, cache_dir=cache_dir)
+        tail = self.spec.device_tail
+        path = self.client.bottoms.download(self.model, self.split_layer, cache_dir=cache_dir, tail_layers=tail)
+        self.artifact_dir = path
         bottom, tokenizer, manifest = load_bottom(path)
+        self.bottom, self.tokenizer, self.manifest = bottom, tokenizer, manifest
         self.privatizer = Privatizer(bottom, tokenizer, self.privacy.build(), max_length=self.max_length)
+        labels = None if self.labels is None else [self.labels.encode(ex.label) for ex in self.train]
         # Neighbour sets depend only on the bottom model: cache them next to it, keyed by its digest.
         self.privatizer.fit(
-            [ex.text for ex in self.train],
-            [self.labels.encode(ex.label) for ex in self.train],
+            [_fit_text(ex) for ex in self.train],
+            labels,
             cache_dir=Path(path).parent / "neighbours",
             model_id=manifest["digest"],
         )
@@ -169,30 +189,113 @@ class DeviceSession:
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
+    def end(self) -> Any:
+        """A fresh device end (head or tail) for this job, drawn from the device's own entropy."""
+        from client_sdk.inference import build_end
+
+        return build_end(self.end_meta(), self.bottom, self.artifact_dir, end_generator(self.privacy.seed))
+
+    def end_meta(self) -> dict[str, Any]:
+        """What the device's end is, saved with it (``client_sdk.inference`` rebuilds the model from it)."""
+        return {
+            "model": self.model,
+            "task": self.task,
+            "split_layer": self.split_layer,
+            "tail_layers": self.spec.device_tail,
+            "max_length": self.max_length,
+            "labels": list(self.labels.names) if self.labels is not None else None,
+            "lora_r": self.hp.lora_r,
+            "lora_alpha": self.hp.lora_alpha,
+            "hidden_size": int(self.bottom.hidden_size),
+            "bottom_digest": self.manifest["digest"],
+            "privacy": self.privacy.declared(),
+        }
+
     def trainer(self, job_id: str) -> Any:
-        """The device half of the job's training loop, posting through this session's client."""
+        """The device half of the job's training loop, posting through this session's client; its end
+        is saved under ``state_dir`` (default ``$PRIVTUNE_STATE_DIR`` or ``~/.cache/privtune/jobs``)."""
+        from client_sdk.end_state import EndStore
+        from client_sdk.end_tasks import HeadTask, TailTask
         from client_sdk.training import DeviceTrainer
 
+        end = self.end()
+        if self.task == "classification":
+            task = HeadTask(end, self.privatizer, self.labels)
+        else:
+            task = TailTask(end, self.privatizer, self.tokenizer, self.max_length)
+        store = EndStore(job_id, self.state_dir)
+        store.save_meta(self.end_meta())
         return DeviceTrainer(
             job_id,
             lambda payload: self.client.fine_tuning.jobs.post_step(job_id, payload),
-            self.privatizer,
-            self.labels,
+            task,
             self.train,
             self.hp.batch_size,
+            optimizer=self.spec.optimizer,
+            total_steps=self.total_steps,
             seed=self.seed,
             generator=self.privacy.generator(),
+            store=store,
+            validation=self.valid,
+            report_metrics=self.report_metrics,
         )
 
-    def metrics(self, trainer: Any, report: Any, before: float, after: float) -> dict[str, Any]:
+    def save_final(self, trainer: Any) -> None:
+        """Keep the trained end and the fitted mechanism on the device, for inference with the model."""
+        from client_sdk.privacy import save_state
+
+        trainer.store.save_final(trainer.task.end.state(), self.end_meta())
+        if self.privatizer.state is not None:
+            save_state(self.privatizer.state, trainer.store.directory / "privacy")
+
+    def metrics(self, trainer: Any, report: Any, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         """What the device measured, as ``FineTuneJob.metrics``."""
-        return {
-            "accuracy_before": before,
-            "accuracy_after": after,
+        out: dict[str, Any] = {
+            "task": self.task,
             "validation_examples": len(self.valid),
             "bytes_sent": trainer.report.bytes_sent,
             "bytes_received": trainer.report.bytes_received,
             "samples_per_second": round(report.samples_per_second, 3),
+            "validation_before": before,
+            "validation_after": after,
+            "validation_per_epoch": report.validation,
             "privacy": {**self.privacy.declared(), "record": self.privatizer.privacy_record()},
             "hyperparameters": asdict(self.hp),
         }
+        if self.task == "classification":
+            out["accuracy_before"] = before.get("valid_accuracy", float("nan"))
+            out["accuracy_after"] = after.get("valid_accuracy", float("nan"))
+        return out
+
+
+def _read_dataset(dataset: Any, task: str, columns: dict[str, str | None]) -> tuple[list[Any], LabelMap | None]:
+    """The examples of ``dataset`` for ``task`` and, for classification, the label map."""
+    allowed = CLASSIFICATION_COLUMNS if task == "classification" else GENERATION_COLUMNS
+    unknown = sorted(set(columns) - set(allowed))
+    if unknown:
+        raise TypeError(f"{unknown[0]} does not apply to task={task!r}; the column options are {list(allowed)}")
+    if task == "generation":
+        from client_sdk.generation_data import load_generation_examples
+
+        return load_generation_examples(dataset, **columns), None
+    if task != "classification":
+        raise JobSpecError(f"task must be 'classification' or 'generation', got {task!r}", "task")
+    examples = load_examples(dataset, **columns)
+    return examples, LabelMap.fit(ex.label for ex in examples)
+
+
+def _fit_text(example: Any) -> str:
+    """The text the mechanism is fitted on (classification: the text; generation: the whole exchange)."""
+    if hasattr(example, "text"):
+        return example.text
+    if example.messages:
+        return " ".join(str(m.get("content", "")) for m in example.messages)
+    return f"{example.prompt} {example.completion}"
+
+
+def end_generator(seed: int | None) -> Any:
+    """The generator of the device end's initial weights: the OS entropy source unless the privacy
+    config fixes a seed (experiments); never derived from anything the server knows."""
+    import torch
+
+    return torch.Generator().manual_seed(seed + 1 if seed is not None else secrets.randbits(63))

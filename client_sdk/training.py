@@ -1,20 +1,32 @@
-"""The device half of interactive split training: privatize, send, compute the loss locally, return
-its gradient. Labels and text never leave this module; only perturbed hidden states and dL/d(logits).
+"""The device half of interactive split training (U-shaped): privatize, send, finish the forward
+pass through the device's own end, train that end, return dL/d(server output).
+
+Labels, text, logits and the loss never leave this module: the wire carries perturbed hidden
+states and gradients, plus (unless ``report_metrics=False``) a few aggregates for the job's events:
+the mean training loss over each window of ``REPORT_EVERY`` steps and the validation results at the
+end of each epoch. The next batch is privatised in a background thread while the reply to the
+current one is awaited (the bottom is frozen, so it does not depend on the reply).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from client_sdk import protocol, wire
-from client_sdk.data import Example, LabelMap, batch_indices
+from client_sdk.data import batch_indices
+from client_sdk.end_state import EndStore
+from client_sdk.end_tasks import Batch
 from client_sdk.errors import StepOutOfOrderError
+from client_sdk.jobspec import OptimizerSpec
+
+REPORT_EVERY = 10  # steps per reported training-loss mean
 
 
 @dataclass
@@ -22,12 +34,13 @@ class TrainingReport:
     """What the device measured: per-step losses, bytes sent and received, throughput."""
 
     steps: int = 0
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # one per trained step, in step order
     bytes_sent: int = 0
     bytes_received: int = 0
     samples: int = 0
     seconds: float = 0.0
     activation_elements: int = 0  # real (b * t * d) elements sent, for the wire-efficiency figure
+    validation: list[dict[str, float]] = field(default_factory=list)  # per epoch: step, valid_loss, ...
 
     @property
     def samples_per_second(self) -> float:
@@ -35,97 +48,189 @@ class TrainingReport:
 
 
 class DeviceTrainer:
-    """Drives one job's steps through ``post`` (bytes -> bytes, e.g. ``Client.post_step``)."""
+    """Drives one job's steps through ``post`` (bytes -> bytes, e.g. ``Client.post_step``).
+
+    ``task`` is a :class:`~client_sdk.end_tasks.HeadTask` or :class:`~client_sdk.end_tasks.TailTask`
+    holding the device's end; ``optimizer`` the job's optimiser contract (the device trains its end
+    with the same AdamW settings and schedule as the server its adapter); ``store`` where the end is
+    saved after every step (``None``: not saved, for experiments).
+    """
 
     def __init__(
         self,
         job_id: str,
         post: Callable[[bytes], bytes],
-        privatizer: Any,
-        labels: LabelMap,
-        examples: Sequence[Example],
+        task: Any,
+        examples: Sequence[Any],
         batch_size: int,
+        *,
+        optimizer: OptimizerSpec,
+        total_steps: int,
         seed: int = 0,
         generator: torch.Generator | None = None,
+        store: EndStore | None = None,
+        validation: Sequence[Any] = (),
+        report_metrics: bool = True,
+        float_dtype: str = "float16",
     ):
-        self.job_id, self.post, self.privatizer, self.labels = job_id, post, privatizer, labels
-        self.examples, self.batch_size, self.seed = list(examples), batch_size, seed
-        self.generator = generator
+        self.job_id, self.post, self.task = job_id, post, task
+        self.examples, self.batch_size, self.seed, self.total_steps = list(examples), batch_size, seed, total_steps
+        self.generator, self.store, self.validation = generator, store, list(validation)
+        self.report_metrics, self.float_dtype = report_metrics, float_dtype
+        self.spec = optimizer
+        self.params = task.end.trainable()
+        # A tail of 0 blocks has nothing to train (final norm and LM head stay the public ones): a
+        # placeholder keeps the optimiser and its saved state uniform.
+        trained = list(self.params.values()) or [torch.nn.Parameter(torch.zeros(1))]
+        self.optimizer = torch.optim.AdamW(trained, lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: optimizer.lr_factor(s, total_steps)
+        )
         self.report = TrainingReport()
+        self._metrics: dict[str, float] = {}  # aggregates waiting for the next request
+        self._window: list[float] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtune-prefetch")
 
+    # ---- the wire ---------------------------------------------------------------------------------
     def _send(
         self, tensors: dict[str, torch.Tensor], step: int, kind: str = "step", extra: dict[str, str] | None = None
-    ) -> dict[str, torch.Tensor]:
-        payload = wire.encode(tensors, wire.WireHeader(self.job_id, step, kind, extra=extra or {}))
+    ) -> tuple[wire.WireHeader, dict[str, torch.Tensor]]:
+        header = wire.WireHeader(self.job_id, step, kind, extra=extra or {})
+        payload = wire.encode(tensors, header, float_dtype=self.float_dtype)
         reply = self.post(payload)
         self.report.bytes_sent += len(payload)
         self.report.bytes_received += len(reply)
-        return wire.decode(reply)[1]
+        return wire.decode(reply)
 
-    def _activations(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        out = self.privatizer.privatize(texts, generator=self.generator)
-        return {protocol.HIDDEN: out["hidden"], protocol.ATTENTION_MASK: out["attention_mask"].to(torch.uint8)}
+    def _extra(self) -> dict[str, str]:
+        if not (self.report_metrics and self._metrics):
+            return {}
+        metrics, self._metrics = self._metrics, {}
+        return {protocol.METRICS: json.dumps({k: round(v, 6) for k, v in metrics.items()})}
 
-    def train(
-        self, total_steps: int, start_step: int = 1, progress: Callable[[int, float, float], None] | None = None
-    ) -> TrainingReport:
+    # ---- the device's end -------------------------------------------------------------------------
+    def _save(self, step: int) -> None:
+        if self.store is not None:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            self.store.save(step, self.task.end.state(), state)
+
+    def _restore(self, step: int) -> None:
+        """Put the end back as it was after ``step`` (the worker resumed from its checkpoint there)."""
+        if self.store is None:
+            raise RuntimeError(f"the worker resumed from step {step}; without a device store the end cannot follow")
+        tensors, state = self.store.load(step)
+        self.task.end.load_state(tensors)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def _update(self, output: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, float]:
+        """Forward through the end, one optimiser step on it; returns (dL/d(output), loss)."""
+        output = output.float().requires_grad_(True)
+        loss, _, _ = self.task.loss(output, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.params:
+            torch.nn.utils.clip_grad_norm_(self.params.values(), self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return output.grad.detach(), float(loss.detach())
+
+    def _batch(self, step: int) -> Batch:
+        idx = batch_indices(len(self.examples), self.batch_size, step, self.seed)
+        return self.task.batch([self.examples[i] for i in idx], self.generator)
+
+    def _prefetch(self, step: int) -> Future[Batch] | None:
+        return self._pool.submit(self._batch, step) if step <= self.total_steps else None
+
+    # ---- training ---------------------------------------------------------------------------------
+    def train(self, start_step: int = 1, progress: Callable[[int, float, float], None] | None = None) -> TrainingReport:
         """Run steps ``start_step..total_steps`` and flush the last gradient.
 
         A ``StepOutOfOrderError`` (the worker restarted from a checkpoint) rewinds to the step the
-        worker expects, without a gradient; batches are rebuilt from the step number.
+        worker expects, without a gradient, with the end restored as saved after the step before;
+        batches are rebuilt from the step number.
         """
-        step, grad, loss_value = start_step, None, None
-        started = time.perf_counter()
-        while step <= total_steps + 1:
-            if step > total_steps and grad is None:  # the worker resumed after the last step: nothing to flush
-                break
-            tensors: dict[str, torch.Tensor] = {}
-            extra = {} if loss_value is None else {protocol.LOSS: f"{loss_value:.6f}"}
-            if step <= total_steps:
-                idx = batch_indices(len(self.examples), self.batch_size, step, self.seed)
-                batch = [self.examples[i] for i in idx]
-                tensors = self._activations([ex.text for ex in batch])
-                targets = torch.tensor([self.labels.encode(ex.label) for ex in batch])
-            if grad is not None:
-                tensors[protocol.GRAD_OUTPUT] = grad
-            try:
-                reply = self._send(tensors, step, extra=extra)
-            except StepOutOfOrderError as exc:
-                if exc.expected_step is None or exc.expected_step == step:
-                    raise
-                step, grad, loss_value = exc.expected_step, None, None
-                continue
-            if step > total_steps:
-                break
-            logits = reply[protocol.OUTPUT].float().requires_grad_(True)  # (b, c)
-            loss = F.cross_entropy(logits, targets)
-            loss.backward()
-            grad, loss_value = logits.grad.detach(), loss.item()
-            mask = tensors[protocol.ATTENTION_MASK]
-            self.report.activation_elements += int(mask.sum()) * tensors[protocol.HIDDEN].shape[-1]
-            self.report.losses.append(loss_value)
-            self.report.samples += len(batch)
-            self.report.steps = step
-            self.report.seconds = time.perf_counter() - started
-            if progress:
-                progress(step, loss_value, self.report.samples_per_second)
-            step += 1
+        if self.store is not None and self.store.has(start_step - 1):
+            self._restore(start_step - 1)
+        elif start_step == 1:
+            self._save(0)
+        per_epoch = -(-len(self.examples) // self.batch_size)
+        step, grad, started = start_step, None, time.perf_counter()
+        pending = self._prefetch(step)
+        try:
+            while step <= self.total_steps or grad is not None:
+                batch = pending.result() if pending is not None else None
+                tensors = dict(batch.tensors) if batch is not None else {}
+                if grad is not None:
+                    tensors[protocol.GRAD_OUTPUT] = grad
+                pending = self._prefetch(step + 1)  # privatised while the worker computes
+                try:
+                    header, reply = self._send(tensors, step, extra=self._extra())
+                except StepOutOfOrderError as exc:
+                    if exc.expected_step is None or exc.expected_step == step:
+                        raise
+                    if pending is not None:
+                        pending.result()
+                    step, grad = exc.expected_step, None
+                    self._restore(step - 1)
+                    del self.report.losses[max(step - start_step, 0) :]
+                    pending = self._prefetch(step)
+                    continue
+                if self.store is not None and protocol.CHECKPOINT in header.extra:
+                    self.store.prune(int(header.extra[protocol.CHECKPOINT]))
+                if batch is None:  # the flush of the last gradient
+                    break
+                grad, loss = self._update(reply[protocol.OUTPUT], batch)
+                self._save(step)
+                self._account(step, batch, loss, started, progress)
+                if step % per_epoch == 0 and step < self.total_steps and self.validation:
+                    if pending is not None:
+                        pending.result()  # the noise generator is not shared between threads
+                    self._validate(step)
+                step += 1
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtune-prefetch")
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    @torch.no_grad()
-    def evaluate(self, examples: Sequence[Example], batch_size: int | None = None) -> float:
-        """Accuracy of the job's current model on local examples (private inference through the worker)."""
-        if not examples:
-            return float("nan")
-        size, correct = batch_size or self.batch_size, 0
-        for start in range(0, len(examples), size):
-            batch = examples[start : start + size]
-            logits = self._send(self._activations([ex.text for ex in batch]), 0, kind="infer")[protocol.OUTPUT]
-            truth = torch.tensor([self.labels.encode(ex.label) for ex in batch])
-            correct += int((logits.argmax(-1) == truth).sum())
-        return correct / len(examples)
+    def _account(self, step: int, batch: Batch, loss: float, started: float, progress: Any) -> None:
+        mask = batch.tensors[protocol.ATTENTION_MASK]
+        self.report.activation_elements += int(mask.sum()) * batch.tensors[protocol.HIDDEN].shape[-1]
+        self.report.losses.append(loss)
+        self.report.samples += batch.size
+        self.report.steps = step
+        self.report.seconds = time.perf_counter() - started
+        self._window.append(loss)
+        if len(self._window) >= REPORT_EVERY:
+            self._metrics["train_loss"] = sum(self._window) / len(self._window)
+            self._window = []
+        if progress:
+            progress(step, loss, self.report.samples_per_second)
 
-    def finish_payload(self) -> bytes:
-        """The completion request: the worker saves the final adapter and ends the job."""
-        return wire.encode({}, wire.WireHeader(self.job_id, 0, "step", extra={protocol.FINAL: "1"}))
+    def _validate(self, step: int) -> None:
+        result = self.evaluate(self.validation)
+        self.report.validation.append({"step": step, **result})
+        self._metrics.update(result)
+
+    @torch.no_grad()
+    def evaluate(self, examples: Sequence[Any], batch_size: int | None = None) -> dict[str, float]:
+        """Loss and accuracy of the job's current model (server part + the device's end) on local examples:
+        ``valid_loss`` and ``valid_accuracy`` (classification) or ``valid_mean_token_accuracy`` (generation)."""
+        size, total_loss, correct, count = batch_size or self.batch_size, 0.0, 0, 0
+        for start in range(0, len(examples), size):
+            batch = self.task.batch(examples[start : start + size], self.generator)
+            _, reply = self._send(batch.tensors, 0, kind="infer")
+            loss, right, n = self.task.loss(reply[protocol.OUTPUT].float(), batch)
+            total_loss, correct, count = total_loss + float(loss) * n, correct + right, count + n
+        if not count:
+            return {}
+        accuracy = "valid_accuracy" if self.task.task == "classification" else "valid_mean_token_accuracy"
+        return {"valid_loss": total_loss / count, accuracy: correct / count}
+
+    def finish_payload(self, validation: dict[str, float] | None = None) -> bytes:
+        """The completion request: the worker saves the final adapter and ends the job. It carries the
+        aggregates still waiting and ``validation`` (the final :meth:`evaluate`), unless metrics are off."""
+        self._metrics.update(validation or {})
+        extra = {protocol.FINAL: "1", **self._extra()}
+        return wire.encode({}, wire.WireHeader(self.job_id, 0, "step", extra=extra))

@@ -64,6 +64,7 @@ def enqueue_job(celery: Celery, job_id: str) -> str:
     return celery.send_task(RUN_JOB_TASK, args=[job_id], queue=GPU_QUEUE).id
 
 
-def enqueue_export(celery: Celery, model: str, split_layer: int) -> str:
-    """Send ``worker.export_bottom(model, split_layer)`` to the ``artifacts`` queue; returns the task id."""
-    return celery.send_task(EXPORT_BOTTOM_TASK, args=[model, split_layer], queue=ARTIFACTS_QUEUE).id
+def enqueue_export(celery: Celery, model: str, split_layer: int, tail_layers: int = 0) -> str:
+    """Send ``worker.export_bottom(model, split_layer, tail_layers)`` to the ``artifacts`` queue; returns
+    the task id."""
+    return celery.send_task(EXPORT_BOTTOM_TASK, args=[model, split_layer, tail_layers], queue=ARTIFACTS_QUEUE).id

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client_sdk import privatized_file, protocol, wire
+from client_sdk import privatized_file, wire
 from client_sdk.jobspec import DeclaredPrivacy, step_shape
 from client_sdk.models.catalog import describe_model
 from service.db import repo
@@ -46,6 +46,7 @@ class JobRunner:
         self.trainer: TopTrainer | None = None
         self.outcome = "succeeded"  # what _finish recorded (another status if the job ended first)
         self.last_checkpoint_step = 0
+        self._train_loss: float | None = None  # the device's latest reported running mean
         self._last_heartbeat = float("-inf")
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
 
@@ -93,11 +94,13 @@ class JobRunner:
         self.trainer = TopTrainer(spec, self.device, model_cache_dir=self.settings.model_cache_dir)
         self.server = StepServer(
             self.trainer,
-            step_shape(spec.method, info.hidden_size),
+            step_shape(spec.method, info.hidden_size, server_head=spec.server_head),
             self.job_id,
             self.limits,
-            on_update=lambda header, norm, batch: self._after_update(header.extra.get(protocol.LOSS), norm, batch),
+            on_update=lambda header, norm, batch: self._after_update(norm, batch),
             on_finish=self._finish,
+            checkpoint_step=lambda: self.last_checkpoint_step,
+            on_metrics=self._device_metrics,
         )
         checkpoint = self._db(repo.latest_checkpoint)
         if checkpoint:
@@ -205,27 +208,38 @@ class JobRunner:
         )
         return "paused"
 
-    def _after_update(self, loss: float | str | None, grad_norm: float, batch: int) -> None:
+    def _device_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Aggregates the device chose to report (``protocol.METRICS``): the running training loss is kept
+        for the next metrics event; validation results are an event of their own."""
+        if "train_loss" in metrics:
+            self._train_loss = metrics["train_loss"]
+        valid = {k: v for k, v in metrics.items() if k.startswith("valid_")}
+        if valid:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in valid.items())
+            self._event(f"Step {step}: {shown}", type="metrics", data={"step": step, **valid})
+
+    def _after_update(self, grad_norm: float, batch: int) -> None:
         step = self.trainer.steps_applied
         start, samples = self._window
         samples += batch
         self._window = (start, samples)
+        loss = self._train_loss  # the device's running mean, if it reports one
         every = int(getattr(self.settings, "log_every_steps", 10))
         if step % every == 0 or step == self.spec.total_steps:
             elapsed = max(time.monotonic() - start, 1e-9)
             data = {
                 "step": step,
-                "train_loss": float(loss) if loss is not None else None,
+                "train_loss": loss,
                 "samples_per_second": round(samples / elapsed, 3),
                 "grad_norm": round(grad_norm, 6),
                 "learning_rate": self.trainer.scheduler.get_last_lr()[0],
                 "total_steps": self.spec.total_steps,
             }
-            msg = f"Step {step}/{self.spec.total_steps}: training loss={data['train_loss']}"
-            self._event(msg, type="metrics", data=data)
+            shown = "not reported by the device" if loss is None else f"{loss:.4f} (device running mean)"
+            self._event(f"Step {step}/{self.spec.total_steps}: training loss {shown}", type="metrics", data=data)
             self._window = (time.monotonic(), 0)
         if step % int(self.settings.checkpoint_every) == 0:
-            self._checkpoint({"step": step, "train_loss": float(loss) if loss is not None else None})
+            self._checkpoint({"step": step, "train_loss": loss})
 
     # ---- artifacts ------------------------------------------------------------------------------
     def _job_dir(self) -> Path:

@@ -30,6 +30,8 @@ class _Served:
 
 #: callback after each optimizer step: (header of the request, gradient norm, batch size)
 UpdateHook = Callable[[wire.WireHeader, float, int], None]
+#: callback for a request's ``metrics`` extra (device-side aggregates), checked: (step, metrics)
+MetricsHook = Callable[[int, dict[str, float]], None]
 
 
 class StepServer:
@@ -43,9 +45,12 @@ class StepServer:
         limits: wire.WireLimits = wire.DEFAULT_LIMITS,
         on_update: UpdateHook | None = None,
         on_finish: Callable[[], None] | None = None,
+        checkpoint_step: Callable[[], int] | None = None,
+        on_metrics: MetricsHook | None = None,
     ):
         self.trainer, self.shape, self.job_id, self.limits = trainer, shape, job_id, limits
-        self.on_update, self.on_finish = on_update, on_finish
+        self.on_update, self.on_finish, self.on_metrics = on_update, on_finish, on_metrics
+        self.checkpoint_step = checkpoint_step or (lambda: 0)
         self.last: _Served | None = None
         self.finished = False
 
@@ -55,14 +60,19 @@ class StepServer:
             header, infos = wire.inspect(payload, self.limits)
             request = protocol.check_request(header, infos, self.shape, self.job_id)
             _, tensors = wire.decode(payload, self.limits)
+            metrics = protocol.parse_metrics(header.extra[protocol.METRICS]) if protocol.METRICS in header.extra else {}
         except wire.WireError as exc:
             raise StepRejected.from_wire(exc) from None
+        report = (lambda: self.on_metrics(header.step, metrics)) if metrics and self.on_metrics else (lambda: None)
         if request.kind == "infer":
+            report()
             output = self.trainer.infer(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
             return self._encode_output(output, header.step, "infer_reply")
         if request.kind == "final":  # completion: idempotent, not numbered
-            if not self.finished and self.on_finish:
-                self.on_finish()
+            if not self.finished:
+                report()
+                if self.on_finish:
+                    self.on_finish()
             self.finished = True
             return wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
         if self.last is not None and header.step == self.last.step:  # a retry: same reply, no second update
@@ -78,21 +88,25 @@ class StepServer:
             )
         grad = tensors.get(protocol.GRAD_OUTPUT)
         self._check_gradient(grad)
+        report()  # before the update, whose metrics event shows the device's running loss
         if grad is not None:
             grad_norm = self.trainer.apply_gradient(grad)
             if self.on_update:
                 self.on_update(header, grad_norm, grad.shape[0])
         if request.kind == "flush":
-            reply = wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
+            reply = wire.encode({}, self._reply_header(header.step, "step_reply"))
         else:
             output = self.trainer.forward(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
             reply = self._encode_output(output, header.step, "step_reply")
         self.last = _Served(header.step, reply)
         return reply
 
+    def _reply_header(self, step: int, kind: str) -> wire.WireHeader:
+        return wire.WireHeader(self.job_id, step, kind, extra={protocol.CHECKPOINT: str(self.checkpoint_step())})
+
     def _encode_output(self, output: torch.Tensor, step: int, kind: str) -> bytes:
         float_dtype = "float32" if self.shape.task == "classification" else "float16"
-        return wire.encode({protocol.OUTPUT: output}, wire.WireHeader(self.job_id, step, kind), float_dtype=float_dtype)
+        return wire.encode({protocol.OUTPUT: output}, self._reply_header(step, kind), float_dtype=float_dtype)
 
     def _check_gradient(self, grad: torch.Tensor | None) -> None:
         """The gradient must answer the pending forward exactly (present, absent, its shape)."""

@@ -48,13 +48,14 @@ def run_job(job_id: str) -> str:
     return JobRunner(job_id, settings, sessions, redis_client, worker_id(), device=device).run()
 
 
-def export_bottom(model: str, split_layer: int) -> str:
-    """Export the bottom artifact the gateway serves for (model, split_layer); returns its digest."""
+def export_bottom(model: str, split_layer: int, tail_layers: int = 0) -> str:
+    """Export the device artifact the gateway serves for (model, split_layer, tail_layers); returns its digest."""
+    from client_sdk.models.artifact import artifact_name
     from worker.models import export_bottom as export
 
     settings = _resources()[0]
-    out = Path(settings.artifact_dir) / "bottoms" / model / f"l{int(split_layer)}"
-    artifact = export(model, int(split_layer), out, cache_dir=settings.model_cache_dir)
+    out = Path(settings.artifact_dir) / "bottoms" / model / artifact_name(split_layer, tail_layers)
+    artifact = export(model, int(split_layer), out, cache_dir=settings.model_cache_dir, tail_layers=int(tail_layers))
     log.info("exported bottom of %s at l=%s to %s (digest %s)", model, split_layer, out, artifact.digest)
     return artifact.digest
 

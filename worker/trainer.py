@@ -27,16 +27,19 @@ META_FILE = "meta.json"
 @dataclass(frozen=True)
 class TrainSpec:
     """What the worker needs to rebuild a job's top model and optimizer: the base model, the job's
-    ``method.privtune`` contract (``client_sdk.jobspec.PrivtuneMethod``) and the seed."""
+    ``method.privtune`` contract (``client_sdk.jobspec.PrivtuneMethod``), the seed, and whether the
+    classification head is the server's (upload mode, labels shared) or the device's."""
 
     model: str
     method: PrivtuneMethod
     seed: int = 0
+    server_head: bool = False
 
     @classmethod
     def from_job(cls, job: dict[str, Any]) -> TrainSpec:
-        """The spec of a stored job row."""
-        return cls(job["model"], PrivtuneMethod.from_job(job).resolved(), int(job.get("seed") or 0))
+        """The spec of a stored job row (``method.type == "supervised"``: upload mode, server-side head)."""
+        upload = (job.get("method") or {}).get("type") == "supervised"
+        return cls(job["model"], PrivtuneMethod.from_job(job).resolved(), int(job.get("seed") or 0), upload)
 
     @property
     def total_steps(self) -> int:
@@ -47,7 +50,12 @@ class TrainSpec:
         return replace(self, method=self.method.model_copy(update={"total_steps": total_steps}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "seed": self.seed, "method": self.method.model_dump(mode="json")}
+        return {
+            "model": self.model,
+            "seed": self.seed,
+            "server_head": self.server_head,
+            "method": self.method.model_dump(mode="json"),
+        }
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -83,6 +91,8 @@ class TopTrainer:
                 num_labels=method.num_labels,
                 cache_dir=model_cache_dir,
                 noise_aware=bool(method.noise_aware),
+                server_head=spec.server_head,
+                tail_layers=method.device_tail,
             )
         targets = list(method.lora.target_modules or top.default_lora_targets)
         lora = LoraConfig(
@@ -102,10 +112,7 @@ class TopTrainer:
         self._pending: torch.Tensor | None = None
 
     def _lr_factor(self, step: int) -> float:
-        warm, total = self.spec.method.optimizer.warmup_steps, max(self.spec.total_steps, 1)
-        if warm and step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total - step) / max(total - warm, 1))
+        return self.spec.method.optimizer.lr_factor(step, self.spec.total_steps)
 
     # ---- one step ---------------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

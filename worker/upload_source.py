@@ -11,6 +11,7 @@ checkpoints, events and completion are those of the step server and the runner.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import torch
@@ -28,7 +29,8 @@ class UploadSource:
         self.data, self.batch_size, self.seed, self.job_id = data, batch_size, seed, job_id
 
     def _payload(self, step: int, grad: torch.Tensor | None, loss: float | None) -> bytes:
-        """Step ``step``: its batch (none after the last step: a flush), the previous gradient and loss."""
+        """Step ``step``: its batch (none after the last step: a flush), the previous gradient and loss
+        (reported as the training loss of the job's events: labels are the server's in this mode)."""
         tensors: dict[str, torch.Tensor] = {}
         if step <= self.total_steps:
             idx = torch.tensor(batch_indices(len(self.data), self.batch_size, step, self.seed))
@@ -38,7 +40,7 @@ class UploadSource:
             tensors[protocol.ATTENTION_MASK] = mask[:, :t].to(torch.uint8)
         if grad is not None:
             tensors[protocol.GRAD_OUTPUT] = grad  # (b, c)
-        extra = {} if loss is None else {protocol.LOSS: f"{loss:.6f}"}
+        extra = {} if loss is None else {protocol.METRICS: json.dumps({"train_loss": round(loss, 6)})}
         return wire.encode(tensors, wire.WireHeader(self.job_id, step, "step", extra=extra), float_dtype="float32")
 
     def _final(self) -> bytes:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,21 +23,29 @@ from api.deps import EnqueuerDep, PrincipalDep, RedisDep, RelayDep, SessionDep, 
 from api.schemas.objects import FineTuningJob, job_object
 from client_sdk import protocol, wire
 from client_sdk.jobspec import PrivtuneMethod, step_shape
+from client_sdk.models.artifact import artifact_name
 from service.db import repo
 from service.db.repo import status as st
-from service.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 
 router = APIRouter(tags=["privtune"])
 
+TailQuery = Annotated[int, Query(ge=0, le=1024, description="Generation: blocks of the device's tail (0: none).")]
 IMMUTABLE = "public, max-age=31536000, immutable"
 _BINARY_BODY = {
     "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 }
 
 
-def _bottom_dir(settings: Any, model: str, split_layer: int) -> Path:
-    catalog.check_split_layer(model, split_layer, param="split_layer")
-    return settings.bottoms_dir / model / f"l{split_layer}"
+def _bottom_dir(settings: Any, model: str, split_layer: int, tail_layers: int) -> Path:
+    info = catalog.check_split_layer(model, split_layer, param="split_layer")
+    if tail_layers and (info.family != "llama" or not 0 < tail_layers < info.num_layers - split_layer):
+        raise BadRequest(
+            f"tail_layers={tail_layers} needs a causal LM and must leave the server at least one of the "
+            f"{info.num_layers - split_layer} blocks after split layer {split_layer}.",
+            param="tail_layers",
+        )
+    return settings.bottoms_dir / model / artifact_name(split_layer, tail_layers)
 
 
 def _manifest(directory: Path) -> dict[str, Any] | None:
@@ -47,17 +55,24 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
 
 @router.get("/v1/privtune/bottoms/{model}/{split_layer}", summary="Bottom-model manifest (export on demand)")
 def bottom_manifest(
-    model: str, split_layer: int, principal: PrincipalDep, settings: SettingsDep, redis: RedisDep, enqueue: EnqueuerDep
+    model: str,
+    split_layer: int,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    redis: RedisDep,
+    enqueue: EnqueuerDep,
+    tail_layers: TailQuery = 0,
 ) -> Any:
-    """The bottom-model export manifest; 503 ``bottom_model_preparing`` while it is exported (queued once)."""
-    directory = _bottom_dir(settings, model, split_layer)
+    """The device artifact's manifest (the bottom, and with ``tail_layers`` the base weights of a
+    generation tail); 503 ``bottom_model_preparing`` while it is exported (queued once)."""
+    directory = _bottom_dir(settings, model, split_layer, tail_layers)
     manifest = _manifest(directory)
     if manifest is not None:
         return JSONResponse(manifest)
-    guard = f"pt:export:{model}:l{split_layer}"
+    guard = f"pt:export:{model}:{artifact_name(split_layer, tail_layers)}"
     if redis.set(guard, principal.organization_id, nx=True, ex=settings.export_guard_ttl_s):
         try:
-            enqueue.export(model, split_layer)
+            enqueue.export(model, split_layer, tail_layers)
         except Exception:
             redis.delete(guard)
             raise
@@ -70,10 +85,16 @@ def bottom_manifest(
 
 @router.get("/v1/privtune/bottoms/{model}/{split_layer}/files/{filename}", summary="Download a bottom-model file")
 def bottom_file(
-    model: str, split_layer: int, filename: str, request: Request, principal: PrincipalDep, settings: SettingsDep
+    model: str,
+    split_layer: int,
+    filename: str,
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    tail_layers: TailQuery = 0,
 ) -> Any:
     """A file listed in the manifest; ETag = its sha256; ``If-None-Match`` answers 304."""
-    directory = _bottom_dir(settings, model, split_layer)
+    directory = _bottom_dir(settings, model, split_layer, tail_layers)
     files = (_manifest(directory) or {}).get("files") or {}
     if filename not in files:
         raise NotFound(f"{filename!r} is not a file of the {model} l{split_layer} export.", param="filename")

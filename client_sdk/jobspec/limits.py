@@ -49,15 +49,26 @@ def check_limits(spec: PrivtuneMethod, limits: ServerLimits) -> None:
             f"{P}.split_layer",
             code="invalid_split_layer",
         )
+    tail = spec.device_tail
+    if spec.split_layer + tail >= limits.num_layers:
+        raise JobSpecError(
+            f"split_layer + tail_layers must leave the server at least one of the {limits.num_layers} blocks, "
+            f"got {spec.split_layer} + {tail}.",
+            f"{P}.tail_layers",
+            code="invalid_split_layer",
+        )
 
 
-def step_shape(spec: PrivtuneMethod, hidden_size: int) -> StepShape:
+def step_shape(spec: PrivtuneMethod, hidden_size: int, *, server_head: bool = False) -> StepShape:
     """What a job accepts per step (gateway, worker and evaluation build it here, nowhere else): the
-    model's hidden size, the task and labels, at most ``batch_size`` rows of at most ``max_tokens``."""
+    model's hidden size, the task and labels, at most ``batch_size`` rows of at most ``max_tokens``.
+    ``server_head``: the server holds the classification head (upload mode, labels shared), so it
+    returns logits; otherwise the head is the device's and the server returns a representation."""
     return StepShape(
         hidden_size=int(hidden_size),
         task=spec.task,
         num_labels=spec.num_labels,
         max_batch_size=spec.batch_size,
         max_tokens=spec.max_tokens,
+        server_head=server_head,
     )

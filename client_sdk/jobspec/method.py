@@ -12,9 +12,12 @@ from client_sdk.privacy.table import NOISE_MECHANISMS, config_from_dict, mechani
 
 from .errors import FieldError, JobSpecError, UnknownKeyError
 
-__all__ = ["DEFAULT_LEARNING_RATE", "P", "DeclaredPrivacy", "LoraSpec", "OptimizerSpec", "PrivtuneMethod", "StrictModel"]
+__all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_TAIL_LAYERS", "P", "DeclaredPrivacy", "LoraSpec", "OptimizerSpec", "PrivtuneMethod", "StrictModel"]
 
 DEFAULT_LEARNING_RATE = 5e-4
+#: generation: blocks at the end of the model that the device keeps (its private tail), chosen by the
+#: answer-token attack on the returned gradient (docs/RESULTS.md, "Generation: answer tokens")
+DEFAULT_TAIL_LAYERS = 2
 Task = Literal["classification", "generation"]  # client_sdk.protocol.TASKS
 P = "method.privtune"
 
@@ -53,6 +56,14 @@ class OptimizerSpec(StrictModel):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, le=10_000_000, description="Linear warm-up steps.")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e4, description="Gradient clipping norm.")
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The schedule's multiplier of ``learning_rate`` at optimizer step ``step`` (0-based): linear
+        warm-up over ``warmup_steps``, then linear decay to 0 at ``total_steps`` (server and device alike)."""
+        warm, total = self.warmup_steps, max(total_steps, 1)
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(total - warm, 1))
 
 
 class DeclaredPrivacy(BaseModel):
@@ -104,6 +115,13 @@ class PrivtuneMethod(StrictModel):
     task: Task = "classification"
     num_labels: int | None = Field(None, ge=2, le=100_000, description="Classes (classification only).")
     split_layer: int = Field(3, ge=1, le=1024, description="Blocks that stay on the device.")
+    tail_layers: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Generation: the last blocks, kept on the device with the final norm and LM head (its "
+        f"private tail). None: {DEFAULT_TAIL_LAYERS}.",
+    )
     max_tokens: int = Field(64, ge=1, le=1_000_000, description="Longest sequence a step may carry.")
     batch_size: int = Field(32, ge=1, le=1_000_000, description="Largest batch a step may carry.")
     n_epochs: int = Field(1, ge=1, le=50, description="Passes over the training data.")
@@ -121,7 +139,16 @@ class PrivtuneMethod(StrictModel):
     def _consistent(self) -> PrivtuneMethod:
         if self.noise_aware and self.task == "generation":
             raise FieldError("noise_aware", "noise_aware applies to classification only")
+        if self.tail_layers is not None and self.task != "generation":
+            raise FieldError("tail_layers", "tail_layers applies to task='generation' only")
         return self
+
+    @property
+    def device_tail(self) -> int:
+        """Blocks the device runs after the server's (0 for classification, whose end is a head)."""
+        if self.task != "generation":
+            return 0
+        return DEFAULT_TAIL_LAYERS if self.tail_layers is None else self.tail_layers
 
     def check_complete(self, *, interactive: bool) -> None:
         """Raise :class:`JobSpecError` unless the spec can train: a classification job names its
@@ -134,11 +161,14 @@ class PrivtuneMethod(StrictModel):
             )
 
     def resolved(self) -> PrivtuneMethod:
-        """The same spec with ``noise_aware`` decided (None -> on for noisy classification)."""
-        if self.noise_aware is not None:
-            return self
-        aware = self.task == "classification" and self.privacy.mechanism in NOISE_MECHANISMS
-        return self.model_copy(update={"noise_aware": aware})
+        """The same spec with the defaults decided: ``noise_aware`` (on for noisy classification) and,
+        for generation, ``tail_layers``."""
+        update: dict[str, Any] = {}
+        if self.noise_aware is None:
+            update["noise_aware"] = self.task == "classification" and self.privacy.mechanism in NOISE_MECHANISMS
+        if self.task == "generation" and self.tail_layers is None:
+            update["tail_layers"] = DEFAULT_TAIL_LAYERS
+        return self.model_copy(update=update) if update else self
 
     @classmethod
     def from_job(cls, job: dict[str, Any]) -> PrivtuneMethod:

@@ -29,6 +29,9 @@ _LAZY = {
     "BottomModel": "client_sdk.models.bottom",
     "BottomOutput": "client_sdk.models.bottom",
     "load_bottom": "client_sdk.models.load",
+    "load_tail": "client_sdk.models.load",
+    "ClassifierHead": "client_sdk.models.ends",
+    "DeviceTail": "client_sdk.models.ends",
     "load_tokenizer": "client_sdk.models.load",
     "prototype_context": "client_sdk.models.load",
 }

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,13 +123,16 @@ class BottomModel(nn.Module):
         output_attentions: bool = False,
         *,
         inputs_embeds: torch.Tensor | None = None,
+        cache: Any = None,
     ) -> BottomOutput:
         """Return the split-layer representations ``(b, t, d)`` of right-padded token ids ``(b, t)``.
 
         ``attention_mask`` ``(b, t)`` marks real tokens with 1 (all ones if omitted). With
         ``output_attentions`` the eager kernel runs and the l softmax weight tensors are returned.
         ``inputs_embeds`` ``(b, t, d)`` may replace ``input_ids`` (e.g. a relaxed one-hot times
-        :meth:`input_embeddings`, for inversion attacks).
+        :meth:`input_embeddings`, for inversion attacks). ``cache`` (causal LMs): a
+        ``client_sdk.models.attention.KVCache`` of the positions already run; ``attention_mask`` then
+        covers them too, ``(b, P + t)``.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -137,7 +141,8 @@ class BottomModel(nn.Module):
             device = (input_ids if input_ids is not None else inputs_embeds).device
             attention_mask = torch.ones(shape, dtype=torch.long, device=device)  # (b, t)
         hidden = self._family.embed(self.embeddings, input_ids, inputs_embeds)  # (b, t, d)
-        hidden, attentions = self.blocks(hidden, attention_mask, output_attentions)
+        kwargs = {} if cache is None else {"cache": cache}
+        hidden, attentions = self.blocks(hidden, attention_mask, output_attentions, **kwargs)
         return BottomOutput(hidden=hidden, attentions=attentions)
 
     def input_embeddings(self) -> torch.Tensor:

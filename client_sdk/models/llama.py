@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from .attention import capture_attentions, causal_bias
+from .attention import KVCache, capture_attentions, causal_bias
 
 IS_CAUSAL = True
 LORA_TARGETS = ("q_proj", "v_proj")
@@ -74,20 +74,26 @@ class Blocks(nn.Module):
         attention_mask: torch.Tensor,
         output_attentions: bool = False,
         key_bias: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Run the blocks on ``hidden`` ``(b, t, d)``; return the new hidden states and, if asked, attentions.
 
-        ``key_bias`` ``(b, t)``, optional: added to every attention logit towards key j (log-weights).
+        ``key_bias`` ``(b, T)``, optional: added to every attention logit towards key j (log-weights).
+        ``cache``: the keys and values of the P positions already run (incremental decoding); then
+        ``attention_mask`` is ``(b, P + t)`` and the new positions are numbered P..P+t-1.
         """
         t = hidden.shape[1]
-        position_ids = torch.arange(t, device=hidden.device)[None]  # (1, t)
+        past = cache.length if cache is not None else 0
+        position_ids = torch.arange(past, past + t, device=hidden.device)[None]  # (1, t)
         rope = self.rotary_emb(hidden, position_ids)  # cos, sin: (1, t, head_dim)
         attention_mask = attention_mask.to(hidden.device)
-        bias = causal_bias(attention_mask, hidden.dtype)  # (b, 1, t, t)
+        bias = causal_bias(attention_mask, hidden.dtype, queries=t)  # (b, 1, t, P + t)
         if key_bias is not None:
             bias = bias + key_bias.to(hidden.dtype)[:, None, None, :]
         modules = [layer.self_attn for layer in self.layers]
         with capture_attentions(modules, output_attentions) as weights:
             for layer in self.layers:
-                hidden = layer(hidden, attention_mask=bias, position_ids=position_ids, position_embeddings=rope)
+                hidden = layer(
+                    hidden, attention_mask=bias, position_ids=position_ids, position_embeddings=rope, cache=cache
+                )
         return hidden, tuple(weights) if weights is not None else None

@@ -12,11 +12,11 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from .artifact import WEIGHTS, ArtifactError, verify_artifact
-from .bottom import BottomModel, family_module
+from .artifact import TAIL_WEIGHTS, WEIGHTS, ArtifactError, verify_artifact
+from .bottom import BottomModel, family_module, truncated_config
 from .catalog import SUPPORTED_MODEL_TYPES
 
-__all__ = ["frozen", "load_bottom", "load_tokenizer", "prototype_context"]
+__all__ = ["frozen", "load_bottom", "load_tail", "load_tokenizer", "prototype_context"]
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:
@@ -78,3 +78,31 @@ def load_bottom(artifact_dir: str | Path) -> tuple[BottomModel, Any, dict[str, A
     except RuntimeError as exc:
         raise ArtifactError(f"artifact weights do not fit the bottom model: {exc}") from None
     return frozen(bottom), tokenizer, manifest
+
+
+def load_tail(
+    artifact_dir: str | Path,
+    bottom: BottomModel,
+    manifest: dict[str, Any],
+    *,
+    lora_r: int = 8,
+    lora_alpha: float = 16.0,
+    generator: Any = None,
+) -> Any:
+    """The device's generation tail (``client_sdk.models.ends.DeviceTail``) from an artifact exported
+    with ``tail_layers`` = k: its k base blocks (frozen), the bottom's final norm and LM head, and
+    fresh LoRA adapters of rank ``lora_r`` (0: none) drawn from ``generator``."""
+    from torch import nn
+
+    from .ends import DeviceTail
+
+    k, num_layers = int(manifest.get("tail_layers", 0)), int(manifest["num_layers"])
+    layers = nn.ModuleList()
+    if k:
+        family = family_module(bottom.config.model_type)
+        layers = family.new_layers(truncated_config(bottom.config, num_layers), num_layers - k, num_layers)
+        try:
+            layers.load_state_dict(load_file(str(Path(artifact_dir) / TAIL_WEIGHTS)), strict=True)
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise ArtifactError(f"artifact tail weights do not fit {k} blocks: {exc}") from None
+    return DeviceTail(bottom, layers.eval(), num_layers, lora_r=lora_r, lora_alpha=lora_alpha, generator=generator)

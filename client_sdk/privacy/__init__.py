@@ -65,6 +65,8 @@ _LAZY = {
     "mechanism_from_config": "client_sdk.privacy.registry",
     "PreparedState": "client_sdk.privacy.state",
     "prepare_state": "client_sdk.privacy.state",
+    "save_state": "client_sdk.privacy.state",
+    "load_state": "client_sdk.privacy.state",
 }
 
 __all__ = [

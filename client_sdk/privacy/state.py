@@ -8,7 +8,8 @@ index and the normalised prototype tables. All of it stays on the device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .errors import PrivacyConfigError, PrivacyStateError
 from .neighbours import NeighbourIndex
 from .opt3 import centred_unit, unit
 
-__all__ = ["PreparedState", "diameter", "kmeans", "prepare_state"]
+__all__ = ["PreparedState", "diameter", "kmeans", "load_state", "prepare_state", "save_state"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,46 @@ class PreparedState:
         if self.neighbours is not None:
             out["neighbours"] = dict(self.neighbours.key)
         return out
+
+
+def save_state(state: PreparedState, directory: str | Path) -> None:
+    """Write a fitted state to ``directory`` (``state.safetensors`` + ``state.json``): the device keeps
+    it with its trained end, so inference perturbs exactly as training did."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, scalars = {}, {}
+    for f in fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, torch.Tensor):
+            tensors[f.name] = value.detach().cpu().contiguous()
+        elif isinstance(value, NeighbourIndex):
+            index = value
+            for g in fields(index):
+                part = getattr(index, g.name)
+                if isinstance(part, torch.Tensor):
+                    tensors[f"neighbours.{g.name}"] = part.cpu().contiguous()
+                else:
+                    scalars[f"neighbours.{g.name}"] = part
+        else:
+            scalars[f.name] = value
+    save_file(tensors, str(directory / "state.safetensors"))
+    (directory / "state.json").write_text(json.dumps(scalars, indent=2, sort_keys=True))
+
+
+def load_state(directory: str | Path) -> PreparedState:
+    """The state :func:`save_state` wrote."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    tensors = load_file(str(directory / "state.safetensors"))
+    values: dict[str, Any] = json.loads((directory / "state.json").read_text())
+    values.update(tensors)
+    parts = {k.split(".", 1)[1]: values.pop(k) for k in [k for k in values if k.startswith("neighbours.")]}
+    if parts:
+        values["neighbours"] = NeighbourIndex(**parts)
+    return PreparedState(**values)
 
 
 def diameter(points: torch.Tensor, block_size: int = 4096) -> float:

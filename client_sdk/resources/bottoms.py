@@ -41,8 +41,11 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 class Bottoms(SyncAPIResource):
     """``client.bottoms``: manifests and verified, cached downloads of bottom-model artifacts."""
 
-    def manifest(self, model: str, split_layer: int, *, wait_timeout: float = DEFAULT_BOTTOM_WAIT) -> BottomManifest:
-        """Return the manifest of the bottom of ``model`` cut after ``split_layer`` blocks.
+    def manifest(
+        self, model: str, split_layer: int, *, tail_layers: int = 0, wait_timeout: float = DEFAULT_BOTTOM_WAIT
+    ) -> BottomManifest:
+        """Return the manifest of the bottom of ``model`` cut after ``split_layer`` blocks (with
+        ``tail_layers``: and the base weights of the last blocks, the device's generation tail).
 
         While the server is still preparing it (503) this polls, waiting as long as Retry-After says,
         for up to ``wait_timeout`` seconds; then the last ``ServiceUnavailableError`` is raised.
@@ -51,7 +54,7 @@ class Bottoms(SyncAPIResource):
         started, waited = time.monotonic(), 0.0
         while True:
             try:
-                return self._request("GET", path, BottomManifest, retry_unavailable=False)
+                return self._request("GET", path, BottomManifest, params=_params(tail_layers), retry_unavailable=False)
             except ServiceUnavailableError as exc:
                 if exc.response.headers.get("x-should-retry", "").lower() == "false":
                     raise
@@ -70,6 +73,7 @@ class Bottoms(SyncAPIResource):
         split_layer: int,
         cache_dir: str | os.PathLike[str] | None = None,
         *,
+        tail_layers: int = 0,
         wait_timeout: float = DEFAULT_BOTTOM_WAIT,
     ) -> Path:
         """Download the bottom artifact and return its directory, ``<cache_dir>/<digest>/``.
@@ -80,7 +84,7 @@ class Bottoms(SyncAPIResource):
         The directory also gets ``manifest.json``, so ``client_sdk.models.load_bottom`` can
         open it. A ``BottomArtifactError`` (bad hash, unsafe name) leaves the cache as it was.
         """
-        manifest = self.manifest(model, split_layer, wait_timeout=wait_timeout)
+        manifest = self.manifest(model, split_layer, tail_layers=tail_layers, wait_timeout=wait_timeout)
         digest = _check_name(manifest.digest, "digest")
         names = {_check_name(name, "file name"): expected for name, expected in manifest.files.items()}
         if hashlib.sha256("".join(sorted(names.values())).encode("ascii")).hexdigest() != digest:
@@ -98,7 +102,7 @@ class Bottoms(SyncAPIResource):
                 if dest.is_file() and _sha256_file(dest) == expected.lower():
                     continue
                 path = f"privtune/bottoms/{_seg(model)}/{_seg(split_layer)}/files/{_seg(name)}"
-                self._download_verified(path, dest, expected.lower())
+                self._download_verified(path, dest, expected.lower(), tail_layers)
                 written.append(dest)
             manifest_text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
             manifest_path = target / MANIFEST_FILE
@@ -112,12 +116,14 @@ class Bottoms(SyncAPIResource):
             raise
         return target
 
-    def _download_verified(self, path: str, dest: Path, expected: str) -> None:
+    def _download_verified(self, path: str, dest: Path, expected: str, tail_layers: int = 0) -> None:
         sha = hashlib.sha256()
         base_url = self._client.base_url
 
         def fetch(handle: Any) -> None:
-            response = self._client.request("GET", path, stream=True, headers={"Accept": OCTET})
+            response = self._client.request(
+                "GET", path, params=_params(tail_layers), stream=True, headers={"Accept": OCTET}
+            )
             try:
                 for chunk in response.iter_bytes(1 << 20):
                     sha.update(chunk)
@@ -164,3 +170,7 @@ def _write_atomic(dest: Path, write: Callable[[Any], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _params(tail_layers: int) -> dict[str, int] | None:
+    return {"tail_layers": int(tail_layers)} if tail_layers else None

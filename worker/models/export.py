@@ -1,6 +1,8 @@
-"""Cut a model at split layer l on the provider's side: the bottom, exported as a self-contained,
-verifiable artifact for the device (``export_bottom``), or built in memory (``build_bottom``, for the
-evaluation and tests). Only bottom weights are ever written.
+"""Cut a model at split layer l on the provider's side: the device's parts, exported as a
+self-contained, verifiable artifact (``export_bottom``), or built in memory (``build_bottom``, for the
+evaluation and tests). Only the device's weights are ever written: the bottom, and for a generation
+job the base weights of its tail (the last ``tail_layers`` blocks; the final norm and LM head are
+the bottom's), never the server's middle.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
-from client_sdk.models.artifact import MANIFEST, WEIGHTS, ArtifactError, verify_artifact, write_manifest
-from client_sdk.models.bottom import BottomModel
+from client_sdk.models.artifact import MANIFEST, TAIL_WEIGHTS, WEIGHTS, ArtifactError, verify_artifact, write_manifest
+from client_sdk.models.bottom import BottomModel, family_module
 from client_sdk.models.catalog import describe_model, validate_split_layer
 from client_sdk.models.load import frozen, prototype_context
 
@@ -43,28 +46,38 @@ def build_bottom(
     return frozen(bottom), tokenizer
 
 
-def _reusable(out: Path, model: str, split_layer: int) -> dict[str, Any] | None:
+def _reusable(out: Path, model: str, split_layer: int, tail_layers: int) -> dict[str, Any] | None:
     try:
         manifest = verify_artifact(out)
     except ArtifactError:
         return None
-    return manifest if manifest["model"] == model and manifest["split_layer"] == split_layer else None
+    same = (manifest["model"], manifest["split_layer"], manifest.get("tail_layers", 0))
+    return manifest if same == (model, split_layer, tail_layers) else None
 
 
 def export_bottom(
-    name_or_path: str | Path, split_layer: int, out_dir: str | Path, cache_dir: str | Path | None = None
+    name_or_path: str | Path,
+    split_layer: int,
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    tail_layers: int = 0,
 ) -> BottomArtifact:
-    """Write the bottom artifact of a model cut at ``split_layer`` to ``out_dir`` and return it.
+    """Write the device artifact of a model cut at ``split_layer`` (and, for a generation tail, before
+    its last ``tail_layers`` blocks) to ``out_dir`` and return it.
 
-    Idempotent: an existing artifact in ``out_dir`` for the same model and split whose files match
-    their hashes is reused as is; a stale or damaged artifact is replaced. Only bottom weights are
-    written. The directory appears atomically (built in a temporary sibling and renamed). Refuses
+    Idempotent: an existing artifact in ``out_dir`` for the same model and cut whose files match
+    their hashes is reused as is; a stale or damaged artifact is replaced. Only the device's weights
+    are written. The directory appears atomically (built in a temporary sibling and renamed). Refuses
     (``ArtifactError``) to overwrite a non-empty directory that is not an artifact.
     """
     info = describe_model(name_or_path)
     validate_split_layer(info, split_layer)
+    if tail_layers and (info.family != "llama" or split_layer + tail_layers >= info.num_layers):
+        raise ArtifactError(
+            f"a tail of {tail_layers} blocks needs a causal LM with more than {split_layer + tail_layers} blocks"
+        )
     out = Path(out_dir)
-    manifest = _reusable(out, info.name, split_layer)
+    manifest = _reusable(out, info.name, split_layer, tail_layers)
     if manifest is not None:
         return BottomArtifact(out, manifest["digest"], manifest)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
@@ -78,6 +91,10 @@ def export_bottom(
     try:
         weights = {name: t.detach().contiguous() for name, t in bottom.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS), metadata={"format": "pt"})
+        if tail_layers:
+            blocks = nn.ModuleList(list(family_module(model.config.model_type).parts_of(model)["layers"])[-tail_layers:])
+            tail = {name: t.detach().contiguous() for name, t in blocks.state_dict().items()}  # "<i>.<param>"
+            save_file(tail, str(staging / TAIL_WEIGHTS), metadata={"format": "pt"})
         bottom.config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         fields = {
@@ -88,6 +105,7 @@ def export_bottom(
             "hidden_size": bottom.hidden_size,
             "vocab_size": bottom.vocab_size,
             "num_layers": model.config.num_hidden_layers,
+            "tail_layers": tail_layers,
             "prototype_prefix": prefix,
             "prototype_suffix": suffix,
         }

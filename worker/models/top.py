@@ -1,5 +1,8 @@
-"""The server half of a split model (provider side): blocks l+1..L and the task head, run on the
-device's (perturbed) representations; ``build_top`` cuts it from the full model."""
+"""The server's part of a split model (provider side): blocks l+1..L-k, run on the device's
+(perturbed) representations; ``build_top`` cuts it from the full model. The device keeps the ends:
+for classification the head (the server returns a pooled representation), for generation the last
+k = ``tail_layers`` blocks, the final norm and the LM head (the server returns a hidden state).
+Upload mode (labels shared) keeps a server-side classification head."""
 
 from __future__ import annotations
 
@@ -47,15 +50,17 @@ def precision_log_weights(hidden: torch.Tensor, attention_mask: torch.Tensor) ->
     return torch.where(real, 2.0 * torch.log(ref / norms), torch.zeros_like(norms))
 
 
-def check_task(task: str, family: str, num_labels: int | None) -> None:
-    """Raise ``ValueError`` unless ``task`` (and ``num_labels``) is valid for a model of ``family``."""
+def check_task(task: str, family: str, num_labels: int | None, server_head: bool = True) -> None:
+    """Raise ``ValueError`` unless ``task`` (and, for a server-side head, ``num_labels``) is valid for a
+    model of ``family``."""
     if task not in TOP_TASKS:
         raise ValueError(f"task must be one of {TOP_TASKS}, got {task!r}")
     if task == "generation" and family != "llama":
         raise UnsupportedArchitectureError(
             f"task='generation' needs a causal LM (family 'llama'); family {family!r} is an encoder"
         )
-    if task == "classification" and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
+    bad_labels = isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2
+    if task == "classification" and server_head and bad_labels:
         raise ValueError(f"num_labels must be an integer >= 2 for task='classification', got {num_labels!r}")
 
 
@@ -63,9 +68,10 @@ class TopModel(nn.Module):
     """Blocks l+1..L plus a task head, fed with the (perturbed) split-layer states and the attention mask.
 
     Tasks:
-      * ``"classification"``: blocks, (Llama: final norm), masked mean-pool, ``classifier`` -> ``(b, C)``.
-      * ``"generation"`` (causal LMs): blocks only -> last hidden state ``(b, t, d)`` *before* the final
-        norm; the device applies norm + LM head (:meth:`BottomModel.lm_logits`).
+      * ``"classification"``: blocks, (Llama: final norm), masked mean-pool -> the representation
+        ``(b, d)`` the device's head classifies; with a server-side ``classifier`` (upload mode) -> ``(b, C)``.
+      * ``"generation"`` (causal LMs): blocks l+1..L-k only -> hidden state ``(b, t, d)``, the input of the
+        device's tail (its k blocks, final norm, LM head).
       * ``"features"``: blocks (Llama: + final norm) -> ``(b, t, d)``, the full model's last hidden state.
 
     ``noise_aware`` (classification and features; for inputs with per-token noise of varying scale,
@@ -90,13 +96,18 @@ class TopModel(nn.Module):
         norm: nn.Module | None = None,
         classifier: nn.Linear | None = None,
         noise_aware: bool = False,
+        tail_layers: int = 0,
     ) -> None:
         super().__init__()
         family_module(config.model_type)  # rejects unsupported architectures
         num_labels = classifier.out_features if classifier is not None else None
-        check_task(task, SUPPORTED_MODEL_TYPES[config.model_type], num_labels)
-        if len(layers) != config.num_hidden_layers - split_layer:
-            raise ValueError(f"TopModel needs {config.num_hidden_layers - split_layer} blocks, got {len(layers)}")
+        check_task(task, SUPPORTED_MODEL_TYPES[config.model_type], num_labels, server_head=classifier is not None)
+        if tail_layers and task != "generation":
+            raise ValueError("tail_layers applies to task='generation' only")
+        expected = config.num_hidden_layers - split_layer - tail_layers
+        if expected < 1 or len(layers) != expected:
+            raise ValueError(f"TopModel needs {expected} blocks (at least 1), got {len(layers)}")
+        self.tail_layers = tail_layers
         self.config = config
         self.family: str = SUPPORTED_MODEL_TYPES[config.model_type]
         self.task = task
@@ -125,30 +136,35 @@ class TopModel(nn.Module):
         num_labels: int | None = None,
         generator: torch.Generator | None = None,
         noise_aware: bool = False,
+        server_head: bool = False,
+        tail_layers: int = 0,
     ) -> TopModel:
-        """Take blocks l+1..L (and the final norm if needed) from a loaded full model; add a fresh head.
+        """Take blocks l+1..L-k (and the final norm if needed) from a loaded full model.
 
-        The modules are shared with ``model``, not copied. The classifier's weights are drawn from
-        N(0, initializer_range^2) with ``generator`` and its bias is zero.
+        The modules are shared with ``model``, not copied. ``server_head`` (classification, upload mode)
+        adds a fresh classifier of ``num_labels`` classes, drawn from N(0, initializer_range^2) with
+        ``generator``, bias zero.
         """
         family = family_module(model.config.model_type)
-        check_task(task, SUPPORTED_MODEL_TYPES[model.config.model_type], num_labels)
+        check_task(task, SUPPORTED_MODEL_TYPES[model.config.model_type], num_labels, server_head=server_head)
         parts = family.parts_of(model)
-        layers = nn.ModuleList(list(parts["layers"])[split_layer:])
+        layers = list(parts["layers"])
+        layers = nn.ModuleList(layers[split_layer : len(layers) - tail_layers])
         classifier = None
-        if task == "classification":
+        if task == "classification" and server_head:
             classifier = nn.Linear(model.config.hidden_size, num_labels)
             std = float(getattr(model.config, "initializer_range", 0.02))
             with torch.no_grad():
                 weight = torch.randn(classifier.weight.shape, generator=generator) * std
                 classifier.weight.copy_(weight)
                 classifier.bias.zero_()
-        return cls(model.config, split_layer, task, layers, parts["norm"], classifier, noise_aware)
+        return cls(model.config, split_layer, task, layers, parts["norm"], classifier, noise_aware, tail_layers)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the top on split-layer states ``(b, t, d)`` with the right-padded mask ``(b, t)``.
 
-        Returns logits ``(b, C)`` for classification, else hidden states ``(b, t, d)`` (see class doc).
+        Returns the pooled representation ``(b, d)`` (logits ``(b, C)`` with a server-side head) for
+        classification, else hidden states ``(b, t, d)`` (see class doc).
         """
         log_w = None
         if self.noise_aware:
@@ -162,7 +178,8 @@ class TopModel(nn.Module):
         if self.task == "features":
             return hidden
         weights = attention_mask if log_w is None else attention_mask.to(hidden.dtype) * log_w.exp().to(hidden.dtype)
-        return self.classifier(masked_mean(hidden, weights))  # (b, C)
+        pooled = masked_mean(hidden, weights)  # (b, d)
+        return pooled if self.classifier is None else self.classifier(pooled)  # (b, d) or (b, C)
 
     def describe(self) -> dict:
         """Return a JSON-able summary: family, task, split layer, sizes and LoRA targets."""
@@ -176,6 +193,7 @@ class TopModel(nn.Module):
             "num_labels": self.num_labels,
             "lora_targets": list(self.default_lora_targets),
             "noise_aware": self.noise_aware,
+            "tail_layers": self.tail_layers,
         }
 
 
@@ -187,16 +205,21 @@ def build_top(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     noise_aware: bool = False,
+    server_head: bool = False,
+    tail_layers: int = 0,
 ) -> TopModel:
-    """Build the server's top (blocks l+1..L + head) for ``task`` from the full model, in eval mode.
+    """Build the server's part (blocks l+1..L-k, see :class:`TopModel`) for ``task``, in eval mode.
 
-    Only the top blocks (and the final norm, where the task needs it) are kept; the classifier head
-    of ``task="classification"`` is initialised from ``torch.Generator().manual_seed(seed)``, so the
-    same arguments give the same top. ``noise_aware``: see :class:`TopModel`.
+    Only those blocks (and the final norm, where the task needs it) are kept; a server-side classifier
+    (``server_head``) is initialised from ``torch.Generator().manual_seed(seed)``, so the same arguments
+    give the same top. ``noise_aware``: see :class:`TopModel`.
     """
     info = describe_model(name_or_path)
     validate_split_layer(info, split_layer)
-    check_task(task, info.family, num_labels)
+    check_task(task, info.family, num_labels, server_head=server_head)
     model, _, _ = load_full_model(name_or_path, cache_dir)
     generator = torch.Generator().manual_seed(seed)
-    return TopModel.from_full_model(model, split_layer, task, num_labels, generator, noise_aware).eval()
+    top = TopModel.from_full_model(
+        model, split_layer, task, num_labels, generator, noise_aware, server_head=server_head, tail_layers=tail_layers
+    )
+    return top.eval()
