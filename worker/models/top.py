@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,8 +161,11 @@ class TopModel(nn.Module):
                 classifier.bias.zero_()
         return cls(model.config, split_layer, task, layers, parts["norm"], classifier, noise_aware, tail_layers)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """Run the top on split-layer states ``(b, t, d)`` with the right-padded mask ``(b, t)``.
+
+        ``cache`` (generation): a ``client_sdk.models.attention.KVCache`` of the positions already run
+        (incremental decoding); ``attention_mask`` then covers them too, ``(b, P + t)``.
 
         Returns the pooled representation ``(b, d)`` (logits ``(b, C)`` with a server-side head) for
         classification, else hidden states ``(b, t, d)`` (see class doc).
@@ -170,9 +174,10 @@ class TopModel(nn.Module):
         if self.noise_aware:
             log_w = precision_log_weights(hidden, attention_mask)  # (b, t)
             hidden = hidden * (0.5 * log_w).exp().to(hidden.dtype)[..., None]  # every token at the reference norm
-        hidden, _ = self.blocks(hidden, attention_mask, key_bias=log_w)  # (b, t, d)
         if self.task == "generation":
-            return hidden
+            kwargs = {} if cache is None else {"cache": cache}
+            return self.blocks(hidden, attention_mask, **kwargs)[0]  # (b, t, d)
+        hidden, _ = self.blocks(hidden, attention_mask, key_bias=log_w)  # (b, t, d)
         if self.norm is not None:
             hidden = self.norm(hidden)  # (b, t, d)
         if self.task == "features":
