@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from client_sdk.jobspec import ServerLimits
 from client_sdk.models import catalog
+from client_sdk.protocol import TASKS
 from service.errors import BadRequest
 from service.settings import Settings
 
@@ -52,4 +53,5 @@ def check_split_layer(name: str, split_layer: int, param: str = "method.privtune
 def limits(name: str, settings: Settings) -> ServerLimits:
     """What this server accepts for jobs on ``name`` (published on the model object for the SDK)."""
     info = describe(name)
-    return ServerLimits(settings.max_batch_size, settings.max_tokens, info.num_layers, info.max_positions)
+    tasks = TASKS if info.family == "llama" else ("classification",)  # generation needs a causal LM
+    return ServerLimits(settings.max_batch_size, settings.max_tokens, info.num_layers, info.max_positions, tasks)

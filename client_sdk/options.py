@@ -170,7 +170,10 @@ def job_spec(
     audit: dict[str, Any] | None = None,
 ) -> PrivtuneMethod:
     """The job contract for these choices; raises :class:`JobSpecError` naming the user's option
-    (``hyperparameters.batch_size``, ``split_layer``, ``max_length`` ...) if the contract refuses it."""
+    (``hyperparameters.batch_size``, ``split_layer``, ``max_length`` ...) if the contract refuses it.
+    ``hp`` must be resolved (:meth:`Hyperparameters.resolved`: no ``"auto"`` left)."""
+    if AUTO in (hp.n_epochs, hp.learning_rate):
+        raise ValueError("resolve the 'auto' hyperparameters first: Hyperparameters.resolved(n_train, task)")
     data = {
         "task": task,
         "num_labels": num_labels,

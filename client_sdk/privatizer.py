@@ -139,7 +139,11 @@ class Privatizer:
         importance_table = None
         if self.mechanism.uses_importance and labels_t is not None:
             importance_table = classification_importance(
-                input_ids, attention_mask, labels_t, int(self.bottom.vocab_size), ignore_ids=self.special_ids,
+                input_ids,
+                attention_mask,
+                labels_t,
+                int(self.bottom.vocab_size),
+                ignore_ids=self.special_ids,
                 score=getattr(config, "importance_score", "log_ratio"),
             )
             if getattr(config, "importance_to_scale", None) == "top_fraction":

@@ -66,9 +66,10 @@ class DeviceSession:
         self.max_length, self.tail_layers, self.report_metrics = max_length, tail_layers, report_metrics
         self.state_dir = state_dir
         self.privacy = privacy or PrivacyConfig()
+        hp = Hyperparameters.coerce(hyperparameters)
         examples, self.labels = _read_dataset(dataset, task, columns)
         self.train, self.valid = train_validation_split(examples, validation_split, seed)
-        self.hp = Hyperparameters.coerce(hyperparameters).resolved(len(self.train), task)
+        self.hp = hp.resolved(len(self.train), task)
         if self.labels is not None:
             warn_rare_classes(self.train, self.labels)
         self.total_steps = -(-len(self.train) // max(self.hp.batch_size, 1)) * self.hp.n_epochs

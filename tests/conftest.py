@@ -16,3 +16,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _device_state_dir(tmp_path_factory):
+    """The device's job state (its end of each model) goes to a temporary directory, never to ~/.cache."""
+    import os
+
+    previous = os.environ.get("PRIVTUNE_STATE_DIR")
+    os.environ["PRIVTUNE_STATE_DIR"] = str(tmp_path_factory.mktemp("device-state"))
+    yield
+    if previous is None:
+        os.environ.pop("PRIVTUNE_STATE_DIR", None)
+    else:
+        os.environ["PRIVTUNE_STATE_DIR"] = previous

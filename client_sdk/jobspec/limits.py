@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from client_sdk.protocol import StepShape
+from client_sdk.protocol import TASKS, StepShape
 
 from .errors import JobSpecError
 from .method import P, PrivtuneMethod
@@ -21,22 +21,29 @@ class ServerLimits:
     max_tokens: int
     num_layers: int
     max_positions: int
+    tasks: tuple[str, ...] = TASKS  # what the model can be fine-tuned for (an encoder: classification)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "max_batch_size": self.max_batch_size,
             "max_tokens": self.max_tokens,
             "num_layers": self.num_layers,
             "max_positions": self.max_positions,
+            "tasks": list(self.tasks),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerLimits:
-        return cls(**{k: int(data[k]) for k in ("max_batch_size", "max_tokens", "num_layers", "max_positions")})
+        sizes = {k: int(data[k]) for k in ("max_batch_size", "max_tokens", "num_layers", "max_positions")}
+        return cls(**sizes, tasks=tuple(data.get("tasks") or TASKS))
 
 
 def check_limits(spec: PrivtuneMethod, limits: ServerLimits) -> None:
     """Raise :class:`JobSpecError` (``param`` = the field) if ``spec`` exceeds ``limits``."""
+    if spec.task not in limits.tasks:
+        raise JobSpecError(
+            f"task={spec.task!r} is not available for this model; it supports {list(limits.tasks)}.", f"{P}.task"
+        )
     if spec.batch_size > limits.max_batch_size:
         raise JobSpecError(f"batch_size must be <= {limits.max_batch_size}, got {spec.batch_size}.", f"{P}.batch_size")
     top = min(limits.max_tokens, limits.max_positions)

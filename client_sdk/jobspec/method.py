@@ -12,7 +12,16 @@ from client_sdk.privacy.table import NOISE_MECHANISMS, config_from_dict, mechani
 
 from .errors import FieldError, JobSpecError, UnknownKeyError
 
-__all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_TAIL_LAYERS", "P", "DeclaredPrivacy", "LoraSpec", "OptimizerSpec", "PrivtuneMethod", "StrictModel"]
+__all__ = [
+    "DEFAULT_LEARNING_RATE",
+    "DEFAULT_TAIL_LAYERS",
+    "P",
+    "DeclaredPrivacy",
+    "LoraSpec",
+    "OptimizerSpec",
+    "PrivtuneMethod",
+    "StrictModel",
+]
 
 DEFAULT_LEARNING_RATE = 5e-4
 #: generation: blocks at the end of the model that the device keeps (its private tail), chosen by the

@@ -28,6 +28,8 @@ TAIL_WEIGHTS = "tail.safetensors"  # generation: the base weights of the device'
 def artifact_name(split_layer: int, tail_layers: int = 0) -> str:
     """The directory name of the device artifact of one cut: ``l3``, or ``l3-t2`` with a 2-block tail."""
     return f"l{int(split_layer)}" + (f"-t{int(tail_layers)}" if tail_layers else "")
+
+
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "family", "split_layer", "hidden_size", "vocab_size", "num_layers", "files", "digest")
 

@@ -49,8 +49,13 @@ _LAZY = {
         "client_sdk.privacy.dchi",
     ),
     **dict.fromkeys(
-        ("classification_importance", "generation_importance", "generation_threshold", "importance_to_scale",
-         "top_fraction_threshold"),
+        (
+            "classification_importance",
+            "generation_importance",
+            "generation_threshold",
+            "importance_to_scale",
+            "top_fraction_threshold",
+        ),
         "client_sdk.privacy.importance",
     ),  # fmt: skip
     "Mechanism": "client_sdk.privacy.mechanisms",

@@ -20,7 +20,7 @@ from tests.client_sdk.test_client import BASE, Recorder, job, make_client, paged
 from tests.helpers import make_tiny_bert
 
 MODEL = "minilm-l6"
-LIMITS = {"max_batch_size": 256, "max_tokens": 512, "num_layers": 6, "max_positions": 512}
+LIMITS = {"max_batch_size": 256, "max_tokens": 512, "num_layers": 6, "max_positions": 512, "tasks": ["classification"]}
 DATA = [(f"w{i} w{i + 1} w{i + 2}", "pos" if i % 2 else "neg") for i in range(20)]
 
 
@@ -113,10 +113,20 @@ def test_privacy_config_is_checked_at_construction():
     assert info.value.parameter == "eta"
 
 
-def test_generation_is_refused_at_once(recorded):
+def test_generation_on_an_encoder_is_refused_after_the_model_lookup_only(recorded):
     client, rec = recorded
-    with pytest.raises(ValueError, match="classification"):
+    with pytest.raises(JobSpecError, match="supports \\['classification'\\]") as info:
         FineTuneJob.create(DATA, task="generation", client=client, progress=False)
+    assert info.value.param == "task" and paths(rec) == [f"GET /v1/models/{MODEL}"]
+
+
+def test_an_unknown_task_or_a_column_option_of_the_other_task_is_refused_without_a_request(recorded):
+    client, rec = recorded
+    with pytest.raises(JobSpecError) as info:
+        FineTuneJob.create(DATA, task="summarise", client=client, progress=False)
+    assert info.value.param == "task"
+    with pytest.raises(TypeError, match="prompt_column does not apply to task='classification'"):
+        FineTuneJob.create(DATA, prompt_column="question", client=client, progress=False)
     assert rec.requests == []
 
 
@@ -182,7 +192,7 @@ def test_options_within_the_limits_go_on_to_the_download(recorded, tmp_path):
 def test_resume_checks_the_options_before_any_request(recorded):
     client, rec = recorded
     with pytest.raises(JobSpecError) as info:
-        FineTuneJob.resume("ftjob-1", DATA, hyperparameters={"batch_size": 0}, suffix="x", task="x", client=client)
+        FineTuneJob.resume("ftjob-1", DATA, hyperparameters={"batch_size": 0}, suffix="x", client=client)
     assert info.value.param == "hyperparameters.batch_size"
     assert rec.requests == []
 
@@ -268,7 +278,7 @@ class FakeGateway:
         header, tensors = wire.decode(payload)
         out = {}
         if protocol.HIDDEN in tensors:
-            out[protocol.OUTPUT] = tensors[protocol.HIDDEN][:, 0, :2]  # (b, 2): a fixed "top"
+            out[protocol.OUTPUT] = tensors[protocol.HIDDEN][:, 0, :]  # (b, d): a fixed "top"
         kind = "infer_reply" if header.kind == "infer" else "step_reply"
         return wire.encode(out, wire.WireHeader(header.job_id, header.step, kind))
 
@@ -291,6 +301,7 @@ def test_a_whole_job_trains_through_the_gateway(tmp_path):
         cache_dir=str(tmp_path / "cache"),
         suffix="e2e",
         metadata={"team": "a"},
+        state_dir=str(tmp_path / "state"),
     )
     assert isinstance(done, FineTuneJob) and done.status == "succeeded" and done.fine_tuned_model == "ft:tiny:e2e"
     total, steps = 3, "POST /v1/fine_tuning/jobs/ftjob-e2e/steps"  # 18 examples (2 held out) in batches of 8
@@ -310,6 +321,10 @@ def test_a_whole_job_trains_through_the_gateway(tmp_path):
     assert fake.created["metadata"] == {"team": "a"} and fake.created["seed"] == 0
     header, tensors = wire.decode(fake.completed)
     assert header.extra.get(protocol.FINAL) == "1" and tensors == {}
+    assert sorted(protocol.parse_metrics(header.extra[protocol.METRICS])) == ["valid_accuracy", "valid_loss"]
+    saved = tmp_path / "state" / "ftjob-e2e"
+    assert (saved / "final" / "end.safetensors").is_file() and (saved / "meta.json").is_file()
+    assert json.loads((saved / "meta.json").read_text())["labels"] == ["neg", "pos"]
     kinds = [wire.decode(body)[0].kind for body in fake.steps]
     assert kinds == ["infer", *["step"] * (total + 1), "infer"]  # accuracy before and after
     for body in fake.steps:

@@ -16,7 +16,8 @@ from client_sdk.privacy.table import ETA_MECHANISMS, MECHANISMS, config_from_dic
 
 def spec(hp: Hyperparameters | None = None, privacy: PrivacyConfig | None = None, **kw) -> PrivtuneMethod:
     options = {"num_labels": 2, "split_layer": 3, "max_length": 64, "total_steps": 10, **kw}
-    return job_spec(hp or Hyperparameters(), privacy or PrivacyConfig(mechanism="none"), **options)
+    hp = (hp or Hyperparameters()).resolved(100, "classification")
+    return job_spec(hp, privacy or PrivacyConfig(mechanism="none"), **options)
 
 
 # ---- Hyperparameters.coerce ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``client_sdk.training.DeviceTrainer`` against a fake worker (a ``post`` function, bytes -> bytes): what
-leaves the device is exactly ``Privatizer.privatize``, labels and text never do, each gradient travels with
-the next step, a step out of order rewinds, evaluation is private inference. A real Privatizer over a
-tiny random BERT (mechanism ``none``)."""
+leaves the device is exactly ``Privatizer.privatize`` and dL/d(representation); labels, text, logits and
+per-step losses never do; each gradient travels with the next step and is the one through the device's
+head as it was; a step out of order rewinds and restores the head; evaluation is private inference. A
+real Privatizer over a tiny random BERT (mechanism ``none``)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ import torch.nn.functional as F
 
 from client_sdk import protocol, wire
 from client_sdk.data import Example, LabelMap, batch_indices
+from client_sdk.end_state import EndStore, MissingEndState
+from client_sdk.end_tasks import HeadTask
 from client_sdk.errors import StepOutOfOrderError
+from client_sdk.jobspec import OptimizerSpec
+from client_sdk.models.ends import ClassifierHead
 from client_sdk.privatizer import Privatizer
 from client_sdk.training import DeviceTrainer
 from tests.helpers import WORDS, make_tiny_bert
 
-JOB, BATCH, SEED, MAX_LENGTH = "ftjob-train", 4, 3, 16
+JOB, BATCH, SEED, MAX_LENGTH, D = "ftjob-train", 4, 3, 16, 32
 LABELS = ("label-negative", "label-positive")  # distinctive: searched for in every payload
 EXAMPLES = [Example(" ".join(WORDS[i : i + 3 + i % 4]), LABELS[i % 2]) for i in range(10)]
-TOTAL = 2 * -(-len(EXAMPLES) // BATCH)  # two epochs
-SHAPE = protocol.StepShape(32, "classification", 2, BATCH, MAX_LENGTH)
+PER_EPOCH = -(-len(EXAMPLES) // BATCH)
+TOTAL = 2 * PER_EPOCH  # two epochs
+SHAPE = protocol.StepShape(D, "classification", 2, BATCH, MAX_LENGTH)
+OPTIMIZER = OptimizerSpec(learning_rate=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +51,18 @@ class Exchange:
     tensors: dict[str, torch.Tensor]  # as sent (wire dtypes)
     reply: bytes | None = None
 
-    def logits(self) -> torch.Tensor:
+    def output(self) -> torch.Tensor:
         return wire.decode(self.reply)[1][protocol.OUTPUT]
 
 
 class FakeWorker:
-    """The worker's side of the step channel: logits = mean real hidden state @ a fixed (d, c) map.
-    ``fail`` maps a step to the ``expected_step`` it answers once with a 409; ``constant`` fixes the logits."""
+    """The worker's side of the step channel: the representation = tanh(mean real hidden state @ a fixed
+    (d, d) map). ``fail`` maps a step to the ``expected_step`` it answers once with a 409;
+    ``checkpoint`` is the step its replies name as its latest checkpoint."""
 
-    def __init__(self, fail: dict[int, int | None] | None = None, constant: list[float] | None = None):
-        self.fail, self.constant = dict(fail or {}), constant
-        self.weight = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    def __init__(self, fail: dict[int, int | None] | None = None, checkpoint: int = 0):
+        self.fail, self.checkpoint = dict(fail or {}), checkpoint
+        self.weight = torch.randn(D, D, generator=torch.Generator().manual_seed(0))
         self.seen: list[Exchange] = []
 
     def __call__(self, payload: bytes) -> bytes:
@@ -70,36 +78,42 @@ class FakeWorker:
         if protocol.HIDDEN in tensors:
             hidden, mask = tensors[protocol.HIDDEN].float(), tensors[protocol.ATTENTION_MASK].float()
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (b, d)
-            out[protocol.OUTPUT] = pooled @ self.weight  # (b, c)
-            if self.constant is not None:
-                out[protocol.OUTPUT] = torch.tensor([self.constant] * hidden.shape[0])
+            out[protocol.OUTPUT] = torch.tanh(pooled @ self.weight)  # (b, d)
         kind = "infer_reply" if header.kind == "infer" else "step_reply"
-        exchange.reply = wire.encode(out, wire.WireHeader(header.job_id, header.step, kind))
+        extra = {protocol.CHECKPOINT: str(self.checkpoint)}
+        exchange.reply = wire.encode(out, wire.WireHeader(header.job_id, header.step, kind, extra=extra))
         return exchange.reply
 
     def answered(self) -> list[Exchange]:
         return [e for e in self.seen if e.reply is not None]
 
 
-def trainer(privatizer: Privatizer, worker: FakeWorker) -> DeviceTrainer:
-    return DeviceTrainer(JOB, worker, privatizer, LabelMap.fit(LABELS), EXAMPLES, BATCH, seed=SEED)
+def trainer(privatizer: Privatizer, worker: FakeWorker, store=None, **options) -> DeviceTrainer:
+    head = ClassifierHead(D, len(LABELS), torch.Generator().manual_seed(7))
+    task = HeadTask(head, privatizer, LabelMap.fit(LABELS))
+    return DeviceTrainer(
+        JOB, worker, task, EXAMPLES, BATCH, optimizer=OPTIMIZER, total_steps=TOTAL, seed=SEED, store=store, **options
+    )
 
 
 def batch(step: int) -> list[Example]:
     return [EXAMPLES[i] for i in batch_indices(len(EXAMPLES), BATCH, step, SEED)]
 
 
-def expected_gradient(exchange: Exchange, step: int) -> tuple[torch.Tensor, float]:
-    logits = exchange.logits().float().requires_grad_(True)
+def expected_gradient(head_state: dict, exchange: Exchange, step: int) -> tuple[torch.Tensor, float]:
+    """dL/d(representation) of step ``step`` through the head as it was before the step."""
+    head = ClassifierHead(D, len(LABELS), torch.Generator().manual_seed(0))
+    head.load_state(head_state)
+    rep = exchange.output().float().requires_grad_(True)
     targets = torch.tensor([LABELS.index(ex.label) for ex in batch(step)])
-    loss = F.cross_entropy(logits, targets)
+    loss = F.cross_entropy(head(rep), targets)
     loss.backward()
-    return logits.grad, loss.item()
+    return rep.grad, loss.item()
 
 
 def test_each_step_sends_exactly_what_the_privatizer_gives(privatizer):
     worker = FakeWorker()
-    trainer(privatizer, worker).train(TOTAL)
+    trainer(privatizer, worker).train()
     steps = [e for e in worker.seen if protocol.HIDDEN in e.tensors]
     assert [e.header.step for e in steps] == list(range(1, TOTAL + 1))
     for exchange in steps:
@@ -108,109 +122,150 @@ def test_each_step_sends_exactly_what_the_privatizer_gives(privatizer):
         assert torch.equal(exchange.tensors[protocol.ATTENTION_MASK], out["attention_mask"].to(torch.uint8))
 
 
-def test_labels_and_text_never_leave_the_device(privatizer):
+@pytest.mark.parametrize("report_metrics", [True, False])
+def test_no_label_text_logit_or_loss_leaves_the_device(privatizer, tmp_path, report_metrics):
     worker = FakeWorker()
-    job = trainer(privatizer, worker)
-    job.train(TOTAL)
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path), validation=EXAMPLES[:4], report_metrics=report_metrics)
+    report = job.train()
     job.evaluate(EXAMPLES)
     assert worker.seen
     for exchange in worker.seen:
         assert set(exchange.tensors) <= {protocol.HIDDEN, protocol.ATTENTION_MASK, protocol.GRAD_OUTPUT}
-        assert set(exchange.header.extra) <= {protocol.LOSS}
-        for secret in (*LABELS, *(ex.text for ex in EXAMPLES)):
+        if protocol.GRAD_OUTPUT in exchange.tensors:
+            assert exchange.tensors[protocol.GRAD_OUTPUT].shape[-1] == D  # dL/d(representation), not logits
+        assert set(exchange.header.extra) <= ({protocol.METRICS} if report_metrics else set())
+        for secret in (*LABELS, *(ex.text for ex in EXAMPLES), *(f"{loss:.6f}" for loss in report.losses)):
             assert secret.encode() not in exchange.payload
         protocol.check_request(exchange.header, wire.inspect(exchange.payload)[1], SHAPE, JOB)  # a valid request
+    reported = [protocol.parse_metrics(e.header.extra[protocol.METRICS]) for e in worker.seen if e.header.extra]
+    if report_metrics:  # the validation at the end of the first epoch, sent with the next request; no step loss
+        assert [sorted(m) for m in reported] == [["valid_accuracy", "valid_loss"]]
+        assert reported[0] == {k: pytest.approx(v, abs=1e-6) for k, v in report.validation[0].items() if k != "step"}
+        assert report.validation[0]["step"] == PER_EPOCH
+    else:
+        assert reported == []
 
 
-def test_the_gradient_of_step_t_travels_with_step_t_plus_one(privatizer):
+def test_the_training_loss_is_reported_only_as_a_mean_over_windows(privatizer, monkeypatch):
+    import client_sdk.training as training
+
+    monkeypatch.setattr(training, "REPORT_EVERY", 3)
     worker = FakeWorker()
-    report = trainer(privatizer, worker).train(TOTAL)
+    report = trainer(privatizer, worker).train()
+    sent = [
+        (e.header.step, protocol.parse_metrics(e.header.extra[protocol.METRICS])) for e in worker.seen if e.header.extra
+    ]
+    windows = [report.losses[i : i + 3] for i in range(0, TOTAL, 3)]
+    assert [step for step, _ in sent] == [4, 7]  # after steps 3 and 6 (the flush)
+    for (_, metrics), window in zip(sent, windows, strict=True):
+        assert metrics == {"train_loss": pytest.approx(sum(window) / 3, abs=1e-6)}
+
+
+def test_the_gradient_of_step_t_travels_with_step_t_plus_one(privatizer, tmp_path):
+    worker, store = FakeWorker(), EndStore(JOB, tmp_path)
+    report = trainer(privatizer, worker, store).train()
     sent = worker.answered()
     assert len(sent) == TOTAL + 1  # every step, then the flush
-    first = sent[0]
-    assert protocol.GRAD_OUTPUT not in first.tensors and protocol.LOSS not in first.header.extra
+    assert protocol.GRAD_OUTPUT not in sent[0].tensors
     for step, (before, after) in enumerate(zip(sent[:-1], sent[1:], strict=True), start=1):
-        grad, loss = expected_gradient(before, step)
+        grad, loss = expected_gradient(store.load(step - 1)[0], before, step)
         assert after.header.step == step + 1
         torch.testing.assert_close(after.tensors[protocol.GRAD_OUTPUT].float(), grad, atol=1e-3, rtol=0)
-        assert after.header.extra[protocol.LOSS] == f"{report.losses[step - 1]:.6f}"
         assert report.losses[step - 1] == pytest.approx(loss, abs=1e-5)
+    assert store.steps() == list(range(0, TOTAL + 1))  # the end after every step (no worker checkpoint yet)
 
 
 def test_the_final_flush_carries_only_the_last_gradient(privatizer):
     worker = FakeWorker()
-    report = trainer(privatizer, worker).train(TOTAL)
+    trainer(privatizer, worker).train()
     flush = worker.seen[-1]
     assert (flush.header.kind, flush.header.step) == ("step", TOTAL + 1)
     assert set(flush.tensors) == {protocol.GRAD_OUTPUT}
-    assert flush.header.extra == {protocol.LOSS: f"{report.losses[-1]:.6f}"}
     assert protocol.check_request(flush.header, wire.inspect(flush.payload)[1], SHAPE, JOB).kind == "flush"
 
 
-def test_a_step_out_of_order_rewinds_without_a_gradient(privatizer):
-    worker = FakeWorker(fail={3: 2})  # the worker restarted from its checkpoint after step 1
-    report = trainer(privatizer, worker).train(TOTAL)
-    assert [e.header.step for e in worker.seen] == [1, 2, 3, 2, *range(3, TOTAL + 2)]
-    first_two, refused, resent = worker.seen[1], worker.seen[2], worker.seen[3]
+def test_a_rewind_restores_the_end_and_ends_where_an_unbroken_run_ends(privatizer, tmp_path):
+    unbroken = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "a"))
+    unbroken.train()
+    worker = FakeWorker(fail={4: 2})  # the worker restarted from its checkpoint after step 1
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path / "b"))
+    report = job.train()
+    assert [e.header.step for e in worker.seen] == [1, 2, 3, 4, 2, *range(3, TOTAL + 2)]
+    first_two, refused, resent = worker.seen[1], worker.seen[3], worker.seen[4]
     assert protocol.GRAD_OUTPUT in refused.tensors
-    assert protocol.GRAD_OUTPUT not in resent.tensors and protocol.LOSS not in resent.header.extra
+    assert protocol.GRAD_OUTPUT not in resent.tensors
     assert torch.equal(resent.tensors[protocol.HIDDEN], first_two.tensors[protocol.HIDDEN])  # rebuilt batch
-    grad, _ = expected_gradient(resent, 2)
-    torch.testing.assert_close(worker.seen[4].tensors[protocol.GRAD_OUTPUT].float(), grad, atol=1e-3, rtol=0)
-    assert report.steps == TOTAL
+    grad, _ = expected_gradient(job.store.load(1)[0], resent, 2)  # through the head restored at step 1
+    torch.testing.assert_close(worker.seen[5].tensors[protocol.GRAD_OUTPUT].float(), grad, atol=1e-3, rtol=0)
+    assert report.steps == TOTAL and len(report.losses) == TOTAL  # re-sent steps are not counted twice
+    for name, tensor in unbroken.task.end.state().items():
+        torch.testing.assert_close(job.task.end.state()[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_a_rewind_without_the_saved_end_is_a_clear_error(privatizer, tmp_path):
+    store = EndStore(JOB, tmp_path)
+    trainer(privatizer, FakeWorker(checkpoint=3), store).train()  # replies name checkpoint 3: older ends go
+    assert store.steps() == list(range(3, TOTAL + 1))
+    trainer(privatizer, FakeWorker(fail={1: 4}), store).train()  # resuming from checkpoint 3 works
+    with pytest.raises(MissingEndState, match="no saved end for that step"):
+        trainer(privatizer, FakeWorker(fail={1: 3}), store).train()  # from step 2 it cannot
 
 
 @pytest.mark.parametrize("expected", [None, 3])
 def test_a_step_out_of_order_without_another_step_to_send_is_raised(privatizer, expected):
     with pytest.raises(StepOutOfOrderError):
-        trainer(privatizer, FakeWorker(fail={3: expected})).train(TOTAL)
+        trainer(privatizer, FakeWorker(fail={3: expected})).train()
 
 
-def test_training_can_start_from_a_later_step(privatizer):
-    worker = FakeWorker()
-    report = trainer(privatizer, worker).train(TOTAL, start_step=4)
-    assert [e.header.step for e in worker.seen] == list(range(4, TOTAL + 2))
-    assert protocol.GRAD_OUTPUT not in worker.seen[0].tensors
-    assert len(report.losses) == TOTAL - 3
+def test_a_new_device_process_resumes_from_its_saved_end(privatizer, tmp_path):
+    whole = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "whole"))
+    whole.train()
+    first = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "resumed"))
+    first.train()
+    worker = FakeWorker(fail={1: 4})  # a later process: the worker resumes from its checkpoint at step 3
+    second = trainer(privatizer, worker, EndStore(JOB, tmp_path / "resumed"))
+    second.train()
+    assert [e.header.step for e in worker.seen] == [1, *range(4, TOTAL + 2)]
+    for name, tensor in whole.task.end.state().items():
+        torch.testing.assert_close(second.task.end.state()[name], tensor, atol=1e-5, rtol=0)
 
 
 def test_evaluate_is_private_inference_and_scores_the_replies(privatizer):
     worker = FakeWorker()
     job = trainer(privatizer, worker)
-    accuracy = job.evaluate(EXAMPLES, batch_size=3)
+    result = job.evaluate(EXAMPLES, batch_size=3)
     assert [(e.header.kind, e.header.step) for e in worker.seen] == [("infer", 0)] * 4  # 3 + 3 + 3 + 1
     assert all(set(e.tensors) == {protocol.HIDDEN, protocol.ATTENTION_MASK} for e in worker.seen)
-    predicted = torch.cat([e.logits().argmax(-1) for e in worker.seen])
+    with torch.no_grad():
+        logits = job.task.end(torch.cat([e.output() for e in worker.seen]).float())
     truth = torch.tensor([LABELS.index(ex.label) for ex in EXAMPLES])
-    assert accuracy == pytest.approx(float((predicted == truth).float().mean()))
-
-
-def test_evaluate_counts_correct_predictions(privatizer):
-    always_positive = FakeWorker(constant=[0.0, 1.0])
-    assert trainer(privatizer, always_positive).evaluate(EXAMPLES[:7]) == pytest.approx(3 / 7)
-    assert torch.isnan(torch.tensor(trainer(privatizer, FakeWorker()).evaluate([])))
+    assert result["valid_accuracy"] == pytest.approx(float((logits.argmax(-1) == truth).float().mean()))
+    assert result["valid_loss"] == pytest.approx(float(F.cross_entropy(logits, truth)), abs=1e-4)
+    assert trainer(privatizer, FakeWorker()).evaluate([]) == {}
 
 
 def test_the_finish_payload_is_final_and_carries_no_tensors(privatizer):
-    payload = trainer(privatizer, FakeWorker()).finish_payload()
+    payload = trainer(privatizer, FakeWorker()).finish_payload({"valid_accuracy": 0.5})
     header, tensors = wire.decode(payload)
     assert (header.job_id, header.kind, header.step) == (JOB, "step", 0)
-    assert dict(header.extra) == {protocol.FINAL: "1"} and tensors == {}
+    assert header.extra[protocol.FINAL] == "1" and tensors == {}
+    assert protocol.parse_metrics(header.extra[protocol.METRICS]) == {"valid_accuracy": 0.5}
     request = protocol.check_request(header, wire.inspect(payload)[1], SHAPE, JOB, require_final=True)
     assert request.kind == "final"
+    quiet = trainer(privatizer, FakeWorker(), report_metrics=False).finish_payload({"valid_accuracy": 0.5})
+    assert dict(wire.decode(quiet)[0].extra) == {protocol.FINAL: "1"}
 
 
 def test_the_report_adds_up(privatizer):
     worker, calls = FakeWorker(), []
     job = trainer(privatizer, worker)
-    report = job.train(TOTAL, progress=lambda step, loss, sps: calls.append((step, loss, sps)))
+    report = job.train(progress=lambda step, loss, sps: calls.append((step, loss, sps)))
     job.evaluate(EXAMPLES)
     assert report is job.report and report.steps == TOTAL and len(report.losses) == TOTAL
     assert report.bytes_sent == sum(len(e.payload) for e in worker.seen)
     assert report.bytes_received == sum(len(e.reply) for e in worker.seen)
     steps = [e for e in worker.seen if e.header.kind == "step" and protocol.HIDDEN in e.tensors]
     assert report.samples == sum(len(batch(e.header.step)) for e in steps) == 2 * len(EXAMPLES)  # two epochs
-    d = 32
-    assert report.activation_elements == sum(int(e.tensors[protocol.ATTENTION_MASK].sum()) * d for e in steps)
+    assert report.activation_elements == sum(int(e.tensors[protocol.ATTENTION_MASK].sum()) * D for e in steps)
     assert [c[0] for c in calls] == list(range(1, TOTAL + 1)) and [c[1] for c in calls] == report.losses
     assert report.seconds > 0 and report.samples_per_second > 0
