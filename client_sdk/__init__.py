@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Client": "client_sdk.client",
     "FineTuneJob": "client_sdk.jobs",
+    "FineTunedModel": "client_sdk.inference",
     "Hyperparameters": "client_sdk.options",
     "JobSpecError": "client_sdk.jobspec",
     "PrivacyConfig": "client_sdk.options",

@@ -24,6 +24,7 @@ import httpx
 from client_sdk._http import HTTPCore
 from client_sdk.pagination import SyncCursorPage, SyncPage
 from client_sdk.resources import Bottoms, Files, FineTuning, Models
+from client_sdk.resources.inference import Inference
 
 __all__ = ["Client", "SyncCursorPage", "SyncPage"]
 
@@ -36,7 +37,7 @@ class Client(HTTPCore):
     OpenAI client does (see ``client_sdk._http``); errors are the classes of ``client_sdk.errors``.
     ``sleep`` is what waits between retries and polls (inject a recorder in tests).
 
-    Resources: ``fine_tuning.jobs`` (with ``.checkpoints``), ``files``, ``models`` and ``bottoms``.
+    Resources: ``fine_tuning.jobs`` (with ``.checkpoints``), ``files``, ``models``, ``bottoms`` and ``inference``.
     """
 
     @cached_property
@@ -53,6 +54,11 @@ class Client(HTTPCore):
     def models(self) -> Models:
         """Served models: ``client.models.list/retrieve``."""
         return Models(self)
+
+    @cached_property
+    def inference(self) -> Inference:
+        """Private inference sessions: ``client.inference.open/forward/close`` (see ``FineTunedModel``)."""
+        return Inference(self)
 
     @cached_property
     def bottoms(self) -> Bottoms:

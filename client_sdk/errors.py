@@ -11,7 +11,8 @@ Every error is a ``PrivTuneError``; catch a leaf to act on one failure, or a bra
      │    │    ├── PermissionDeniedError        403
      │    │    ├── NotFoundError                404
      │    │    ├── ConflictError                409
-     │    │    │    └── StepOutOfOrderError     409, code "step_out_of_order" (.expected_step)
+     │    │    │    ├── StepOutOfOrderError     409, code "step_out_of_order" (.expected_step)
+     │    │    │    └── SessionExpiredError     409, code "session_expired" (the SDK reopens the session)
      │    │    ├── PayloadTooLargeError         413
      │    │    ├── UnprocessableEntityError     422
      │    │    ├── RateLimitError               429
@@ -43,6 +44,7 @@ __all__ = [
     "PermissionDeniedError",
     "NotFoundError",
     "ConflictError",
+    "SessionExpiredError",
     "StepOutOfOrderError",
     "PayloadTooLargeError",
     "UnprocessableEntityError",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 STEP_OUT_OF_ORDER = "step_out_of_order"
+SESSION_EXPIRED = "session_expired"
 UNKNOWN_URL = "unknown_url"
 EXPECTED_STEP_HEADER = "x-expected-step"
 
@@ -146,6 +149,11 @@ class StepOutOfOrderError(ConflictError):
     def __init__(self, message: str, *, expected_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.expected_step = expected_step
+
+
+class SessionExpiredError(ConflictError):
+    """An inference session expired or was lost with its worker; ``FineTunedModel`` opens a new one and
+    replays what it had sent."""
 
 
 class PayloadTooLargeError(APIStatusError):
@@ -255,6 +263,8 @@ def status_error_from_response(response: httpx.Response, *, unknown_url_hint: st
         if expected is None:
             expected = _as_int(response.headers.get(EXPECTED_STEP_HEADER))
         return StepOutOfOrderError(message, expected_step=expected, **fields)
+    if status == 409 and fields["code"] == SESSION_EXPIRED:
+        return SessionExpiredError(message, **fields)
     if status == 404 and fields["code"] == UNKNOWN_URL and unknown_url_hint:
         message = f"{message.rstrip()} {unknown_url_hint.strip()}"
     cls = _STATUS_ERRORS.get(status) or (InternalServerError if status >= 500 else APIStatusError)

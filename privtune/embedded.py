@@ -36,10 +36,11 @@ class EmbeddedStack:
         host: str = "127.0.0.1",
         port: int = 8000,
         worker_log: str | None = None,
+        inference: bool = True,
     ):
         self.data_dir = Path(data_dir).resolve()
         self.host, self.port = host, port or free_port()
-        self.worker_log = worker_log
+        self.worker_log, self.inference = worker_log, inference
         self._redis = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -99,6 +100,9 @@ class EmbeddedStack:
         # never waits behind a long training job.
         for queues in ("gpu", "artifacts"):
             cmd = [sys.executable, "-m", "privtune.cli", "worker", "--queues", queues]
+            self._workers.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out))
+        if self.inference:  # one inference worker serves the fine-tuned models (loads a base model lazily)
+            cmd = [sys.executable, "-m", "worker.inference"]
             self._workers.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out))
 
     def _start_gateway(self, settings) -> None:

@@ -59,11 +59,15 @@ class StepRelay:
         Raises :class:`StepRejected` when the worker refuses the step and :class:`StepTimeout` when no
         reply arrives in ``timeout_s``. ``step`` is informational (the payload header is authoritative).
         """
+        return self.request(steps_key(job_id), payload, timeout_s, f"step {step} of job {job_id}")
+
+    def request(self, key: str, payload: bytes, timeout_s: float, what: str = "the request") -> bytes:
+        """Queue ``payload`` on the list ``key`` (a worker's channel) and wait for its reply (see :meth:`submit`)."""
         request_id = uuid.uuid4().hex
-        self.redis.rpush(steps_key(job_id), request_id.encode("ascii") + payload)
+        self.redis.rpush(key, request_id.encode("ascii") + payload)
         popped = self.redis.blpop([reply_key(request_id)], timeout=max(1, int(round(timeout_s))))
         if popped is None:
-            raise StepTimeout(f"no reply for step {step} of job {job_id} within {timeout_s:.0f} s")
+            raise StepTimeout(f"no reply for {what} within {timeout_s:.0f} s")
         body = popped[1]
         if body[:1] == REPLY_OK:
             return bytes(body[1:])
@@ -73,13 +77,14 @@ class StepRelay:
 class WorkerChannel:
     """Worker side: receive a job's step requests and answer them."""
 
-    def __init__(self, redis_client: Any, job_id: str):
+    def __init__(self, redis_client: Any, job_id: str, keys: list[str] | None = None):
         self.redis = redis_client
         self.job_id = job_id
+        self.keys = keys or [steps_key(job_id)]  # the lists served, in priority order
 
     def receive(self, timeout_s: float = 1.0) -> StepMessage | None:
-        """Block up to ``timeout_s`` for the next step request; None when none arrived."""
-        popped = self.redis.blpop([steps_key(self.job_id)], timeout=timeout_s)
+        """Block up to ``timeout_s`` for the next request on any of the channel's lists; None when none arrived."""
+        popped = self.redis.blpop(self.keys, timeout=timeout_s)
         return None if popped is None else StepMessage.parse(popped[1])
 
     def reply(self, request_id: str, payload: bytes) -> None:
@@ -98,4 +103,4 @@ class WorkerChannel:
 
     def discard_pending(self) -> None:
         """Drop queued requests (the job ended; their senders time out or see the job's status)."""
-        self.redis.delete(steps_key(self.job_id))
+        self.redis.delete(*self.keys)

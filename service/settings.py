@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(30.0, ge=0, description="Seconds between lease reaper runs; 0 disables it.")
     export_guard_ttl_s: int = Field(600, gt=0, description="How long one bottom-model export request is remembered.")
 
+    inference_max_adapters: int = Field(8, gt=0, description="Fine-tuned adapters an inference worker keeps loaded.")
+    inference_max_sessions: int = Field(64, gt=0, description="Open inference sessions per inference worker.")
+    inference_idle_timeout_s: float = Field(
+        300.0, gt=0, description="An inference session unused for this long expires (the SDK reopens it)."
+    )
+    inference_timeout_s: float = Field(30.0, gt=0, description="How long one inference request waits for its worker.")
+    inference_max_context: int = Field(2048, gt=0, description="Longest sequence (prompt + generated) of a session.")
+
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
         if not self.database_url:

@@ -58,6 +58,36 @@ class TrainSpec:
         }
 
 
+def adapted_top(spec: TrainSpec, model_cache_dir: str | None = None, top: torch.nn.Module | None = None) -> Any:
+    """The job's server part (``worker.models.TopModel``, built from the base model unless ``top`` is
+    given) with the job's LoRA adapters injected; only the adapters (and a server-side head) train.
+    Training and inference build it here, so adapter names match the checkpoints."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from worker.models import build_top
+
+    method = spec.method
+    if top is None:
+        top = build_top(
+            spec.model,
+            method.split_layer,
+            method.task,
+            num_labels=method.num_labels,
+            cache_dir=model_cache_dir,
+            noise_aware=bool(method.noise_aware),
+            server_head=spec.server_head,
+            tail_layers=method.device_tail,
+        )
+    targets = list(method.lora.target_modules or top.default_lora_targets)
+    lora = LoraConfig(
+        r=method.lora.r, lora_alpha=method.lora.alpha, lora_dropout=method.lora.dropout, target_modules=targets
+    )
+    top = inject_adapter_in_model(lora, top)
+    for name, param in top.named_parameters():
+        param.requires_grad = "lora_" in name or name.startswith("classifier.")
+    return top
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """``preferred`` if given (e.g. "cuda:1"), else CUDA when available, else CPU."""
     if preferred:
@@ -75,33 +105,11 @@ class TopTrainer:
         model_cache_dir: str | None = None,
         top: torch.nn.Module | None = None,
     ):
-        from peft import LoraConfig, inject_adapter_in_model
-
-        from worker.models import build_top
-
         self.spec = spec
         self.device = torch.device(device)
         method = spec.method
         torch.manual_seed(spec.seed)
-        if top is None:
-            top = build_top(
-                spec.model,
-                method.split_layer,
-                method.task,
-                num_labels=method.num_labels,
-                cache_dir=model_cache_dir,
-                noise_aware=bool(method.noise_aware),
-                server_head=spec.server_head,
-                tail_layers=method.device_tail,
-            )
-        targets = list(method.lora.target_modules or top.default_lora_targets)
-        lora = LoraConfig(
-            r=method.lora.r, lora_alpha=method.lora.alpha, lora_dropout=method.lora.dropout, target_modules=targets
-        )
-        top = inject_adapter_in_model(lora, top)
-        for name, param in top.named_parameters():
-            param.requires_grad = "lora_" in name or name.startswith("classifier.")
-        self.model = top.to(self.device).train()
+        self.model = adapted_top(spec, model_cache_dir, top).to(self.device).train()
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         optimizer = method.optimizer
         self.optimizer = torch.optim.AdamW(
