@@ -118,7 +118,7 @@ def test_bad_input_is_refused(bert, payload, status, param):
     assert "s" in server.sessions
 
 
-def test_a_generation_session_caches_and_resets(tiny_llama, tmp_path):
+def test_a_generation_session_caches_and_resets(tiny_llama, tmp_path):  # noqa: F811  (the fixture)
     model = _job(tiny_llama, GEN, tmp_path / "gen", 5)
     server = InferenceServer(max_context=8)
     server.open("g", model)
