@@ -159,6 +159,8 @@ class FineTunedModel:
         if self.task != "classification":
             raise InferenceOptionError(f"{self.id} is a {self.task} model: use generate()", "model")
         texts = [texts] if isinstance(texts, str) else list(texts)
+        self._session_id()
+        batch_size = min(batch_size, int(self._session.get("max_batch_size") or batch_size))
         labels: list[str] = []
         for start in range(0, len(texts), batch_size):
             out = self.privatizer.privatize(texts[start : start + batch_size], generator=self.noise)
@@ -186,10 +188,10 @@ class FineTunedModel:
         """Continue ``prompt_or_messages`` (a string: a raw prompt; a list of ``{"role", "content"}``: a chat,
         with the model's chat template) by at most ``max_new_tokens`` tokens; the text, or with
         ``stream=True`` an iterator of text pieces. Stops at end-of-sequence or any of ``stop``."""
-        from client_sdk.generation_data import encode_prompt
-
         if self.task != "generation":
             raise InferenceOptionError(f"{self.id} is a classification model: use predict()", "model")
+        from client_sdk.generation_data import encode_prompt
+
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             raise InferenceOptionError("max_new_tokens must be an integer", "max_new_tokens")
         if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:

@@ -178,8 +178,9 @@ class FineTuneJob(FineTuningJob):
         session.save_final(trainer)
         return cls.of(session.client, record, report, session.metrics(trainer, report, before, after))
 
-    def model(self, **options: Any) -> Any:
-        """The fine-tuned model, for private inference from this device (``client_sdk.FineTunedModel``)."""
+    def load_model(self, **options: Any) -> Any:
+        """The fine-tuned model, for private inference from this device (``client_sdk.FineTunedModel``;
+        ``options`` are its keyword arguments). Not ``.model``: that is the OpenAI job's base-model field."""
         from client_sdk.inference import FineTunedModel
 
         if not self.fine_tuned_model:

@@ -83,6 +83,8 @@ def open_session(
         "task": method.task,
         "expires_after_idle_s": settings.inference_idle_timeout_s,
         "max_context": settings.inference_max_context,
+        "max_batch_size": method.batch_size,  # classification: texts per request
+        "max_tokens": method.max_tokens,
     }
 
 

@@ -91,7 +91,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    privtune: dict[str, int] | None = None
+    privtune: dict[str, int | list[str]] | None = None
 
 
 class ModelList(BaseModel):

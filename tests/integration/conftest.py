@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_tiny_bert
+from tests.helpers import make_tiny_bert, make_tiny_llama
 
 PG_BASE = os.environ.get("PRIVTUNE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("PRIVTUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DBS = range(8, 16)  # one per concurrent test run, claimed with a lock key
 TINY_MODEL = "tiny-bert"
+TINY_LM = "tiny-llama"  # generation jobs (a 4-block causal LM with a chat template)
 
 
 def _require_services() -> None:
@@ -81,11 +82,14 @@ class Service:
         self.pg_url = _create_schema(self.run_id)
         self.redis_url = _claim_redis_db(self.run_id)
         self.model_dir = make_tiny_bert(tmp / "models" / TINY_MODEL)
+        self.lm_dir = make_tiny_llama(tmp / "models" / TINY_LM)
         self.env = {
             "PRIVTUNE_DATABASE_URL": self.pg_url,
             "PRIVTUNE_REDIS_URL": self.redis_url,
             "PRIVTUNE_DATA_DIR": str(tmp / "data"),
-            "PRIVTUNE_EXTRA_MODELS": json.dumps({TINY_MODEL: str(self.model_dir)}),
+            "PRIVTUNE_EXTRA_MODELS": json.dumps({TINY_MODEL: str(self.model_dir), TINY_LM: str(self.lm_dir)}),
+            "PRIVTUNE_INFERENCE_IDLE_TIMEOUT_S": "60",
+            "PRIVTUNE_INFERENCE_TIMEOUT_S": "5",
             "PRIVTUNE_CHECKPOINT_EVERY": "4",
             "PRIVTUNE_LOG_EVERY_STEPS": "2",
             "PRIVTUNE_STEP_TIMEOUT_S": "30",
@@ -94,6 +98,7 @@ class Service:
             "PRIVTUNE_HEARTBEAT_SECONDS": "1",
         }
         self.worker: subprocess.Popen | None = None
+        self.inference_worker: subprocess.Popen | None = None
         self.server = None
 
     def start(self) -> Service:
@@ -115,6 +120,7 @@ class Service:
             stdout=log,
             stderr=log,
         )
+        self.start_inference_worker()
         from api.main import create_app
         from privtune.embedded import free_port
 
@@ -133,6 +139,15 @@ class Service:
         log = open(self.tmp / "worker.log", "ab")  # noqa: SIM115
         cmd = [sys.executable, "-m", "privtune.cli", "worker", "--queues", "gpu,artifacts"]
         self.worker = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
+
+    def start_inference_worker(self) -> None:
+        log = open(self.tmp / "inference.log", "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "worker.inference"]
+        self.inference_worker = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
+
+    def kill_inference_worker(self) -> None:
+        self.inference_worker.kill()
+        self.inference_worker.wait(timeout=10)
 
     def kill_worker(self) -> None:
         """SIGKILL: no cleanup, no ack, no event; the lease simply stops being renewed."""
@@ -163,12 +178,14 @@ class Service:
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
-        if self.worker is not None:
-            self.worker.terminate()
+        for proc in (self.worker, self.inference_worker):
+            if proc is None:
+                continue
+            proc.terminate()
             try:
-                self.worker.wait(timeout=20)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.worker.kill()
+                proc.kill()
         for key in self.env:
             os.environ.pop(key, None)
         import redis

@@ -72,8 +72,11 @@ def test_sdk_trains_through_the_service(service):
     assert job.steps_completed == job.total_steps == job.report.steps
     assert job.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
     events = job.events()
-    metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and all(e.data["train_loss"] is not None for e in metrics)
+    metrics = [e for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert metrics and all(e.data["train_loss"] is not None for e in metrics if e.data["step"] > 10)
+    assert all(e.data["train_loss"] is None for e in metrics if e.data["step"] <= 10)  # means of 10 steps only
+    validation = [e for e in events if e.type == "metrics" and "valid_loss" in e.data]
+    assert validation and all(0 <= e.data["valid_accuracy"] <= 1 for e in validation)  # per epoch, then final
     checkpoints = job.checkpoints()
     assert checkpoints and max(c.step_number for c in checkpoints) == job.report.steps
     assert job.metrics["bytes_sent"] > 0 and 0 <= job.metrics["accuracy_after"] <= 1
