@@ -72,11 +72,18 @@ class DeviceTrainer:
         validation: Sequence[Any] = (),
         report_metrics: bool = True,
         float_dtype: str = "float16",
+        gradient_noise: float = 0.0,
     ):
         self.job_id, self.post, self.task = job_id, post, task
         self.examples, self.batch_size, self.seed, self.total_steps = list(examples), batch_size, seed, total_steps
         self.generator, self.store, self.validation = generator, store, list(validation)
         self.report_metrics, self.float_dtype = report_metrics, float_dtype
+        if gradient_noise < 0:
+            raise ValueError(f"gradient_noise must be >= 0, got {gradient_noise}")
+        # Its own generator: the noise generator is busy in the prefetch thread meanwhile.
+        self.gradient_noise = gradient_noise
+        seed = (generator.initial_seed() if generator is not None else seed) + 1
+        self._grad_generator = torch.Generator().manual_seed(seed)
         self.spec = optimizer
         self.params = task.end.trainable()
         # A tail of 0 blocks has nothing to train (final norm and LM head stay the public ones): a
@@ -133,7 +140,11 @@ class DeviceTrainer:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return output.grad.detach(), float(loss.detach())
+        grad = output.grad.detach()
+        if self.gradient_noise:  # N(0, (gradient_noise * rms(grad))^2) per element, against answer-token attacks
+            rms = grad.pow(2).mean().sqrt()
+            grad = grad + torch.randn(grad.shape, generator=self._grad_generator) * (self.gradient_noise * rms)
+        return grad, float(loss.detach())
 
     def _batch(self, step: int) -> Batch:
         idx = batch_indices(len(self.examples), self.batch_size, step, self.seed)
