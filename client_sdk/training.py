@@ -53,7 +53,9 @@ class DeviceTrainer:
     ``task`` is a :class:`~client_sdk.end_tasks.HeadTask` or :class:`~client_sdk.end_tasks.TailTask`
     holding the device's end; ``optimizer`` the job's optimiser contract (the device trains its end
     with the same AdamW settings and schedule as the server its adapter); ``store`` where the end is
-    saved after every step (``None``: not saved, for experiments).
+    saved after every step (``None``: not saved, for experiments); ``gradient_noise`` (>= 0) adds
+    Gaussian noise of that many times the gradient's RMS to what is returned (the device's end still
+    trains on the exact gradient).
     """
 
     def __init__(
