@@ -32,7 +32,7 @@ def load_examples(dataset: Any, text_column: str | None = None, label_column: st
     ``label_column``, or by default from the first of ``TEXT_KEYS`` / ``LABEL_KEYS`` they have; a row
     without them is a ``DatasetError`` that names the columns expected and the columns found."""
     if isinstance(dataset, (str, Path)):
-        rows = _read_path(Path(dataset))
+        rows = read_rows(dataset)
     elif isinstance(dataset, Iterable):  # lists of pairs or dicts, datasets.Dataset (iterates dict rows)
         rows = list(dataset)
     else:
@@ -45,7 +45,9 @@ def load_examples(dataset: Any, text_column: str | None = None, label_column: st
     return [_example(row, i, text_column, label_column) for i, row in enumerate(rows)]
 
 
-def _read_path(path: Path) -> list[Any]:
+def read_rows(path: str | Path) -> list[Any]:
+    """The rows of a .jsonl / .jsonl.gz file (one JSON value a line) or a .csv file (dicts of strings)."""
+    path = Path(path)
     if not path.exists():
         raise DatasetError(f"no such file: {path}")
     suffixes = "".join(path.suffixes[-2:]).lower()
@@ -64,6 +66,9 @@ def _read_path(path: Path) -> list[Any]:
         if ".csv" in suffixes:
             return list(csv.DictReader(fh))
     raise DatasetError(f"{path}: expected a .jsonl, .jsonl.gz or .csv file")
+
+
+_read_path = read_rows  # the former private name
 
 
 def _column(row: dict, index: int, given: str | None, defaults: tuple[str, ...], what: str) -> Any:

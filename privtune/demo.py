@@ -7,31 +7,10 @@ each utterance is a text, its file's category the label. The job runs through th
 
 from __future__ import annotations
 
-import importlib.util
-import random
 from pathlib import Path
 from typing import Any
 
-DEMO_CATEGORIES = ("ai", "coding", "emotion", "trivia")
-
-
-def chatterbot_dataset(categories=DEMO_CATEGORIES, max_per_class: int = 250, seed: int = 0) -> list[tuple[str, str]]:
-    """(utterance, category) pairs from chatterbot-corpus, balanced to at most ``max_per_class``."""
-    import yaml
-
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the demo needs the chatterbot-corpus package: pip install --no-deps chatterbot-corpus")
-    root = Path(spec.submodule_search_locations[0]) / "data" / "english"
-    rows: list[tuple[str, str]] = []
-    rng = random.Random(seed)
-    for category in categories:
-        doc = yaml.safe_load((root / f"{category}.yml").read_text(encoding="utf-8"))
-        texts = sorted({str(t).strip() for conv in doc["conversations"] for t in conv if str(t).strip()})
-        rng.shuffle(texts)
-        rows += [(t, category) for t in texts[:max_per_class]]
-    rng.shuffle(rows)
-    return rows
+from privtune.corpus import DEMO_CATEGORIES, chatterbot_dataset
 
 
 def run_demo(
