@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import toy_dataset
-from tests.integration.conftest import TINY_MODEL
+from tests.helpers import toy_dataset, toy_pairs
+from tests.integration.conftest import TINY_LM, TINY_MODEL
 
 TEXTS = [text for text, _ in toy_dataset(24, seed=5)]
 
@@ -95,3 +95,56 @@ def test_the_gateway_refuses_text(service):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hello"}])
     assert info.value.code == "text_not_accepted" and "privtune proxy" in info.value.message
+
+
+@pytest.fixture(scope="module")
+def generator_job(service):
+    from client_sdk import FineTuneJob, PrivacyConfig
+
+    job = FineTuneJob.create(
+        toy_pairs(40),
+        model=TINY_LM,
+        task="generation",
+        split_layer=1,
+        tail_layers=1,
+        max_length=24,
+        privacy=PrivacyConfig(mechanism="none", seed=0),
+        client=service.client(),
+        hyperparameters={"batch_size": 8, "n_epochs": 2, "learning_rate": 5e-3},
+        progress=False,
+    )
+    assert job.status == "succeeded", service.worker_log()
+    return job
+
+
+def test_a_generation_job_trains_end_to_end_and_generates(service, generator_job):
+    job = generator_job
+    spec = job.method.privtune
+    assert (spec["task"], spec["tail_layers"], spec["num_labels"]) == ("generation", 1, None)
+    events = job.events()
+    assert any(e.type == "metrics" and "valid_mean_token_accuracy" in e.data for e in events)
+    assert job.metrics["validation_after"]["valid_loss"] < job.metrics["validation_before"]["valid_loss"]
+    model = job.load_model()
+    chat = [{"role": "user", "content": "w3 w4 w5"}]
+    text = model.generate(chat, max_new_tokens=4, temperature=0)
+    assert isinstance(text, str) and model.last_usage["completion_tokens"] <= 4
+    assert "".join(model.generate(chat, max_new_tokens=4, temperature=0, stream=True)) == text
+    assert model.generate("w3 w4 w5", max_new_tokens=3, temperature=0) == model.generate(
+        "w3 w4 w5", max_new_tokens=3, temperature=0
+    )  # greedy and mechanism none: deterministic
+
+
+def test_generation_options_are_checked(service, generator_job):
+    from client_sdk.generation_data import PromptTooLongError
+    from client_sdk.inference import InferenceOptionError
+
+    model = generator_job.load_model()
+    for options, param in [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p")]:
+        with pytest.raises(InferenceOptionError) as info:
+            model.generate("w1", **options)
+        assert info.value.param == param
+    with pytest.raises(InferenceOptionError) as info:
+        model.predict(["w1"])
+    assert info.value.param == "model"
+    with pytest.raises(PromptTooLongError):
+        model.generate(" ".join(["w1"] * 3000), max_new_tokens=4)
