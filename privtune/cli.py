@@ -7,6 +7,7 @@ privtune keys create --org NAME
 privtune models export MODEL --split-layer L
 privtune demo [--json]   the README's main job
 privtune eval [--quick] [--out results.jsonl] [--data-dir DIR] [--report]   privacy-utility evaluation
+privtune proxy --model ft:... [--port 8001]   local OpenAI-compatible endpoint for a fine-tuned model
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ def _eval(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    import client_sdk
+    from privtune.proxy import serve
+
+    client = client_sdk.Client(base_url=args.base_url, api_key=args.api_key)
+    options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    model = client_sdk.FineTunedModel(args.model, client=client, **options)
+    serve(model, host=args.host, port=args.port, api_key=args.proxy_api_key)
+    return 0
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's help shows its default; descriptions keep their line breaks."""
 
@@ -179,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments = None
     if add_arguments is not None:
         add_arguments(p)
+
+    p = _command(sub, "proxy", "a local OpenAI-compatible endpoint (/v1) for a privately fine-tuned model", _proxy)
+    p.add_argument("--model", required=True, help="the fine-tuned model's id, ft:<base>:<org>:<suffix>:<job>")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (beyond loopback: no auth unless --proxy-api-key)"
+    )
+    p.add_argument("--port", type=int, default=8001, help="port to listen on")
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="the PrivTune service (None: $PRIVTUNE_BASE_URL, else http://127.0.0.1:8000/v1)",
+    )
+    p.add_argument("--api-key", default=None, help="the PrivTune service's API key (None: $PRIVTUNE_API_KEY)")
+    p.add_argument("--cache-dir", default=None, help="where bottom models are cached (None: the SDK's default cache)")
+    p.add_argument(
+        "--proxy-api-key", default=None, help="a key the proxy's own clients must send as Bearer token (None: no auth)"
+    )
     return parser
 
 
