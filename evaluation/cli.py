@@ -28,14 +28,16 @@ GRID_NAMES = (
     "eta-fine",
     "eta-extra",
 )  # evaluation.sweep.DEFAULT_GRIDS (not imported: no torch here)
-OTHER_GRIDS = ("defaults",)  # evaluation.sweep.GRIDS beyond the default list
+OTHER_GRIDS = ("defaults", "labels")  # evaluation.sweep.GRIDS beyond the default list
 QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid targets < 15 min in all
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` options to ``parser`` (``privtune eval`` and ``python -m evaluation.cli``); imports nothing heavy."""
     parser.add_argument("--quick", action="store_true", help="reduced grid: fewer texts, epochs and etas")
-    parser.add_argument("--out", type=Path, default=None, help="results JSONL (None: .privtune/eval/{quick,full}.jsonl)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results JSONL (None: .privtune/eval/{quick,full}.jsonl)"
+    )
     parser.add_argument(
         "--data-dir", default=None, help="evaluation data (None: $PRIVTUNE_EVAL_DATA, else ../shared/data)"
     )
@@ -127,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m evaluation.cli [options]`` (same as ``privtune eval``)."""
     parser = argparse.ArgumentParser(
-        prog="privtune eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="privtune eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser = add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -24,7 +24,7 @@ __all__ = [
     "config_fields",
 ]
 
-HARNESS_VERSION = 3  # part of every key: bump when a change makes old rows incomparable
+HARNESS_VERSION = 4  # part of every key: bump when a change makes old rows incomparable
 NOISELESS = tuple(n for n in MECHANISMS if not mechanism_info(n).adds_noise)  # none, opt3, opt3_importance
 OPT3_MECHANISMS = tuple(n for n in MECHANISMS if mechanism_info(n).uses_opt3)  # opt3, opt3_importance, privtune
 

@@ -26,6 +26,8 @@ cores; the other grids are full-sweep only):
 Not in the default list: ``defaults`` (``grid(names=["defaults"])``, ``privtune eval --grids defaults``),
 the harness runs behind the shipped importance defaults (docs/PRIVACY.md), on their own smaller base
 ``DEFAULTS_BASE`` (2,000 texts, 3 epochs, 500 test texts, 128 attacked, quick attack budget).
+``labels`` (``privtune eval --quick --grids labels``): ``none`` and ``privtune`` at ETA_REF only, the
+two rows of the label attack's figure (both are also in the eta grid).
 """
 
 from __future__ import annotations
@@ -161,6 +163,12 @@ def _defaults_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool)
     ]
 
 
+def _labels_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """The label attack's figure (docs/RESULTS.md): undefended and the default mechanism (rows shared
+    with the eta grid)."""
+    return [replace(base, mechanism="none"), replace(base, mechanism="privtune", eta=ETA_REF)]
+
+
 GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[ExperimentConfig]]] = {
     "eta": _eta_grid,
     "ablation": _ablation_grid,
@@ -170,8 +178,9 @@ GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[Expe
     "eta-fine": _eta_fine_grid,
     "eta-extra": _eta_extra_grid,
     "defaults": _defaults_grid,
+    "labels": _labels_grid,
 }
-DEFAULT_GRIDS = tuple(name for name in GRIDS if name != "defaults")
+DEFAULT_GRIDS = tuple(name for name in GRIDS if name not in ("defaults", "labels"))
 
 
 class ResultStore:

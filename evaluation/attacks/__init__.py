@@ -7,8 +7,12 @@ what it needs (attributes, gradients, the top model)::
 
     kit = AttackKit.from_privatizer(privatizer, public_texts, public_attributes=..., public_labels=..., top=top)
     obs = observe(privatizer, private_texts, attributes=..., labels=...)   # or the harness's recording
-    obs = observe_gradients(obs, top)                                      # A1 / A1-label / A4
+    obs = observe_gradients(obs, top, head)                                # A1 / A1-label
     results = run_attacks(obs, kit)                                        # every attack that can run
+
+The protocol is U-shaped: the server's top returns the pooled representation (b, d), the device's
+private head classifies it, and the device returns dL/d(representation) rows (b, d). No logits,
+loss, label or head weights reach the server.
 
 =========== ============================================================ ==================
 name        attack                                                        scored on
@@ -16,10 +20,11 @@ name        attack                                                        scored
 A0-opt      inversion by optimisation through the bottom                 tokens (subset)
 A0-learned  linear-discriminant token classifier fitted on public text   tokens
 A1          DLG: match per-text parameter gradients of the server's top  tokens (subset)
-A1-label    label = argmin of the returned dL/d(logits) row              texts
+A1-label    k-means on the returned dL/d(representation) rows, k = C;    texts
+            best one-to-one cluster -> label matching (an upper bound)
 A2          nearest split-layer prototype (cosine)                       tokens
 A3          attribute classifier on pooled h~                            texts
-A4          attribute classifier on the returned gradients               texts
+A4          (not applicable: shadow gradients need the device's head)    -
 A5          K-means on pooled h~, clusters named by shadow attributes    texts
 =========== ============================================================ ==================
 """
@@ -33,13 +38,14 @@ import torch
 
 from .a0_learned import a0_learned
 from .a0_optimisation import a0_optimisation
-from .a1_gradient import a1_gradient_inversion, a1_label_leakage
+from .a1_gradient import a1_gradient_inversion
+from .a1_label import a1_label_clustering
 from .a2_nearest import a2_nearest_prototype
 from .a3_attribute import a3_attribute
 from .a4_gradient_attribute import a4_gradient_attribute
 from .a5_kmeans import a5_kmeans
 from .base import THREAT_MODELS, AttackResult, AttackUnavailable, Observation, check_threat_models
-from .kit import AttackKit, KnownMechanism, observe, observe_gradients
+from .kit import AttackKit, KnownMechanism, observe, observe_gradients, top_output
 
 __all__ = [
     "ATTACKS",
@@ -52,7 +58,7 @@ __all__ = [
     "a0_learned",
     "a0_optimisation",
     "a1_gradient_inversion",
-    "a1_label_leakage",
+    "a1_label_clustering",
     "a2_nearest_prototype",
     "a3_attribute",
     "a4_gradient_attribute",
@@ -60,6 +66,7 @@ __all__ = [
     "observe",
     "observe_gradients",
     "run_attacks",
+    "top_output",
 ]
 
 Attack = Callable[..., list[AttackResult]]
@@ -68,7 +75,7 @@ ATTACKS: dict[str, Attack] = {
     "A0-opt": a0_optimisation,
     "A0-learned": a0_learned,
     "A1": a1_gradient_inversion,
-    "A1-label": a1_label_leakage,
+    "A1-label": a1_label_clustering,
     "A2": a2_nearest_prototype,
     "A3": a3_attribute,
     "A4": a4_gradient_attribute,

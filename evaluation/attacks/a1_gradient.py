@@ -1,28 +1,30 @@
-"""A1, gradient inversion (DLG-style), and A1-label, label leakage from the returned gradients.
+"""A1, gradient inversion (DLG-style) from the returned gradients.
 
-What the server observes in this protocol: the perturbed h~ (N, T, d), the attention mask, and for
-each text the row of dL/d(logits) the device returns. From these it computes its own LoRA parameter
-gradients J_theta(h~)^T dL/d(logits) (per text, or summed over a step's batch). Everything a gradient
-inversion can use is therefore a function of (h~, dL/d(logits)); it cannot beat an attack on h~ plus
-the gradient rows. What the rows add is the **label**: for cross-entropy, dL/d(logits) = (softmax -
-onehot(y)) / B, so the true label is its only negative entry. A1-label reads it off (argmin).
+What the server observes on the head-on-device protocol: the perturbed h~ (N, T, d), the attention
+mask, and for each text the row of dL/d(representation) (d,) the device returns through its private
+head. From these it computes its own LoRA parameter gradients J_theta(h~)^T dL/d(representation)
+(per text, or summed over a step's batch). Everything a gradient inversion can use is therefore a
+function of (h~, the rows); it cannot beat an attack on h~ plus the rows. What the rows add beyond
+h~ is the label partition (``a1_label``: they cluster by label); the old label attack (argmin of a
+dL/d(logits) row) no longer applies, since no logits or head cross the wire.
 
 A1 proper reconstructs the tokens from the per-text gradients of the server's trainable parameters
-(LoRA + head; ``params="all"``: every top parameter, which the server can also compute): relax the
-tokens to softmax(Z / temperature) over a candidate vocabulary, run bottom (adaptive: + the
-mechanism's deterministic part, the OPT-3 shift straight-through) + top, and match the per-text
-parameter gradients to the observed ones with Adam, the loss being the sum over parameter tensors
-and texts of 1 - cosine similarity (one tensor cannot drown the others). The candidate vocabulary is
-the tokens of the public text plus the special tokens (``vocabulary="public"``) or all of |V|.
-Per-text gradients use ``torch.func`` (vmap of grad), with the top run in eval mode and eager
-attention (double backward through it). Cost is bounded by ``max_sequences`` and ``steps``.
+(LoRA; ``params="all"``: every top parameter, which the server can also compute): relax the tokens
+to softmax(Z / temperature) over a candidate vocabulary, run bottom (adaptive: + the mechanism's
+deterministic part, the OPT-3 shift straight-through) + top, and match the per-text parameter
+gradients <top(x), g_i> to the observed ones with Adam, the loss being the sum over parameter
+tensors and texts of 1 - cosine similarity (one tensor cannot drown the others). The candidate
+vocabulary is the tokens of the public text plus the special tokens (``vocabulary="public"``) or all
+of |V|. Per-text gradients use ``torch.func`` (vmap of grad), with the top run in eval mode and
+eager attention (double backward through it). Cost is bounded by ``max_sequences`` and ``steps``.
 ``details["final_loss"]`` is the mean 1 - cosine per tensor and text at the end: a low loss with a
 low ASR means the gradients are matched by a wrong (relaxed) input, i.e. they do not pin the tokens.
 
-Measured (no noise, untrained top, LoRA r=8): tiny random BERT (|V| = 64) ~0.9 of tokens in 100
-steps; minilm-l6 split at 3 (3,123 public-text candidates) ~0.01-0.03 in 100-300 steps with final
-loss ~0.05: at LoRA initialisation B = 0, so only the B and head gradients carry signal, and they
-are matched by wrong mixtures. The server's stronger channel is h~ itself (A0, A2) and the label (A1-label).
+Measured on the old protocol (server-side head; no noise, untrained top, LoRA r=8): tiny random BERT
+(|V| = 64) ~0.9 of tokens in 100 steps; minilm-l6 split at 3 (3,123 public-text candidates)
+~0.01-0.03 in 100-300 steps with final loss ~0.05: at LoRA initialisation B = 0, so only the B
+gradients carry signal, and they are matched by wrong mixtures. The server's stronger channel is
+h~ itself (A0, A2).
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from client_sdk.audit import majority_rate
-
 from .base import (
     THREAT_MODELS,
     AttackResult,
@@ -45,36 +45,10 @@ from .base import (
     default_generator,
     token_result,
 )
-from .kit import AttackKit, top_mode
+from .gradients import top_mode
+from .kit import AttackKit
 
-__all__ = ["a1_gradient_inversion", "a1_label_leakage"]
-
-
-def a1_label_leakage(
-    observation: Observation,
-    kit: AttackKit | None = None,
-    threat_models: str | Sequence[str] = THREAT_MODELS,
-    generator: torch.Generator | None = None,
-) -> list[AttackResult]:
-    """A1-label: the private label of each text is the argmin of its dL/d(logits) row.
-
-    Needs no knowledge of the mechanism, so every threat model gets the same figure. ``details``
-    gives the fraction of rows with exactly one negative entry (cross-entropy's signature).
-    """
-    if observation.grad_output is None or observation.labels is None:
-        raise AttackUnavailable("A1-label needs recorded grad_output and the labels (for scoring)")
-    started = time.perf_counter()
-    g = observation.grad_output.float()  # (n, c)
-    hits = g.argmin(dim=-1) == observation.labels
-    details = {
-        "single_negative_rate": float(((g < 0).sum(dim=-1) == 1).float().mean()),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    asr, chance = float(hits.float().mean()), majority_rate(observation.labels)
-    return [
-        AttackResult("A1-label", asr, chance, m, observation.n, dict(details))
-        for m in check_threat_models(threat_models)
-    ]
+__all__ = ["a1_gradient_inversion"]
 
 
 def _vocabulary(kit: AttackKit, vocabulary: str) -> torch.Tensor:
@@ -91,11 +65,11 @@ def _vocabulary(kit: AttackKit, vocabulary: str) -> torch.Tensor:
 
 
 def _per_sample_grads(top: torch.nn.Module, params: dict[str, torch.Tensor]):
-    """f(params, hidden (b, t, d), mask (b, t), g (b, c)) -> {name: (b, *shape)}: per-text gradients
-    of <top(hidden_i), g_i> (= the text's parameter gradient given its dL/d(logits) row g_i)."""
+    """f(params, hidden (b, t, d), mask (b, t), g (b, d_out)) -> {name: (b, *shape)}: per-text gradients
+    of <top(hidden_i), g_i> (= the text's parameter gradient given its returned row g_i = dL/d(output))."""
 
     def one(p, hidden, mask, g):
-        out = functional_call(top, p, (hidden.unsqueeze(0), mask.unsqueeze(0)))  # (1, c)
+        out = functional_call(top, p, (hidden.unsqueeze(0), mask.unsqueeze(0)))  # (1, d_out)
         return (out[0] * g).sum()
 
     return vmap(grad(one), in_dims=(None, 0, 0, 0))
@@ -146,7 +120,7 @@ def a1_gradient_inversion(
             for s in range(0, obs.n, batch_size):
                 hidden = obs.hidden[s : s + batch_size].to(device).float()  # (b, t, d)
                 mask = obs.attention_mask[s : s + batch_size].to(device)  # (b, t)
-                g = obs.grad_output[s : s + batch_size].to(device).float()  # (b, c)
+                g = obs.grad_output[s : s + batch_size].to(device).float()  # (b, d_out)
                 observed = {n: v for n, v in per_sample(theta, hidden, mask, g).items() if v.abs().sum() > 0}
                 z = torch.zeros(*mask.shape, vocab.shape[0], device=device, requires_grad=True)  # (b, t, k)
                 opt = torch.optim.Adam([z], lr=lr)

@@ -28,10 +28,10 @@ from .base import (
 )
 from .kit import AttackKit
 
-__all__ = ["a5_kmeans"]
+__all__ = ["a5_kmeans", "best_kmeans"]
 
 
-def _best_kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: int, iters: int) -> torch.Tensor:
+def best_kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: int, iters: int) -> torch.Tensor:
     """Centres (k, f) of the lowest-inertia run among ``restarts`` k-means++ runs."""
     best, best_inertia = None, float("inf")
     for _ in range(restarts):
@@ -60,7 +60,7 @@ def a5_kmeans(
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     values = torch.unique(kit.public_attributes)
     k = int(values.numel())
-    centres = _best_kmeans((x - mean) / std, k, default_generator(generator), restarts, iters)  # (k, d)
+    centres = best_kmeans((x - mean) / std, k, default_generator(generator), restarts, iters)  # (k, d)
     cluster = torch.cdist((x - mean) / std, centres).argmin(dim=1)  # (n,)
     fallback = int(torch.mode(kit.public_attributes).values)
     clustering_s = time.perf_counter() - started

@@ -70,12 +70,15 @@ class Observation:
     """What the server saw for N private texts, plus the truth used only for scoring.
 
     Seen by the attacks: ``hidden`` (N, T, d) the perturbed split-layer states as sent,
-    ``attention_mask`` (N, T), and, when recorded, ``grad_output`` (N, C): the dL/d(logits) rows the
-    device returned, each scaled by 1 / (its step's batch size) as cross-entropy with mean reduction
-    gives, with ``grad_batch_size`` that batch size (an int, or (N,) per row; the server knows it).
-    Scoring only (never read by an attack): ``input_ids`` (N, T), ``special_mask`` (N, T) True where a
-    position is not scored (special tokens; padding is excluded through the mask too), ``attribute``
-    (N,) int private attribute, ``labels`` (N,) int task labels.
+    ``attention_mask`` (N, T), and, when recorded, ``grad_output`` (N, d_out): the rows of
+    dL/d(server output) the device returned. On the head-on-device protocol the server's output is
+    the pooled representation, so d_out = d and each row is W^T (softmax(W r + b) - onehot(y)) / B
+    for the device's private head W (C, d): dL/d(representation), scaled by 1 / (its step's batch
+    size) as cross-entropy with mean reduction gives; ``grad_batch_size`` is that batch size (an int,
+    or (N,) per row; the server knows it). ``num_labels``: the job's label count C (public in the job
+    contract), None when unknown. Scoring only (never read by an attack): ``input_ids`` (N, T),
+    ``special_mask`` (N, T) True where a position is not scored (special tokens; padding is excluded
+    through the mask too), ``attribute`` (N,) int private attribute, ``labels`` (N,) int task labels.
     """
 
     hidden: torch.Tensor
@@ -86,6 +89,7 @@ class Observation:
     labels: torch.Tensor | None = None
     grad_output: torch.Tensor | None = None
     grad_batch_size: int | torch.Tensor = 1
+    num_labels: int | None = None
 
     def __post_init__(self) -> None:
         n, t = self.hidden.shape[:2]
@@ -109,7 +113,7 @@ class Observation:
         return self.attention_mask.bool() & ~self.special_mask.bool()
 
     def per_sample_gradient(self) -> torch.Tensor:
-        """(N, C) dL/d(logits) of each text on its own: ``grad_output`` times its step's batch size."""
+        """(N, d_out) dL/d(server output) of each text on its own: ``grad_output`` times its step's batch size."""
         if self.grad_output is None:
             raise AttackUnavailable("the observation has no recorded gradients (grad_output)")
         size = torch.as_tensor(self.grad_batch_size, dtype=self.grad_output.dtype)

@@ -2,7 +2,8 @@
 
 ``AttackKit.from_privatizer(privatizer, public_texts, ...)`` gives the white-box attacker: the bottom
 model, tokenizer, split-layer prototypes and input embeddings, public (shadow) text with its
-attributes and task labels, the server's top model (for the gradient attacks), and, for the
+attributes and task labels, the server's top model (its output is the pooled representation the
+device's head classifies; the server never holds that head), and, for the
 adaptive attacker, the victim's mechanism applied to public text (``privatize_public``) and a model
 of that mechanism (``KnownMechanism``). Public representations are computed once per threat model
 with the kit's own seed, so results do not depend on the order in which attacks run.
@@ -10,30 +11,32 @@ with the kit's own seed, so results do not depend on the order in which attacks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from client_sdk.audit import expected_lone_tokens, expected_privatizer, noiseless_mechanism
-from client_sdk.models.attention import eager_attention
 from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm
 from client_sdk.privacy.config import ClipOptions
 
 from .base import AttackUnavailable, Observation, check_threat_models
+from .gradients import _device, head_gradients, observe_gradients, step_sizes, top_mode, top_output
 
-__all__ = ["AttackKit", "KnownMechanism", "observe", "observe_gradients", "top_logits", "top_mode"]
+__all__ = [
+    "AttackKit",
+    "KnownMechanism",
+    "head_gradients",
+    "observe",
+    "observe_gradients",
+    "step_sizes",
+    "top_mode",
+    "top_output",
+]  # the server-side helpers live in .gradients (re-exported here)
 
 Encode = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 Run = Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _device(module: Any) -> torch.device:
-    first = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
-    return first.device if first is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -73,52 +76,6 @@ def observe(
     obs = _represent(texts, privatizer.encode, run, privatizer.special_ids, batch_size)
     as_long = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.long)
     return replace(obs, attribute=as_long(attributes), labels=as_long(labels))
-
-
-@contextmanager
-def top_mode(top: torch.nn.Module, eager: bool = False) -> Iterator[torch.nn.Module]:
-    """Run ``top`` in eval mode (no dropout) and, with ``eager``, with eager attention (double backward);
-    both are restored afterwards."""
-    configs = [c for m in top.modules() if (c := getattr(m, "config", None)) is not None]
-    was_training = top.training
-    top.eval()
-    try:
-        with eager_attention(configs) if eager else nullcontext():
-            yield top
-    finally:
-        top.train(was_training)
-
-
-@torch.no_grad()
-def top_logits(
-    top: torch.nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 64
-) -> torch.Tensor:
-    """The top's output (N, C) for ``hidden`` (N, T, d) in eval mode, ``chunk`` texts at a time (CPU, float32)."""
-    device = _device(top)
-    with top_mode(top):
-        parts = [
-            top(hidden[s : s + chunk].to(device), attention_mask[s : s + chunk].to(device)).float().cpu()
-            for s in range(0, hidden.shape[0], chunk)
-        ]  # each (b, c)
-    return torch.cat(parts)
-
-
-def observe_gradients(observation: Observation, top: torch.nn.Module, batch_size: int = 8) -> Observation:
-    """Add the gradients the device would return: rows in consecutive steps of ``batch_size``, each
-    dL/d(logits) of the step's mean cross-entropy (so scaled by 1 / step size), from ``top`` in eval mode.
-
-    Needs ``observation.labels``. Real runs should record ``grad_output`` during training instead
-    (the top then changes between steps); this helper is for tests and quick studies.
-    """
-    if observation.labels is None:
-        raise AttackUnavailable("observe_gradients needs the observation's task labels")
-    logits = top_logits(top, observation.hidden, observation.attention_mask)  # (n, c)
-    sizes = torch.full((observation.n,), batch_size, dtype=torch.long)
-    last = observation.n % batch_size
-    if last:
-        sizes[-last:] = last
-    grad = (logits.softmax(dim=-1) - F.one_hot(observation.labels, logits.shape[-1]).float()) / sizes.unsqueeze(1)
-    return replace(observation, grad_output=grad, grad_batch_size=sizes)
 
 
 class KnownMechanism:
@@ -205,7 +162,8 @@ class AttackKit:
     embedding matrix; ``privatize_public(texts, generator=...)`` -> ``{"hidden", ...}``: the victim's
     mechanism applied to public text (adaptive attacker); ``encode(texts)`` -> (ids, mask): the
     victim's tokenisation; ``public_texts`` with ``public_attributes`` / ``public_labels`` (N_pub,)
-    ints: shadow data; ``known``: the model of the mechanism; ``top``: the server's top model.
+    ints: shadow data; ``known``: the model of the mechanism; ``top``: the server's top model (output:
+    the pooled representation (b, d) on the head-on-device protocol).
 
     Memo (``cache``): the public observations ``"naive"``, ``"adaptive"`` (noise from ``seed``) and
     ``"expected"`` (noiseless mechanism output), and ``"prototypes_adaptive"``. A caller may seed it

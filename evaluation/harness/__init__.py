@@ -5,12 +5,15 @@
 1. load the dataset's private / public / test parts (``evaluation.data``);
 2. fit a ``Privatizer`` (the device's audit point) on the private training texts and labels;
 3. train with ``DeviceTrainer`` posting the real wire payloads to the worker's ``StepServer.handle``
-   (``TopTrainer``: LoRA on the top blocks), i.e. the same code as a service job minus HTTP and
-   Redis; every step privatizes its batch again, so each epoch sees fresh noise;
-4. measure utility: test accuracy through the same perturbed path (private inference), and,
-   labelled separately, with unperturbed representations at inference time;
+   (``TopTrainer``: LoRA on the top blocks, returning the pooled representation) with the device's own
+   ``ClassifierHead`` (``HeadTask``, trained with the job's optimiser), i.e. the same code as a service
+   job minus HTTP and Redis; every step privatizes its batch again, so each epoch sees fresh noise;
+4. measure utility: test accuracy (``DeviceTrainer.evaluate``: the trained top and head) through the
+   same perturbed path (private inference), and, labelled separately, the same top and head fed
+   unperturbed representations at inference time;
 5. record what the server observed in the final training steps (``ServerView``: the decoded
-   payloads, i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``) for
+   payloads, i.e. perturbed hidden states as sent, in float16, and the returned ``grad_output``,
+   dL/d(representation) (b, d)) for
    at least ``n_attack`` private texts (``last_steps``), and run the attacks on it under both threat
    models (``run_attacks``, on ``evaluation.attacks``).
 

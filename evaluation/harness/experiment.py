@@ -55,10 +55,11 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
     written but the prototype / neighbour cache under ``resources.cache_dir``.
     """
+    from client_sdk.end_tasks import HeadTask
     from client_sdk.jobspec import DeclaredPrivacy, LoraSpec, OptimizerSpec, PrivtuneMethod, step_shape
+    from client_sdk.models.ends import ClassifierHead
     from client_sdk.privacy import get_mechanism
     from client_sdk.privatizer import Privatizer
-    from client_sdk.training import DeviceTrainer
     from worker.step_server import StepServer
     from worker.trainer import TopTrainer, TrainSpec
 
@@ -100,20 +101,23 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
         privacy=DeclaredPrivacy.from_config(mechanism.config),
         noise_aware=config.top_noise_aware(),
     )
-    spec = TrainSpec(config.model, method, seed=config.seed)
+    spec = TrainSpec(config.model, method, seed=config.seed)  # no server_head: the top returns (b, d)
     job_id = f"eval-{config.key()}"
     top = TopTrainer(spec)
     server = StepServer(top, step_shape(method, bottom.hidden_size), job_id)
     view = ServerView(server.handle, watched)
     noise = torch.Generator().manual_seed(config.seed + 1)
-    device = DeviceTrainer(job_id, view, privatizer, labels, examples, config.batch_size, config.seed, noise)
+    head = ClassifierHead(bottom.hidden_size, len(labels.names), torch.Generator().manual_seed(config.seed + 2))
+    device = _device_trainer(job_id, view, HeadTask(head, privatizer, labels), examples, config, method, noise)
     t0 = time.perf_counter()
-    report = device.train(total_steps)
+    report = device.train()
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    accuracy = device.evaluate(test)
-    accuracy_plain = DeviceTrainer(job_id, server.handle, plain, labels, examples, config.batch_size).evaluate(test)
+    accuracy = device.evaluate(test)["valid_accuracy"]
+    # the same trained top and head, fed unperturbed representations (nothing trains: infer requests only)
+    unperturbed = _device_trainer(job_id, server.handle, HeadTask(head, plain, labels), [], config, method, None)
+    accuracy_plain = unperturbed.evaluate(test)["valid_accuracy"]
     eval_s = time.perf_counter() - t0
     majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
 
@@ -152,6 +156,20 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
         machine=machine(),
         finished_at=now_iso(),
     )
+
+
+def _device_trainer(
+    job_id: str, post: Any, task: Any, examples: list[Any], config: ExperimentConfig, method: Any, noise: Any
+) -> Any:
+    """The device half as a service job runs it: the head trains with the job's optimiser and schedule;
+    no device store (an experiment is not resumed) and no metrics on the wire."""
+    from client_sdk.training import DeviceTrainer
+
+    return DeviceTrainer(
+        job_id, post, task, examples, config.batch_size, optimizer=method.optimizer,
+        total_steps=int(method.total_steps), seed=config.seed, generator=noise, store=None, validation=(),
+        report_metrics=False,
+    )  # fmt: skip
 
 
 def _privacy(privatizer: Any) -> dict[str, Any]:

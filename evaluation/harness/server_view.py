@@ -2,7 +2,9 @@
 
 Promises: ``ServerView`` keeps, for chosen training steps, exactly what the server received (the decoded
 wire payloads: perturbed hidden states in float16, the attention mask) and the ``grad_output`` the
-device returned; ``last_steps`` chooses the final steps that hold ``n_attack`` texts;
+device returned (dL/d(representation) (b, d) through the device's private head: on the head-on-device
+protocol the server's output is the pooled representation); ``last_steps`` chooses the final steps that
+hold ``n_attack`` texts;
 ``build_observation`` assembles them, re-encoding the texts to check that they match what was sent.
 """
 
@@ -24,19 +26,23 @@ __all__ = ["Observed", "ServerView", "build_observation", "last_steps"]
 class ServerView:
     """A ``post`` wrapper that keeps what the server received on chosen steps, then forwards.
 
-    ``steps``: the training steps whose activations are kept; their ``grad_output`` (which arrives
-    with the next step's payload, or with the final flush) is kept too. Payloads are decoded with
-    the same codec the worker uses, so the tensors are exactly what the server saw (float16).
+    ``steps``: the training steps whose activations are kept; their ``grad_output`` (b, d) (which
+    arrives with the next step's payload, or with the final flush) is kept too. Payloads are decoded
+    with the same codec the worker uses, so the tensors are exactly what the server saw (float16).
+    ``metrics`` keeps any ``metrics`` extra a request carried (none with ``report_metrics=False``).
     """
 
     def __init__(self, post: Any, steps: set[int]):
         self.post, self.steps = post, steps
         self.hidden: dict[int, torch.Tensor] = {}
         self.mask: dict[int, torch.Tensor] = {}
-        self.grad: dict[int, torch.Tensor] = {}
+        self.grad: dict[int, torch.Tensor] = {}  # step -> (b, d) dL/d(representation)
+        self.metrics: dict[int, str] = {}
 
     def __call__(self, payload: bytes) -> bytes:
         header, tensors = wire.decode(payload)
+        if protocol.METRICS in header.extra:
+            self.metrics[header.step] = header.extra[protocol.METRICS]
         if header.kind == "step":
             if header.step in self.steps and protocol.HIDDEN in tensors:
                 self.hidden[header.step] = tensors[protocol.HIDDEN].float()
@@ -58,9 +64,10 @@ def _pad_cat(chunks: list[torch.Tensor], length: int, value: float = 0) -> torch
 def last_steps(n_examples: int, config: ExperimentConfig, total_steps: int, per_epoch: int) -> set[int]:
     """The final training steps whose batches hold at least ``n_attack`` texts (within the last epoch).
 
-    The last steps are watched because the gradient attacks (A1, A4) use the server's top model after
-    training: with the linear schedule the learning rate has decayed to ~0 there, so that model is,
-    up to a few tiny updates, the one that produced the recorded gradients.
+    The last steps are watched because the gradient attacks (A1, and A1-label's cluster naming) use
+    the server's top model after training: with the linear schedule the learning rate has decayed to
+    ~0 there, so that top (and the device's head) is, up to a few tiny updates, the one that produced
+    the recorded gradients.
     """
     watched, rows, step = set(), 0, total_steps
     while rows < config.n_attack and step > total_steps - per_epoch:
@@ -74,8 +81,10 @@ def last_steps(n_examples: int, config: ExperimentConfig, total_steps: int, per_
 class Observed:
     """The server's view of the watched texts as an attack ``Observation``, plus diagnostics.
 
-    ``observation.hidden`` is what was sent (float16 on the wire), ``grad_output`` the dL/d(logits)
-    the device returned for those rows; input ids, attributes and labels are there for scoring only.
+    ``observation.hidden`` is what was sent (float16 on the wire), ``grad_output`` (n, d) the
+    dL/d(representation) rows the device returned for those texts (through its own head, which the
+    server never sees), ``num_labels`` the job's label count (public in the job contract); input ids,
+    attributes and labels are there for scoring only.
     ``noise_ratio``: mean over real, non-special tokens of ||sent - clean|| / ||clean||.
     """
 
@@ -106,7 +115,10 @@ def build_observation(
         masks.append(mask)
         ids.append(input_ids)
         clean.append(plain.privatize(batch_texts)["hidden"])  # (b, t, d) unperturbed bottom output
-        grads.append(view.grad.get(step))
+        grad = view.grad.get(step)  # (b, d) dL/d(representation), or None
+        if grad is not None and tuple(grad.shape) != (len(idx), view.hidden[step].shape[-1]):
+            raise RuntimeError(f"step {step}: grad_output {tuple(grad.shape)} is not (batch, hidden size)")
+        grads.append(grad)
         sizes += [len(idx)] * len(idx)
         label_ids += [labels.encode(examples[i].label) for i in idx]
         attributes += [attribute_names.index(str(data.private[i].attribute)) for i in idx]
@@ -126,8 +138,9 @@ def build_observation(
         special_mask=special,
         attribute=torch.tensor(attributes[:n]) if data.has_attribute else None,
         labels=torch.tensor(label_ids[:n]),
-        grad_output=torch.cat(grads)[:n] if has_grad else None,
+        grad_output=torch.cat(grads)[:n] if has_grad else None,  # (n, d)
         grad_batch_size=torch.tensor(sizes[:n]),
+        num_labels=len(labels.names),
     )
     mean_ratio = float(ratio.mean()) if ratio.numel() else float("nan")
     return Observed(observation, texts[:n], attribute_names, mean_ratio)

@@ -72,9 +72,10 @@ def run_attacks(
     The kit (``AttackKit.from_privatizer``) holds the victim's fitted privatizer (Kerckhoffs: the
     adaptive attacker knows the mechanism, its parameters and fitted state), the public texts with
     their attributes and task labels, the cached prototypes and the server's top model after
-    training. With mechanism ``none`` both threat models see the same thing, so "adaptive" copies
+    training (its output is the pooled representation; the device's head is not the server's and
+    is not in the kit). With mechanism ``none`` both threat models see the same thing, so "adaptive" copies
     "naive". An attack that cannot run (e.g. attribute attacks without an attribute) gets ``asr``
-    None and ``skipped``. ``details["harness_seconds"]``: wall time of the attack (both threat models).
+    None and ``skipped`` (A4 always: ``evaluation.attacks.a4_gradient_attribute``). ``details["harness_seconds"]``: wall time of the attack (both threat models).
     """
     from evaluation.attacks import ATTACKS, AttackKit, AttackUnavailable
     from evaluation.attacks import run_attacks as run_suite

@@ -23,8 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", help="JSONL files written by the sweep")
     parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     parser.add_argument("--plots-dir", type=Path, default=None, help="where the PNG plots go (default: --out's folder)")
+    parser.add_argument(
+        "--harness-version", type=int, default=None, help="render rows of this harness version (default: current)"
+    )
     args = parser.parse_args(argv)
-    rows = load_rows(args.results)
+    rows = load_rows(args.results, version=args.harness_version)
     if not rows:
         parser.error("no finished rows in " + ", ".join(args.results))
     render(rows, args.out, args.plots_dir, sources=args.results)

@@ -34,8 +34,10 @@ NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
 METHOD_TEXT = """\
 **What one row is.** `evaluation.harness.run_experiment`: fit the device's `Privatizer` on the private
 training texts, train through the service's own split code in one process (`DeviceTrainer` posting
-the real wire payloads to the worker's `StepServer` -> `TopTrainer`, LoRA r=8 on the top blocks + a
-pooled head; every step privatizes its batch again, so every epoch sees fresh noise), then:
+the real wire payloads to the worker's `StepServer` -> `TopTrainer`, LoRA r=8 on the top blocks, which
+return the pooled representation; the classification head is the device's own `ClassifierHead`,
+trained there with the job's optimiser; every step privatizes its batch again, so every epoch sees
+fresh noise), then:
 
 - **Top model**: as the service configures it: for mechanisms that add noise the top is noise-aware
   (each received state's precision is estimated from its norm and weights its attention key and its
@@ -48,17 +50,20 @@ pooled head; every step privatizes its batch again, so every epoch sees fresh no
 - **noise/signal**: mean over real tokens of ||sent - clean|| / ||clean|| for what was actually sent.
 - **What is attacked**: the server's view of `n_attack` private training texts from the final
   training steps, decoded from the wire payloads (perturbed hidden states in float16, attention
-  mask, and the returned dL/d(logits) rows). The gradient attacks use the server's top model after
-  training, which (learning rate decayed to ~0) is the model that produced those gradients. Token
-  ids, attributes and labels are used for scoring only.
+  mask, and the returned dL/d(representation) rows, computed by the device through its private head).
+  The gradient attacks use the server's top model after training, which (learning rate decayed to
+  ~0) is the model that produced those gradients. Token ids, attributes and labels are used for
+  scoring only.
 - **Threat models** (`evaluation/attacks`): *naive* = the paper's attacker (trains on CLEAN
   representations of public text); *adaptive* = Kerckhoffs' attacker (knows the mechanism, its
   parameters and fitted state; trains on public text passed through the same mechanism and models its
   deterministic part). With mechanism `none` the two coincide.
 - **Attacks**: A0-opt (inversion by optimisation, on a subset of texts), A0-learned (linear
-  discriminant token classifier), A1 (DLG-style gradient inversion, small subset), A1-label (label
-  from the returned gradient row), A2 (nearest split-layer prototype), A3 (attribute classifier on
-  pooled h~), A4 (attribute classifier on returned gradients), A5 (k-means). "Strongest token ASR" is
+  discriminant token classifier), A1 (DLG-style gradient inversion, small subset), A1-label (k-means
+  on the returned gradient rows with k = the number of labels, scored under the best one-to-one
+  cluster-to-label matching: an upper bound that assumes the attacker can name the clusters), A2
+  (nearest split-layer prototype), A3 (attribute classifier on pooled h~), A4 (not applicable since
+  the head moved to the device: shadow gradients need its weights), A5 (k-means). "Strongest token ASR" is
   the maximum over the token attacks (A0-opt, A0-learned, A1, A2) for that threat model.
 - **Chance**: the rate of a majority guesser on the same items (the most frequent token / label /
   attribute). **Undefended**: the same attack on mechanism `none` (the "None" rows).
