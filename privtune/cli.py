@@ -5,7 +5,8 @@ privtune serve     production gateway (PRIVTUNE_DATABASE_URL, PRIVTUNE_REDIS_URL
 privtune worker    production Celery worker (solo pool: one process per GPU)
 privtune keys create --org NAME
 privtune models export MODEL --split-layer L
-privtune demo [--json]   the README's main job
+privtune inference-worker   serve fine-tuned models (inference sessions; one process per GPU)
+privtune demo [--json] [--task generation]   the README's main job (or private chat fine-tuning)
 privtune eval [--quick] [--out results.jsonl] [--data-dir DIR] [--report]   privacy-utility evaluation
 privtune proxy --model ft:... [--port 8001]   local OpenAI-compatible endpoint for a fine-tuned model
 """
@@ -96,11 +97,24 @@ def _models_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_worker(args: argparse.Namespace) -> int:
+    import os
+
+    if args.device:
+        os.environ["PRIVTUNE_WORKER_DEVICE"] = args.device
+    from worker.inference.__main__ import main
+
+    return main()
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.task == "generation":
+        return _demo_generation(args)
     from privtune.demo import run_demo
 
+    epochs = 3 if args.epochs is None else args.epochs
     result = run_demo(
-        mechanism=args.mechanism, eta=args.eta, epochs=args.epochs, data_dir=args.data_dir, progress=not args.json
+        mechanism=args.mechanism, eta=args.eta, epochs=epochs, data_dir=args.data_dir, progress=not args.json
     )
     if args.json:
         print(json.dumps(result))
@@ -113,6 +127,34 @@ def _demo(args: argparse.Namespace) -> int:
         f"bytes sent: {result['bytes_sent']:,} (received {result['bytes_received']:,}); "
         f"{result['samples_per_second']:.1f} samples/s; {result['events']} events, {result['checkpoints']} checkpoints"
     )
+    return 0
+
+
+def _demo_generation(args: argparse.Namespace) -> int:
+    from privtune.demo_generation import DEMO_ETA, run_generation_demo
+
+    result = run_generation_demo(
+        mechanism=args.mechanism,
+        eta=DEMO_ETA if args.eta is None and args.mechanism == "privtune" else args.eta,
+        epochs=2 if args.epochs is None else args.epochs,
+        data_dir=args.data_dir,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"job {result['job_id']}: {result['status']} -> {result['fine_tuned_model']}")
+    print(f"data: {result['dataset']}, {result['train_examples']} train pairs, {result['test_pairs']} held-out pairs")
+    print(
+        f"split: device blocks 1..{result['split_layer']} + tail of {result['tail_layers']} blocks; "
+        f"privacy: mechanism={result['mechanism']} eta={result['eta']}"
+    )
+    print(
+        f"held-out ROUGE-L: base model {result['rouge_l_before']:.3f} -> private fine-tuned {result['rouge_l_after']:.3f}"
+    )
+    sample = result["sample"]
+    print(f"sample: {sample['prompt']!r} -> {sample['answer']!r} (reference {sample['reference']!r})")
+    print(f"bytes sent: {result['bytes_sent']:,} (received {result['bytes_received']:,})")
     return 0
 
 
@@ -180,9 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "demo", "the README's main job on the embedded stack", _demo)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--mechanism", default="privtune", choices=MECHANISMS, help="privacy mechanism")
-    p.add_argument("--eta", type=float, default=None, help="privacy parameter eta (None: the mechanism's default)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs")
+    p.add_argument(
+        "--eta", type=float, default=None, help="privacy parameter eta (None: the mechanism's default; see --task)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (None: 3 classification, 2 generation)")
     p.add_argument("--data-dir", default=".privtune", help="where the embedded stack keeps its state")
+    p.add_argument(
+        "--task",
+        default="classification",
+        choices=("classification", "generation"),
+        help="classification: minilm-l6 on chatterbot categories; generation: smollm2-135m on chatterbot "
+        "conversations (privtune at eta DEMO_ETA unless --eta is given)",
+    )
+
+    p = _command(
+        sub, "inference-worker", "serve fine-tuned models: inference sessions with swapped adapters", _inference_worker
+    )
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (None: cuda if available, else cpu)")
 
     p = _command(sub, "eval", "privacy-utility evaluation: attacks, sweeps, docs/RESULTS.md", _eval)
     try:

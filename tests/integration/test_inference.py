@@ -148,3 +148,31 @@ def test_generation_options_are_checked(service, generator_job):
     assert info.value.param == "model"
     with pytest.raises(PromptTooLongError):
         model.generate(" ".join(["w1"] * 3000), max_new_tokens=4)
+
+
+def test_the_official_openai_client_uses_the_private_model_through_the_local_proxy(service, generator_job):
+    import openai
+
+    from tests.test_proxy import Served
+
+    model = generator_job.load_model()
+    proxy = Served(model)  # `privtune proxy --model ft:...`: loopback, uvicorn, the real FineTunedModel
+    try:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "w3 w4 w5"}]
+        chat = client.chat.completions.create(model=model.id, messages=messages, max_tokens=4, temperature=0)
+        expected = model.generate(messages, max_new_tokens=4, temperature=0)
+        assert chat.choices[0].message.content == expected and chat.choices[0].message.role == "assistant"
+        assert chat.usage.completion_tokens <= 4
+        chunks = client.chat.completions.create(
+            model=model.id, messages=messages, max_tokens=4, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+        text = client.completions.create(model=model.id, prompt="w3 w4 w5", max_tokens=3, temperature=0)
+        assert text.choices[0].text == model.generate("w3 w4 w5", max_new_tokens=3, temperature=0)
+        assert [m.id for m in client.models.list()] == [model.id]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model.id, messages=messages, max_tokens=100000)
+        assert info.value.param == "max_tokens"
+    finally:
+        proxy.stop()
