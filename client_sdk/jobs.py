@@ -4,8 +4,10 @@ What happens on the device: every option is checked first (against the job contr
 the gateway publishes for the model), so a job the server would refuse fails before any local work;
 then the bottom model is downloaded (cached by digest) and run locally, the privacy mechanism is
 prepared from the user's own data (neighbours, importance, centroids), every batch is perturbed
-before it leaves, the loss is computed with the local labels, and only dL/d(logits) is returned.
-What the server receives is exactly ``Privatizer.privatize(texts)``.
+before it leaves, the server's output is finished by the device's own end (a classification head, or
+a generation tail), the loss is computed with the local labels, and only dL/d(server output) is
+returned. What the server receives is exactly ``Privatizer.privatize`` of the batch, that gradient
+and, unless ``report_metrics=False``, loss means over windows of steps and validation aggregates.
 
 A :class:`FineTuneJob` is the OpenAI ``FineTuningJob`` object the server returns, extended with what
 only the device measured (``.metrics``, ``.report``): one job type, not a wrapper beside it.
@@ -166,14 +168,14 @@ class FineTuneJob(FineTuningJob):
     def _run(cls, session: DeviceSession, record: Any, progress: bool) -> FineTuneJob:
         session.wait_running(record.id)
         trainer = session.trainer(record.id)
-        before = trainer.evaluate(session.valid)
+        before = trainer.evaluate(session.valid) if session.valid else {}
         bar = _ProgressBar(session.total_steps, 1) if progress else None
         try:
             report = trainer.train(start_step=1, progress=bar.update if bar else None)
         finally:
             if bar:
                 bar.close()
-        after = trainer.evaluate(session.valid)
+        after = trainer.evaluate(session.valid) if session.valid else {}
         record = session.client.fine_tuning.jobs.complete(record.id, trainer.finish_payload(after))
         session.save_final(trainer)
         return cls.of(session.client, record, report, session.metrics(trainer, report, before, after))

@@ -196,7 +196,7 @@ class DeviceTrainer:
                 grad, loss = self._update(reply[protocol.OUTPUT], batch)
                 self._save(step)
                 self._account(step, batch, loss, started, progress)
-                if step % per_epoch == 0 and step < self.total_steps and self.validation:
+                if step % per_epoch == 0 and step < self.total_steps and self.validation:  # epoch ends
                     if pending is not None:
                         pending.result()  # the noise generator is not shared between threads
                     self._validate(step)
@@ -230,13 +230,15 @@ class DeviceTrainer:
     def evaluate(self, examples: Sequence[Any], batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy of the job's current model (server part + the device's end) on local examples:
         ``valid_loss`` and ``valid_accuracy`` (classification) or ``valid_mean_token_accuracy`` (generation)."""
+        if not examples:
+            raise ValueError("evaluate() needs at least one example")
         size, total_loss, correct, count = batch_size or self.batch_size, 0.0, 0, 0
         for start in range(0, len(examples), size):
             batch = self.task.batch(examples[start : start + size], self.generator)
             _, reply = self._send(batch.tensors, 0, kind="infer")
             loss, right, n = self.task.loss(reply[protocol.OUTPUT].float(), batch)
             total_loss, correct, count = total_loss + float(loss) * n, correct + right, count + n
-        if not count:
+        if not count:  # generation examples without a target token
             return {}
         accuracy = "valid_accuracy" if self.task.task == "classification" else "valid_mean_token_accuracy"
         return {"valid_loss": total_loss / count, accuracy: correct / count}

@@ -241,7 +241,8 @@ def test_evaluate_is_private_inference_and_scores_the_replies(privatizer):
     truth = torch.tensor([LABELS.index(ex.label) for ex in EXAMPLES])
     assert result["valid_accuracy"] == pytest.approx(float((logits.argmax(-1) == truth).float().mean()))
     assert result["valid_loss"] == pytest.approx(float(F.cross_entropy(logits, truth)), abs=1e-4)
-    assert trainer(privatizer, FakeWorker()).evaluate([]) == {}
+    with pytest.raises(ValueError, match="at least one example"):
+        trainer(privatizer, FakeWorker()).evaluate([])
 
 
 def test_the_finish_payload_is_final_and_carries_no_tensors(privatizer):
