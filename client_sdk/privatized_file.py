@@ -26,7 +26,7 @@ __all__ = ["HIDDEN", "KIND", "LABELS", "MASK", "Manifest", "PrivatizedData", "ch
 
 KIND = "privatized_batch"
 HIDDEN, MASK, LABELS = "hidden", "attention_mask", "labels"
-FLOAT_DTYPES = frozenset({"F32", "F16", "BF16"})
+FLOAT_DTYPES = frozenset(wire.FLOAT_DTYPES - {"F64"})  # F32, F16, BF16 and Q8 (int8 + block scales)
 LABEL_DTYPES = frozenset({"I64", "I32", "I16", "I8", "U8"})
 MASK_DTYPES = frozenset({"U8", "BOOL", "I32", "I64"})
 TENSORS = (HIDDEN, MASK, LABELS)

@@ -4,11 +4,14 @@ Format: plain safetensors (8-byte little-endian header length, a JSON header, on
 so any safetensors reader can open a payload and nothing is ever unpickled. The header's
 ``__metadata__`` carries the schema version, the job id, the step number and the payload kind.
 
-Three small modules, re-exported here:
+Four small modules, re-exported here:
 - ``header``: :func:`inspect` parses and checks the header only. It needs no torch (the gateway uses
   it) and rejects truncated bytes, pickles, unknown dtypes, inconsistent offsets and declared shapes
   beyond the size limits before any tensor is touched; :func:`check_specs` checks declared tensors.
-- ``codec``: :func:`encode` / :func:`decode` turn tensors (torch or numpy) into bytes and back.
+- ``codec``: :func:`encode` / :func:`decode` turn tensors (torch or numpy) into bytes and back;
+  ``encode(..., float_dtype="q8")`` sends floating tensors as int8 codes plus float16 block scales.
+- ``q8``: that layout (two safetensors entries per tensor, metadata key ``q8``) and its header checks;
+  :func:`inspect` reports a q8 tensor once, with its logical shape and the logical dtype ``"Q8"``.
 - ``errors``: the ``WireError`` tree (a ``ValueError``; each error names its ``param`` and has a ``code``).
 """
 
@@ -30,6 +33,7 @@ from .header import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
     KINDS,
+    LOGICAL_DTYPES,
     SCHEMA,
     SCHEMA_VERSION,
     TensorInfo,
@@ -39,12 +43,19 @@ from .header import (
     check_specs,
     inspect,
 )
+from .q8 import BLOCK as Q8_BLOCK
+from .q8 import Q8
+from .q8 import SCALE_SUFFIX as Q8_SCALE_SUFFIX
 
 __all__ = [
     "DEFAULT_LIMITS",
     "DTYPE_SIZES",
     "FLOAT_DTYPES",
     "KINDS",
+    "LOGICAL_DTYPES",
+    "Q8",
+    "Q8_BLOCK",
+    "Q8_SCALE_SUFFIX",
     "SCHEMA",
     "SCHEMA_VERSION",
     "DtypeRejected",

@@ -3,7 +3,8 @@
 :func:`inspect` parses and checks a payload's header without reading tensor data: it rejects
 truncated bytes, pickles, unknown dtypes, inconsistent offsets and declared shapes beyond the size
 limits before any tensor is touched. :func:`check_specs` checks the declared tensors against what
-the receiver expects.
+the receiver expects. A q8 tensor (:mod:`.q8`: int8 codes plus float16 block scales, two entries) is
+reported as one :class:`TensorInfo` of logical dtype ``"Q8"`` and its logical shape.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import q8
 from .errors import DtypeRejected, NotSafetensors, SchemaError, ShapeRejected, SizeLimitExceeded, TruncatedPayload
 
 SCHEMA = "privtune.wire"
@@ -37,7 +39,9 @@ DTYPE_SIZES: dict[str, int] = {
     "U8": 1,
     "BOOL": 1,
 }
-FLOAT_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
+#: dtype names of a TensorInfo that are no safetensors dtype: a q8 tensor's (stored as I8 + F16 entries).
+LOGICAL_DTYPES = frozenset({q8.Q8})
+FLOAT_DTYPES = frozenset({"F32", "F16", "BF16", "F64", q8.Q8})
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,17 @@ class WireLimits:
     max_header_bytes: int = 64 * 1024
     max_tensors: int = 16
     max_ndim: int = 4
-    allowed_dtypes: frozenset[str] = frozenset({"F32", "F16", "BF16", "I64", "I32", "U8", "BOOL"})
+    #: "Q8" admits q8 tensors (their I8 / F16 entries are checked as q8, not against this set)
+    allowed_dtypes: frozenset[str] = frozenset({"F32", "F16", "BF16", "Q8", "I64", "I32", "U8", "BOOL"})
 
     def __post_init__(self) -> None:
         if self.max_payload_bytes <= 0 or self.max_header_bytes <= 0 or self.max_tensors <= 0:
             raise ValueError("WireLimits: max_payload_bytes, max_header_bytes and max_tensors must be > 0")
-        unknown = set(self.allowed_dtypes) - set(DTYPE_SIZES)
+        unknown = set(self.allowed_dtypes) - set(DTYPE_SIZES) - LOGICAL_DTYPES
         if unknown:
-            raise ValueError(f"WireLimits: unknown dtypes {sorted(unknown)}; known: {sorted(DTYPE_SIZES)}")
+            raise ValueError(
+                f"WireLimits: unknown dtypes {sorted(unknown)}; known: {sorted({*DTYPE_SIZES, *LOGICAL_DTYPES})}"
+            )
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -115,22 +122,32 @@ class WireHeader:
         return cls(job_id=job_id, step=step, kind=kind, schema_version=version, extra=extra)
 
 
-_RESERVED_KEYS = frozenset({"schema", "schema_version", "job_id", "step", "kind"})
+_RESERVED_KEYS = frozenset({"schema", "schema_version", "job_id", "step", "kind", q8.META_KEY})
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor as declared in a header: name, safetensors dtype code, shape, byte range."""
+    """One tensor as declared in a header: name, safetensors dtype code, shape, byte range.
+
+    A q8 tensor has dtype ``"Q8"``, its logical shape, the byte range of its int8 codes, and ``scales``
+    (the entry of its float16 block scales) and ``block``; :attr:`nbytes` counts both entries."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     start: int
     end: int
+    scales: TensorInfo | None = None
+    block: int | None = None
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored for this tensor (codes plus scales for q8)."""
+        return self.end - self.start + (self.scales.nbytes if self.scales is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,10 @@ def inspect(
     Promises on success: the bytes are a well-formed safetensors payload of at most
     ``limits.max_payload_bytes``; every tensor has an allowed dtype, at most ``max_ndim`` dimensions,
     a byte range that matches its shape exactly; ranges tile the data buffer with no gap or overlap;
-    the metadata is a valid :class:`WireHeader`.
+    the metadata is a valid :class:`WireHeader`; every q8 tensor has I8 codes and F16 scales of
+    matching shapes. Returns the tensors by name (a q8 tensor once, as ``"Q8"``, not its scale entry).
+    Limits apply to what is stored: the payload bytes, and each safetensors entry (``max_tensors``
+    counts a q8 tensor's two entries).
     """
     view = memoryview(data)
     total = len(view)
@@ -180,57 +200,66 @@ def inspect(
     if not isinstance(meta, dict):
         raise SchemaError("payload has no __metadata__ with schema, schema_version, job_id, step and kind")
     wire_header = WireHeader.from_metadata(meta)
+    blocks = q8.parse_meta(meta)
 
     if len(header) > limits.max_tensors:
         raise SizeLimitExceeded(f"payload has {len(header)} tensors; the limit is {limits.max_tensors}")
     data_len = total - 8 - header_len
-    infos = [_tensor_info(name, entry, limits, data_len) for name, entry in header.items()]
+    q8_dtypes = {name: q8.stored_dtype(name, blocks) for name in header}  # first: reserved-name collisions
+    infos = [_tensor_info(name, entry, limits, data_len, q8_dtypes[name]) for name, entry in header.items()]
     infos.sort(key=lambda info: info.start)
     cursor = 0
     for info in infos:
         if info.start != cursor:
             raise NotSafetensors(
                 f"tensor {info.name!r} starts at byte {info.start}, expected {cursor} (gap or overlap)",
-                param=info.name,
+                param=q8.base_name(info.name),
             )
         cursor = info.end
     if cursor != data_len:
         if cursor > data_len:
             raise TruncatedPayload(f"tensors need {cursor} data bytes but only {data_len} are present")
         raise NotSafetensors(f"{data_len - cursor} trailing bytes after the last tensor")
-    return wire_header, {info.name: info for info in infos}
+    return wire_header, q8.fold(infos, blocks, limits.allowed_dtypes)
 
 
-def _tensor_info(name: str, entry: Any, limits: WireLimits, data_len: int) -> TensorInfo:
+def _tensor_info(name: str, entry: Any, limits: WireLimits, data_len: int, q8_dtype: str | None) -> TensorInfo:
+    """One safetensors entry, checked; ``q8_dtype`` is the dtype it must have as part of a q8 tensor.
+    Errors about a scale entry name the tensor it belongs to."""
+    param = q8.base_name(name)
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise NotSafetensors(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets", param=name)
+        raise NotSafetensors(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets", param=param)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPE_SIZES:
-        raise DtypeRejected(f"tensor {name!r}: unknown dtype {dtype!r}", param=name)
-    if dtype not in limits.allowed_dtypes:
+        raise DtypeRejected(f"tensor {name!r}: unknown dtype {dtype!r}", param=param)
+    if q8_dtype is not None and dtype != q8_dtype:
         raise DtypeRejected(
-            f"tensor {name!r}: dtype {dtype} is not allowed; allowed: {sorted(limits.allowed_dtypes)}", param=name
+            f"tensor {name!r}: part of q8 tensor {param!r}, must be {q8_dtype}, got {dtype}", param=param
+        )
+    if q8_dtype is None and dtype not in limits.allowed_dtypes:
+        raise DtypeRejected(
+            f"tensor {name!r}: dtype {dtype} is not allowed; allowed: {sorted(limits.allowed_dtypes)}", param=param
         )
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ShapeRejected(f"tensor {name!r}: shape must be a list of non-negative integers", param=name)
+        raise ShapeRejected(f"tensor {name!r}: shape must be a list of non-negative integers", param=param)
     if len(shape) > limits.max_ndim:
-        raise ShapeRejected(f"tensor {name!r}: {len(shape)} dimensions; at most {limits.max_ndim} allowed", param=name)
+        raise ShapeRejected(f"tensor {name!r}: {len(shape)} dimensions; at most {limits.max_ndim} allowed", param=param)
     nbytes = math.prod(shape) * DTYPE_SIZES[dtype]  # Python ints: a huge shape cannot overflow
     if nbytes > limits.max_payload_bytes:
         raise SizeLimitExceeded(
             f"tensor {name!r}: shape {shape} declares {nbytes} bytes; the payload limit is {limits.max_payload_bytes}",
-            param=name,
+            param=param,
         )
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) and o >= 0 for o in offsets):
-        raise NotSafetensors(f"tensor {name!r}: data_offsets must be two non-negative integers", param=name)
+        raise NotSafetensors(f"tensor {name!r}: data_offsets must be two non-negative integers", param=param)
     start, end = offsets
     if end - start != nbytes:
         raise ShapeRejected(
             f"tensor {name!r}: shape {shape} x {dtype} needs {nbytes} bytes but offsets span {end - start}",
-            param=name,
+            param=param,
         )
     if end > data_len:
-        raise TruncatedPayload(f"tensor {name!r} ends at byte {end} but the data buffer has {data_len}", param=name)
+        raise TruncatedPayload(f"tensor {name!r} ends at byte {end} but the data buffer has {data_len}", param=param)
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)
 
 
