@@ -12,13 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import deps
+from api.main import create_app
+from client_sdk import wire
 from service.db import repo
 from service.db.migrate import upgrade_to_head
 from service.db.session import session_scope
-from api.main import create_app
 from service.relay import StepRejected, StepTimeout
 from service.settings import Settings
-from client_sdk import wire
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ class FakeRelay:
 @dataclass
 class FakeEnqueuer:
     jobs: list[str] = field(default_factory=list)
-    exports: list[tuple[str, int]] = field(default_factory=list)
+    exports: list[tuple[str, int, int]] = field(default_factory=list)  # (model, split_layer, tail_layers)
     fail: bool = False
 
     def job(self, job_id: str) -> None:
@@ -71,8 +71,8 @@ class FakeEnqueuer:
             raise OperationalError("broker down")
         self.jobs.append(job_id)
 
-    def export(self, model: str, split_layer: int) -> None:
-        self.exports.append((model, split_layer))
+    def export(self, model: str, split_layer: int, tail_layers: int = 0) -> None:
+        self.exports.append((model, split_layer, tail_layers))
 
 
 class FakeRedis:

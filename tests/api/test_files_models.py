@@ -111,7 +111,9 @@ def test_base_models_publish_this_servers_limits(env):
         "max_tokens": env.settings.max_tokens,
         "num_layers": 6,
         "max_positions": 512,
+        "tasks": ["classification"],  # an encoder: no generation
     }
+    assert listed["smollm2-135m"]["privtune"]["tasks"] == ["classification", "generation"]
     one = env.client.get("/v1/models/minilm-l6", headers=env.headers()).json()
     assert one["privtune"] == limits
     body = {

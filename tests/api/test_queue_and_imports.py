@@ -33,7 +33,24 @@ def test_enqueue_sends_tasks_by_name():
 
     assert enqueue_job(Recorder(), "ftjob-1") == "task-1"
     enqueue_export(Recorder(), "minilm-l6", 3)
-    assert sent == [("worker.run_job", ["ftjob-1"], "gpu"), ("worker.export_bottom", ["minilm-l6", 3], "artifacts")]
+    enqueue_export(Recorder(), "smollm2-135m", 3, 2)  # with a generation tail of 2 blocks
+    assert sent == [
+        ("worker.run_job", ["ftjob-1"], "gpu"),
+        ("worker.export_bottom", ["minilm-l6", 3, 0], "artifacts"),  # (model, split_layer, tail_layers)
+        ("worker.export_bottom", ["smollm2-135m", 3, 2], "artifacts"),
+    ]
+
+
+def test_the_celery_enqueuer_sends_the_tail(monkeypatch):
+    import service.queue
+    from api.deps import CeleryEnqueuer
+
+    sent = []
+    monkeypatch.setattr(service.queue, "enqueue_export", lambda celery, *args: sent.append((celery, *args)))
+    enqueuer = CeleryEnqueuer("celery-app")
+    enqueuer.export("smollm2-135m", 3, 2)
+    enqueuer.export("minilm-l6", 4)
+    assert sent == [("celery-app", "smollm2-135m", 3, 2), ("celery-app", "minilm-l6", 4, 0)]
 
 
 def test_settings_defaults_and_env(monkeypatch, tmp_path):

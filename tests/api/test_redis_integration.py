@@ -69,8 +69,29 @@ def test_step_round_trip_through_redis(live):
     r = http.post(f"/v1/fine_tuning/jobs/{job_id}/steps", content=step_payload(job_id, step=5), headers=headers)
     thread.join()
     assert r.status_code == 409 and r.headers["x-should-retry"] == "false" and r.headers["x-expected-step"] == "1"
-    assert r.json()["error"]["expected_step"] == 1 and r.json()["error"]["param"] == "step" and r.json()["error"]["code"] == "step_out_of_order"
+    assert (
+        r.json()["error"]["expected_step"] == 1
+        and r.json()["error"]["param"] == "step"
+        and r.json()["error"]["code"] == "step_out_of_order"
+    )
     channel.discard_pending()
+
+
+def test_a_tail_export_is_enqueued_once_under_its_own_guard(live):
+    _, http, headers, client, enqueuer = live
+    guards = ("pt:export:smollm2-135m:l3-t2", "pt:export:smollm2-135m:l3")
+    client.delete(*guards)
+    try:
+        for _ in range(3):
+            r = http.get("/v1/privtune/bottoms/smollm2-135m/3", params={"tail_layers": 2}, headers=headers)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "bottom_model_preparing"
+        assert (
+            enqueuer.exports == [("smollm2-135m", 3, 2)] and client.exists(guards[0]) and not client.exists(guards[1])
+        )
+        assert http.get("/v1/privtune/bottoms/smollm2-135m/3", headers=headers).status_code == 503  # no tail: another
+        assert enqueuer.exports == [("smollm2-135m", 3, 2), ("smollm2-135m", 3, 0)]
+    finally:
+        client.delete(*guards)
 
 
 def test_export_is_enqueued_once(live):
@@ -79,6 +100,6 @@ def test_export_is_enqueued_once(live):
     try:
         for _ in range(3):
             assert http.get("/v1/privtune/bottoms/minilm-l6/4", headers=headers).status_code == 503
-        assert enqueuer.exports == [("minilm-l6", 4)]
+        assert enqueuer.exports == [("minilm-l6", 4, 0)]
     finally:
         client.delete("pt:export:minilm-l6:l4")

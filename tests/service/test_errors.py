@@ -81,10 +81,14 @@ def job(tiny, monkeypatch):
     catalog.describe.cache_clear()
 
 
-def _step(step=1, *, batch=2, tokens=5, d=HIDDEN, kind="step", job=JOB, **overrides) -> bytes:
+def _step(step=1, *, batch=2, tokens=5, d=HIDDEN, kind="step", job=JOB, extra=None, **overrides) -> bytes:
     tensors = {"hidden": torch.zeros(batch, tokens, d), "attention_mask": torch.ones(batch, tokens, dtype=torch.uint8)}
     tensors.update(overrides)
-    return wire.encode(tensors, wire.WireHeader(job, step, kind), float_dtype="float32")
+    return wire.encode(tensors, wire.WireHeader(job, step, kind, extra=extra or {}), float_dtype="float32")
+
+
+def _metrics(text: str) -> dict[str, str]:
+    return {protocol.METRICS: text}
 
 
 def _raw(dtype: str, shape: list[int], declared: int, present: int = 8) -> bytes:
@@ -109,6 +113,13 @@ WIRE_CASES = [  # (id, payload, wire error class, param)
     ("batch_over_limit", _step(batch=5), wire.ShapeRejected, "hidden"),
     ("mask_shape", _step(attention_mask=torch.ones(2, 4, dtype=torch.uint8)), wire.ShapeRejected, "attention_mask"),
     ("grad_shape", _step(2, grad_output=torch.zeros(2, 3)), wire.ShapeRejected, "grad_output"),
+    # interactive classification: the gradient is dL/d(representation) (b, d), no longer dL/d(logits) (b, C)
+    ("grad_logits_shape", _step(2, grad_output=torch.zeros(2, 2)), wire.ShapeRejected, "grad_output"),
+    ("grad_token_shape", _step(2, grad_output=torch.zeros(2, 5, HIDDEN)), wire.ShapeRejected, "grad_output"),
+    ("metrics_not_json", _step(extra=_metrics("{")), wire.SchemaError, "metrics"),
+    ("metrics_unknown_key", _step(extra=_metrics('{"loss": 0.5}')), wire.SchemaError, "metrics"),
+    ("metrics_non_finite", _step(extra=_metrics('{"train_loss": Infinity}')), wire.SchemaError, "metrics"),
+    ("metrics_on_infer", _step(0, kind="infer", extra=_metrics('{"valid_loss": null}')), wire.SchemaError, "metrics"),
     ("huge_shape", _raw("F16", [10**6, 10**6, 32], 8), wire.SizeLimitExceeded, "hidden"),
     ("payload_too_large", _step(batch=64, tokens=8), wire.SizeLimitExceeded, None),  # 64 KiB of hidden alone
 ]
@@ -132,7 +143,7 @@ def test_gateway_and_worker_give_one_status_code_and_param(job, server, body, cl
 
 @pytest.mark.parametrize("tensor", ["hidden", "grad_output"])
 def test_non_finite_values_pass_the_header_check_and_get_the_same_status_at_the_worker(job, server, tensor):
-    bad = torch.zeros(2, 5, HIDDEN) if tensor == "hidden" else torch.zeros(2, 2)
+    bad = torch.zeros(2, 5, HIDDEN) if tensor == "hidden" else torch.zeros(2, HIDDEN)  # grad: dL/d(representation)
     bad.view(-1)[0] = float("nan")
     body = _step(2, **{tensor: bad})
     assert check_step(body, job, MAX_BYTES).step == 2  # the gateway reads headers only

@@ -1,6 +1,8 @@
 """The job runner on a real SQLite database and a scripted in-memory step channel (no Redis): a job
-runs to succeeded, cancel and pause are seen at the next step, a resumed job asks for checkpoint + 1,
-a rejected request is answered through the channel and changes nothing, an unclaimable job is skipped."""
+runs to succeeded (its replies carry the latest checkpoint step, the device's metrics extra becomes the
+training loss of the metrics events), cancel and pause are seen at the next step, a resumed job asks
+for checkpoint + 1, a rejected request (a malformed metrics extra included) is answered through the
+channel and changes nothing, an unclaimable job is skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from client_sdk import protocol, wire
 from client_sdk.jobspec import PrivtuneMethod
@@ -28,7 +31,7 @@ from tests.worker.test_upload_source import write_privatized
 from worker.runner import JobRunner
 
 MODEL, HIDDEN, LABELS, BATCH, TOKENS, TOTAL = "tiny-bert", 32, 2, 2, 5, 4
-G = (BATCH, LABELS)
+G = (BATCH, HIDDEN)  # interactive classification: the pooled representation and its gradient (the head is the device's)
 
 
 class FakeChannel:
@@ -76,8 +79,16 @@ class Job:
 
     id: str
 
-    def step(self, n: int, grad: bool = False, activations: bool = True, loss: float | None = None) -> bytes:
-        """Step ``n``: random activations (b, t, d), the previous step's gradient and loss if given."""
+    def step(
+        self,
+        n: int,
+        grad: bool = False,
+        activations: bool = True,
+        loss: float | None = None,
+        metrics: str | None = None,
+    ) -> bytes:
+        """Step ``n``: random activations (b, t, d), the previous step's gradient if asked, and the device's
+        running training loss as the ``metrics`` extra if given (``metrics``: the extra's raw text)."""
         g = torch.Generator().manual_seed(n)
         tensors: dict[str, torch.Tensor] = {}
         if activations:
@@ -85,11 +96,19 @@ class Job:
             tensors[protocol.ATTENTION_MASK] = torch.ones(BATCH, TOKENS, dtype=torch.uint8)
         if grad:
             tensors[protocol.GRAD_OUTPUT] = torch.randn(*G, generator=g)
-        extra = {} if loss is None else {protocol.LOSS: str(loss)}
+        if loss is not None:
+            metrics = json.dumps({"train_loss": loss})
+        extra = {} if metrics is None else {protocol.METRICS: metrics}
         return wire.encode(tensors, wire.WireHeader(self.id, n, "step", extra=extra), float_dtype="float32")
 
-    def final(self) -> bytes:
-        return wire.encode({}, wire.WireHeader(self.id, 0, "step", extra={protocol.FINAL: "1"}))
+    def final(self, metrics: dict[str, float] | None = None) -> bytes:
+        extra = {protocol.FINAL: "1", **({protocol.METRICS: json.dumps(metrics)} if metrics else {})}
+        return wire.encode({}, wire.WireHeader(self.id, 0, "step", extra=extra))
+
+
+def checkpoint_of(answer: bytes) -> int:
+    """The worker's latest checkpoint step, as a reply carries it."""
+    return int(wire.decode(answer)[0].extra[protocol.CHECKPOINT])
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +206,13 @@ def env(tmp_path, tiny, template_db, monkeypatch):
 def test_a_job_runs_to_succeeded(env):
     job = env.job()
     updates = [job.step(n, grad=True, loss=n / 10) for n in (2, 3, 4)]
-    result, channel = env.run(job.id, [job.step(1), *updates, job.step(5, True, False, loss=0.5), job.final()])
+    validation = {"valid_loss": 0.25, "valid_accuracy": 0.75}  # the device's final evaluation
+    script = [job.step(1), *updates, job.step(5, True, False, loss=0.5), job.final(validation)]
+    result, channel = env.run(job.id, script)
     assert result == "succeeded" and channel.rejections() == [] and len(channel.answers) == 6
+    # every step reply carries the latest checkpoint step (checkpoint_every=2 applied steps), so the
+    # device may drop its own saved ends before it
+    assert [checkpoint_of(channel.answers[f"req-{i}"]) for i in range(1, 6)] == [0, 0, 2, 2, 4]
     row = env.get(job.id)
     assert (row["status"], row["steps_completed"], row["lease_owner"]) == ("succeeded", TOTAL, None)
     assert row["fine_tuned_model"] == f"ft:{MODEL}:{env.org}:privtune:{job.id}"
@@ -196,12 +220,21 @@ def test_a_job_runs_to_succeeded(env):
     assert [c["step_number"] for c in checkpoints] == [2, 4]  # every checkpoint_every applied steps
     assert all(Path(c["path"]).is_dir() for c in checkpoints)
     assert checkpoints[0]["fine_tuned_model_checkpoint"] == f"{row['fine_tuned_model']}:ckpt-step-2"
-    assert (env.settings.artifact_dir / "jobs" / job.id / "final" / "adapter.safetensors").is_file()
+    final = load_file(env.settings.artifact_dir / "jobs" / job.id / "final" / "adapter.safetensors")
+    assert final and all("lora_" in name for name in final)  # the head is the device's: adapters only
     kinds = env.kinds(job.id)
     assert kinds[:2] == ["job_started", "privacy"] and kinds[-1] == "job_succeeded"
     assert kinds.count("checkpoint_saved") == 2
-    metrics = [e["data"] for e in env.events(job.id) if e["type"] == "metrics"]
-    assert [(m["step"], m["train_loss"]) for m in metrics] == [(1, 0.2), (2, 0.3), (3, 0.4), (4, 0.5)]
+    metrics = [e for e in env.events(job.id) if e["type"] == "metrics"]
+    train = [e["data"] for e in metrics if "train_loss" in e["data"]]
+    # the device's running mean, reported with step t + 1, is the training loss of update t
+    assert [(m["step"], m["train_loss"]) for m in train] == [(1, 0.2), (2, 0.3), (3, 0.4), (4, 0.5)]
+    assert all(m["total_steps"] == TOTAL and m["grad_norm"] > 0 for m in train)
+    assert "0.2000 (device running mean)" in metrics[0]["message"]
+    assert [c["metrics"] for c in checkpoints] == [{"step": 2, "train_loss": 0.3}, {"step": 4, "train_loss": 0.5}]
+    valid = [e for e in metrics if "train_loss" not in e["data"]]  # the validation sent with the completion
+    assert [e["data"] for e in valid] == [{"step": 0, **validation}] and "valid_accuracy=0.7500" in valid[0]["message"]
+    assert env.events(job.id).index(valid[0]) < env.events(job.id).index(env.of_kind(job.id, "job_succeeded")[0])
 
 
 def test_cancel_is_seen_at_the_next_step(env):
@@ -234,6 +267,9 @@ def test_a_silent_device_pauses_the_job_with_a_checkpoint(env):
     assert (row["status"], row["lease_owner"]) == ("paused", None)
     assert [c["step_number"] for c in env.checkpoints(job.id)] == [1]
     assert [(e["level"], e["data"]["step"]) for e in env.of_kind(job.id, "job_paused")] == [("warn", 1)]
+    metrics = [e for e in env.events(job.id) if e["type"] == "metrics"]  # a device that reports no metrics
+    assert [(e["data"]["step"], e["data"]["train_loss"]) for e in metrics] == [(1, None)]
+    assert "not reported by the device" in metrics[0]["message"]
 
 
 def test_pause_checkpoints_releases_the_lease_and_a_resume_asks_for_checkpoint_plus_one(env):
@@ -256,6 +292,8 @@ def test_pause_checkpoints_releases_the_lease_and_a_resume_asks_for_checkpoint_p
         (400, "unexpected_gradient", None),
     ]
     assert channel.answers["req-1"].headers["x-expected-step"] == "4"
+    # the resumed worker's replies name the checkpoint it resumed from (the device restores its end there)
+    assert [checkpoint_of(channel.answers[r]) for r in ("req-4", "req-5")] == [3, 3]
     assert [e["data"]["step"] for e in env.of_kind(job.id, "job_restarted")] == [3]
     assert env.get(job.id)["steps_completed"] == TOTAL
     assert [c["step_number"] for c in env.checkpoints(job.id)] == [3, 4]
@@ -264,15 +302,28 @@ def test_pause_checkpoints_releases_the_lease_and_a_resume_asks_for_checkpoint_p
 def test_a_rejected_request_is_answered_through_the_channel_and_changes_nothing(env):
     job = env.job()
     activations = wire.decode(job.step(2))[1]
-    bad_grad = wire.encode({**activations, "grad_output": torch.zeros(3, LABELS)}, wire.WireHeader(job.id, 2, "step"))
-    result, channel = env.run(job.id, [job.step(1), b"garbage bytes", bad_grad, job.step(1), job.final()])
+    bad_grad = wire.encode({**activations, "grad_output": torch.zeros(3, HIDDEN)}, wire.WireHeader(job.id, 2, "step"))
+    logits_grad = wire.encode(
+        {**activations, "grad_output": torch.zeros(BATCH, LABELS)}, wire.WireHeader(job.id, 2, "step")
+    )
+    bad_metrics = job.step(2, grad=True, metrics='{"train_loss": "low"}')  # a valid step but for its metrics extra
+    old_loss = job.step(2, grad=True, metrics='{"loss": 0.5}')  # the old protocol's per-step loss
+    script = [job.step(1), b"garbage bytes", bad_grad, logits_grad, bad_metrics, old_loss, job.step(1), job.final()]
+    result, channel = env.run(job.id, script)
     assert result == "succeeded"
     rejected = {
         rid: (a.status_code, a.code, a.param) for rid, a in channel.answers.items() if isinstance(a, StepRejected)
     }
-    assert rejected == {"req-2": (400, "truncated_payload", None), "req-3": (422, "shape_rejected", "grad_output")}
-    assert channel.answers["req-4"] == channel.answers["req-1"]  # the retry still gets the stored reply
+    assert rejected == {
+        "req-2": (400, "truncated_payload", None),
+        "req-3": (422, "shape_rejected", "grad_output"),
+        "req-4": (422, "shape_rejected", "grad_output"),
+        "req-5": (400, "invalid_header", "metrics"),
+        "req-6": (400, "invalid_header", "metrics"),
+    }
+    assert channel.answers["req-7"] == channel.answers["req-1"]  # the retry still gets the stored reply
     assert env.get(job.id)["steps_completed"] == 0 and env.checkpoints(job.id) == []
+    assert [e for e in env.events(job.id) if e["type"] == "metrics"] == []  # nothing reported, nothing applied
 
 
 def test_an_unclaimable_job_is_skipped(env):
@@ -314,5 +365,12 @@ def test_an_upload_job_trains_from_its_file_to_succeeded(env, tmp_path):
     assert (row["status"], row["steps_completed"]) == ("succeeded", 3)
     assert [c["step_number"] for c in env.checkpoints(job.id)] == [2, 3]
     metrics = [e["data"] for e in env.events(job.id) if e["type"] == "metrics"]
+    # labels are the server's in upload mode: its own loss, sent as the metrics extra, shows in the events
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["train_loss"] > 0 for m in metrics)
     assert all(m["total_steps"] == 3 for m in metrics)
+    checkpoints = env.checkpoints(job.id)
+    assert checkpoints[0]["metrics"]["train_loss"] == metrics[1]["train_loss"]
+    meta = json.loads((Path(checkpoints[-1]["path"]) / "meta.json").read_text())
+    assert meta["spec"]["server_head"] is True  # the server-side head: logits, its weights checkpointed
+    adapter = load_file(Path(checkpoints[-1]["path"]) / "adapter.safetensors")
+    assert adapter["classifier.weight"].shape == (LABELS, HIDDEN) and "classifier.bias" in adapter

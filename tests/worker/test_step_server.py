@@ -1,9 +1,13 @@
 """The step state machine on a tiny random BERT: ordering, retries, one update per gradient, flush,
-inference, completion, and every rejection path (each one leaves the trainer exactly as it was)."""
+inference, completion, the checkpoint step in every reply, the device's metrics extra, and every
+rejection path (each one leaves the trainer exactly as it was). Interactive classification returns the
+pooled representation (b, d) (the head is the device's); upload mode keeps a server-side head and
+returns logits (b, C); generation returns the hidden state (b, t, d) before the device's tail."""
 
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 
 import pytest
@@ -12,13 +16,15 @@ import torch
 from client_sdk import protocol, wire
 from client_sdk.jobspec import PrivtuneMethod, step_shape
 from service.errors import StepRejected
-from tests.helpers import make_tiny_bert
+from tests.helpers import make_tiny_bert, make_tiny_llama
 from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec
 
 JOB = "ftjob-steps"
 HIDDEN, LABELS, BATCH, TOKENS = 32, 2, 2, 5
-G = (BATCH, LABELS)  # the shape of a step's output and of its gradient
+G = (BATCH, HIDDEN)  # a step's output (the pooled representation) and its gradient dL/d(representation)
+LOGITS = (BATCH, LABELS)  # upload mode's output and gradient (the server-side head's logits)
+METRICS = {protocol.METRICS: json.dumps({"train_loss": 0.7})}
 METHOD = PrivtuneMethod(
     split_layer=2,
     task="classification",
@@ -42,12 +48,24 @@ class Recorder:
     def __init__(self) -> None:
         self.updates: list[tuple[int, float, int]] = []
         self.finishes = 0
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.log: list[tuple[str, int]] = []  # the order of the hooks: ("metrics" | "update" | "finish", step)
+        self.checkpoint = 0  # what checkpoint_step() answers (the runner's latest checkpoint step)
 
     def on_update(self, header: wire.WireHeader, norm: float, batch: int) -> None:
         self.updates.append((header.step, norm, batch))
+        self.log.append(("update", header.step))
 
     def on_finish(self) -> None:
         self.finishes += 1
+        self.log.append(("finish", 0))
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics.append((step, metrics))
+        self.log.append(("metrics", step))
+
+    def checkpoint_step(self) -> int:
+        return self.checkpoint
 
 
 def _trainer(tiny) -> TopTrainer:
@@ -60,9 +78,21 @@ def rec() -> Recorder:
     return Recorder()
 
 
+def _server(trainer: TopTrainer, rec: Recorder, server_head: bool = False, method=METHOD) -> StepServer:
+    return StepServer(
+        trainer,
+        step_shape(method, HIDDEN, server_head=server_head),
+        JOB,
+        on_update=rec.on_update,
+        on_finish=rec.on_finish,
+        checkpoint_step=rec.checkpoint_step,
+        on_metrics=rec.on_metrics,
+    )
+
+
 @pytest.fixture
 def server(tiny, rec) -> StepServer:
-    return StepServer(_trainer(tiny), step_shape(METHOD, HIDDEN), JOB, on_update=rec.on_update, on_finish=rec.on_finish)
+    return _server(_trainer(tiny), rec)
 
 
 def payload(
@@ -104,6 +134,11 @@ def output(reply: bytes, kind: str = "step_reply") -> torch.Tensor:
     return tensors[protocol.OUTPUT]
 
 
+def checkpoint_of(reply: bytes) -> int:
+    """The checkpoint step the reply carries (``protocol.CHECKPOINT``)."""
+    return int(wire.decode(reply)[0].extra[protocol.CHECKPOINT])
+
+
 def params(server: StepServer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in server.trainer.trainable.items()}
 
@@ -126,14 +161,89 @@ def assert_unchanged(server: StepServer, before) -> None:
 def test_step_one_forwards_and_step_two_applies_exactly_one_update(server, rec):
     before = params(server)
     first = output(server.handle(payload(1)))
-    assert first.shape == (BATCH, LABELS) and first.dtype == torch.float32
-    assert server.trainer.steps_applied == 0 and server.trainer.pending_shape() == (BATCH, LABELS)
+    assert first.shape == G and first.dtype == torch.float32  # the representation (b, d), not logits
+    assert server.trainer.steps_applied == 0 and server.trainer.pending_shape() == G
     assert same_params(params(server), before) and rec.updates == []
-    second = output(server.handle(payload(2, grad=G, extra={protocol.LOSS: "0.7"})))
-    assert second.shape == (BATCH, LABELS)
-    assert server.trainer.steps_applied == 1 and server.trainer.pending_shape() == (BATCH, LABELS)
+    second = output(server.handle(payload(2, grad=G, extra=METRICS)))
+    assert second.shape == G
+    assert server.trainer.steps_applied == 1 and server.trainer.pending_shape() == G
     assert not same_params(params(server), before)
     assert [(step, batch) for step, _, batch in rec.updates] == [(2, BATCH)] and rec.updates[0][1] > 0
+    assert all("lora_" in name for name in params(server))  # the head is the device's: adapters only
+
+
+def test_every_reply_carries_the_latest_checkpoint_step(tiny):
+    rec = Recorder()
+    server = _server(_trainer(tiny), rec)
+    first = server.handle(payload(1))
+    assert checkpoint_of(first) == 0
+    rec.checkpoint = 1  # as if the runner had checkpointed after the update of step 2
+    second = server.handle(payload(2, grad=G))
+    assert checkpoint_of(second) == 1
+    rec.checkpoint = 2
+    assert server.handle(payload(2, grad=G)) == second  # a retry gets the reply as it was computed
+    assert checkpoint_of(server.handle(payload(0, kind="infer"))) == 2
+    assert checkpoint_of(server.handle(payload(3, grad=G, activations=False))) == 2  # the flush's empty reply
+    plain = StepServer(_trainer(tiny), step_shape(METHOD, HIDDEN), JOB)  # no hook: nothing checkpointed yet
+    assert checkpoint_of(plain.handle(payload(1))) == 0
+
+
+def test_the_metrics_extra_is_reported_once_before_the_update_it_travels_with(server, rec):
+    server.handle(payload(1, extra={protocol.METRICS: json.dumps({"train_loss": 0.9})}))
+    server.handle(payload(2, grad=G, extra={protocol.METRICS: json.dumps({"train_loss": 0.8, "valid_loss": 1})}))
+    server.handle(payload(2, grad=G, extra={protocol.METRICS: json.dumps({"train_loss": 0.8, "valid_loss": 1})}))
+    server.handle(payload(3, grad=G))  # no extra: nothing to report
+    assert rec.metrics == [(1, {"train_loss": 0.9}), (2, {"train_loss": 0.8, "valid_loss": 1.0})]
+    assert rec.log == [("metrics", 1), ("metrics", 2), ("update", 2), ("update", 3)]  # a retry reports nothing
+    infer = payload(0, kind="infer", extra={protocol.METRICS: json.dumps({"valid_accuracy": 0.5})})
+    server.handle(infer)
+    assert rec.metrics[-1] == (0, {"valid_accuracy": 0.5}) and server.trainer.steps_applied == 2
+    done = wire.encode(
+        {}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1", **METRICS})
+    )  # the final validation travels with the completion, reported before it is recorded
+    server.handle(payload(4, grad=G, activations=False))
+    server.handle(done)
+    server.handle(done)
+    assert rec.log[-2:] == [("metrics", 0), ("finish", 0)] and rec.finishes == 1
+    assert rec.metrics[-1] == (0, {"train_loss": 0.7}) and len(rec.metrics) == 4
+
+
+def test_upload_mode_returns_logits_and_takes_their_gradient(tiny, rec):
+    path, _ = tiny
+    from worker.models import build_top
+
+    top = build_top(path, METHOD.split_layer, METHOD.task, num_labels=LABELS, server_head=True)
+    trainer = TopTrainer(TrainSpec(path, METHOD, server_head=True), top=top)
+    server = _server(trainer, rec, server_head=True)
+    assert {"classifier.weight", "classifier.bias"} <= set(params(server))
+    reply = server.handle(payload(1))
+    assert output(reply).shape == LOGITS and wire.inspect(reply)[1][protocol.OUTPUT].dtype == "F32"
+    before = state(server)
+    error = _rejected(server, payload(2, grad=G))  # a representation's gradient does not fit logits
+    assert (error.status_code, error.code, error.param) == (422, "shape_rejected", protocol.GRAD_OUTPUT)
+    assert_unchanged(server, before)
+    assert output(server.handle(payload(2, grad=LOGITS))).shape == LOGITS
+    assert server.trainer.steps_applied == 1 and len(rec.updates) == 1
+    assert not torch.equal(params(server)["classifier.weight"], before[4]["classifier.weight"])
+
+
+def test_a_generation_job_returns_the_hidden_state_before_the_device_tail(tmp_path_factory, rec):
+    """Generation (tail of 2 blocks on the device, l=1 of L=4): the server runs 1 block and answers
+    with the hidden state (b, t, d) in float16; its gradient has that shape, one update per gradient."""
+    path = str(make_tiny_llama(tmp_path_factory.mktemp("m") / "tiny-llama", hidden=HIDDEN))
+    method = METHOD.model_copy(update={"task": "generation", "num_labels": None, "split_layer": 1}).resolved()
+    assert method.device_tail == 2
+    trainer = TopTrainer(TrainSpec(path, method))
+    assert len(trainer.model.blocks.layers) == 4 - 1 - 2
+    server = _server(trainer, rec, method=method)
+    reply = server.handle(payload(1))
+    assert output(reply).shape == (BATCH, TOKENS, HIDDEN) and wire.inspect(reply)[1][protocol.OUTPUT].dtype == "F16"
+    before = state(server)
+    error = _rejected(server, payload(2, grad=G))  # a classification-shaped gradient
+    assert (error.status_code, error.code, error.param) == (422, "shape_rejected", protocol.GRAD_OUTPUT)
+    assert_unchanged(server, before)
+    server.handle(payload(2, grad=(BATCH, TOKENS, HIDDEN)))
+    assert server.trainer.steps_applied == 1 and not same_params(params(server), before[4])
 
 
 def test_a_retried_step_returns_the_stored_reply_and_applies_nothing(server, rec):
@@ -162,7 +272,7 @@ def test_infer_changes_no_state(server, rec):
     before = state(server)
     a = output(server.handle(payload(0, kind="infer", batch=3)), "infer_reply")
     b = output(server.handle(payload(0, kind="infer", batch=3)), "infer_reply")
-    assert a.shape == (3, LABELS) and torch.equal(a, b)
+    assert a.shape == (3, HIDDEN) and torch.equal(a, b)
     assert_unchanged(server, before)
     server.handle(payload(2, grad=G))  # the pending forward survived the inference
     assert server.trainer.steps_applied == 1 and len(rec.updates) == 1
@@ -180,10 +290,20 @@ def test_completion_calls_on_finish_once_and_is_idempotent(server, rec):
 
 # ---- every rejection path -------------------------------------------------------------------------
 NAN = torch.full((BATCH, TOKENS, HIDDEN), float("nan"))
-INF_GRAD = torch.tensor([[float("inf"), 0.0], [0.0, 0.0]])
+INF_GRAD = torch.zeros(G)
+INF_GRAD[0, 0] = float("inf")
 INT_HIDDEN = torch.zeros(BATCH, TOKENS, HIDDEN, dtype=torch.int32)
 FINAL_WITH_GRAD = wire.encode(
     {"grad_output": torch.zeros(G)}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1"})
+)
+
+
+def bad_metrics(text: str) -> dict[str, str]:
+    return {protocol.METRICS: text}
+
+
+FINAL_BAD_METRICS = wire.encode(
+    {}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1", **bad_metrics('{"train_loss": NaN}')})
 )
 
 REJECTIONS = [  # (id, payload, status, code, param); the server has served step 1 (a forward is pending)
@@ -192,9 +312,11 @@ REJECTIONS = [  # (id, payload, status, code, param); the server has served step
     ("wrong_kind", payload(2, grad=G, kind="step_reply"), 400, "invalid_header", "kind"),
     ("other_job", payload(2, grad=G, job="ftjob-someone-else"), 400, "invalid_header", "job_id"),
     ("step_zero", payload(0, grad=G), 400, "invalid_header", "step"),
-    ("missing_gradient", payload(2), 400, "missing_gradient", protocol.GRAD_OUTPUT),
-    ("grad_batch", payload(2, grad=(3, LABELS)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
-    ("grad_labels", payload(2, grad=(BATCH, 3)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
+    ("missing_gradient", payload(2, extra=METRICS), 400, "missing_gradient", protocol.GRAD_OUTPUT),
+    ("grad_batch", payload(2, grad=(3, HIDDEN)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
+    ("grad_logits", payload(2, grad=LOGITS, extra=METRICS), 422, "shape_rejected", protocol.GRAD_OUTPUT),
+    ("grad_width", payload(2, grad=(BATCH, 16)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
+    ("grad_tokens", payload(2, grad=(BATCH, TOKENS, HIDDEN)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
     ("hidden_size", payload(2, grad=G, d=16), 422, "shape_rejected", protocol.HIDDEN),
     ("hidden_dtype", payload(2, grad=G, hidden=INT_HIDDEN), 422, "dtype_rejected", protocol.HIDDEN),
     ("batch_over_limit", payload(2, grad=G, batch=5), 422, "shape_rejected", protocol.HIDDEN),
@@ -204,6 +326,14 @@ REJECTIONS = [  # (id, payload, status, code, param); the server has served step
     ("inf_grad", payload(2, grad=G, grad_output=INF_GRAD), 422, "non_finite_tensor", protocol.GRAD_OUTPUT),
     ("infer_with_grad", payload(0, kind="infer", grad=G), 422, "shape_rejected", protocol.GRAD_OUTPUT),
     ("final_with_tensors", FINAL_WITH_GRAD, 422, "shape_rejected", protocol.GRAD_OUTPUT),
+    ("metrics_not_json", payload(2, grad=G, extra=bad_metrics("{")), 400, "invalid_header", protocol.METRICS),
+    ("metrics_not_object", payload(2, grad=G, extra=bad_metrics("[0.5]")), 400, "invalid_header", protocol.METRICS),
+    ("metrics_old_loss", payload(2, grad=G, extra=bad_metrics('{"loss": 0.5}')), 400, "invalid_header", "metrics"),
+    ("metrics_nan", payload(2, grad=G, extra=bad_metrics('{"train_loss": NaN}')), 400, "invalid_header", "metrics"),
+    ("metrics_text", payload(2, grad=G, extra=bad_metrics('{"valid_loss": "1"}')), 400, "invalid_header", "metrics"),
+    ("metrics_bool", payload(2, grad=G, extra=bad_metrics('{"valid_loss": true}')), 400, "invalid_header", "metrics"),
+    ("metrics_on_infer", payload(0, kind="infer", extra=bad_metrics("{")), 400, "invalid_header", protocol.METRICS),
+    ("metrics_on_final", FINAL_BAD_METRICS, 400, "invalid_header", protocol.METRICS),
 ]
 
 
@@ -223,18 +353,19 @@ def test_a_rejected_request_changes_nothing(server, rec, body, status, code, par
     assert (error.status_code, error.code, error.param, error.expected_step) == (status, code, param, None)
     assert error.message
     assert_unchanged(server, before)
-    assert rec.updates == [] and rec.finishes == 0
+    assert rec.updates == [] and rec.finishes == 0 and rec.metrics == []
 
 
 def test_out_of_order_step_is_409_with_expected_step(server, rec):
     server.handle(payload(1))
     before = state(server)
     for step in (3, 7):
-        error = _rejected(server, payload(step, grad=G))
+        error = _rejected(server, payload(step, grad=G, extra=METRICS))
         got = (error.status_code, error.code, error.param, error.expected_step)
         assert got == (409, "step_out_of_order", "step", 2)
         assert error.headers["x-should-retry"] == "false" and error.headers["x-expected-step"] == "2"
     assert_unchanged(server, before)
+    assert rec.metrics == []  # a refused step reports nothing
     server.handle(payload(2, grad=G))
     error = _rejected(server, payload(1))  # an earlier step is not the last one served: no stored reply
     assert (error.status_code, error.expected_step) == (409, 3)
@@ -253,7 +384,9 @@ def test_after_a_resume_the_expected_step_is_checkpoint_plus_one(tiny, server, t
     for step in (2, 3, 4):
         server.handle(payload(step, grad=G))
     path = server.trainer.save(tmp_path / "step-3")
-    resumed = StepServer(_trainer(tiny), step_shape(METHOD, HIDDEN), JOB)
+    resumed_rec = Recorder()
+    resumed_rec.checkpoint = 3  # the runner loaded the checkpoint of step 3
+    resumed = _server(_trainer(tiny), resumed_rec)
     assert resumed.trainer.load(path) == 3
     before = state(resumed)
     for body in (payload(1), payload(5, grad=G)):
@@ -262,5 +395,8 @@ def test_after_a_resume_the_expected_step_is_checkpoint_plus_one(tiny, server, t
     error = _rejected(resumed, payload(4, grad=G))  # the right step, but no forward is pending after a resume
     assert (error.status_code, error.code, error.param) == (400, "unexpected_gradient", protocol.GRAD_OUTPUT)
     assert_unchanged(resumed, before)
-    assert output(resumed.handle(payload(4))).shape == G
+    reply = resumed.handle(payload(4))
+    assert output(reply).shape == G and checkpoint_of(reply) == 3
     assert resumed.trainer.steps_applied == 3 and resumed.trainer.has_pending
+    resumed.handle(payload(5, grad=G))
+    assert resumed.trainer.steps_applied == 4 and [s for s, _, _ in resumed_rec.updates] == [5]

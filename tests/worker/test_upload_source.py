@@ -1,10 +1,12 @@
-"""Upload mode's device stand-in: a privatized file trains through the same step server (every step
-applied, one completion, losses reported, resumable from a checkpoint, stoppable), and the file loader
-refuses what is not a privatized batch for this model."""
+"""Upload mode's device stand-in: a privatized file trains through the same step server with a
+server-side head (logits, every step applied, one completion, losses reported as the metrics extra,
+resumable from a checkpoint, stoppable), and the file loader refuses what is not a privatized batch
+for this model."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,7 @@ def tiny(tmp_path_factory):
     from worker.models import build_top
 
     path = str(make_tiny_bert(tmp_path_factory.mktemp("m") / "tiny", hidden=HIDDEN))
-    return path, build_top(path, METHOD.split_layer, METHOD.task, num_labels=2)
+    return path, build_top(path, METHOD.split_layer, METHOD.task, num_labels=2, server_head=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +65,19 @@ def data(tmp_path_factory) -> privatized_file.PrivatizedData:
 
 class Recorder:
     def __init__(self) -> None:
-        self.updates: list[tuple[int, int, str | None]] = []  # (request step, batch, loss extra)
+        self.updates: list[tuple[int, int, float | None]] = []  # (request step, batch, reported train_loss)
         self.finishes = 0
         self.requests: list[wire.WireHeader] = []
+        self.outputs: list[tuple[int, ...]] = []  # the shape of each reply's output
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self._loss: float | None = None
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.metrics.append((step, metrics))
+        self._loss = metrics.get("train_loss", self._loss)
 
     def on_update(self, header: wire.WireHeader, norm: float, batch: int) -> None:
-        self.updates.append((header.step, batch, header.extra.get(protocol.LOSS)))
+        self.updates.append((header.step, batch, self._loss))  # the metrics of a request come before its update
 
     def on_finish(self) -> None:
         self.finishes += 1
@@ -76,13 +85,24 @@ class Recorder:
 
 def _server(tiny, rec: Recorder) -> StepServer:
     path, top = tiny
-    trainer = TopTrainer(TrainSpec(path, METHOD), top=copy.deepcopy(top))
-    server = StepServer(trainer, step_shape(METHOD, HIDDEN), JOB, on_update=rec.on_update, on_finish=rec.on_finish)
+    trainer = TopTrainer(TrainSpec(path, METHOD, server_head=True), top=copy.deepcopy(top))
+    server = StepServer(
+        trainer,
+        step_shape(METHOD, HIDDEN, server_head=True),
+        JOB,
+        on_update=rec.on_update,
+        on_finish=rec.on_finish,
+        on_metrics=rec.on_metrics,
+    )
     handle = server.handle
 
     def spy(body: bytes) -> bytes:
         rec.requests.append(wire.inspect(body)[0])
-        return handle(body)
+        reply = handle(body)
+        infos = wire.inspect(reply)[1]
+        if protocol.OUTPUT in infos:
+            rec.outputs.append(tuple(infos[protocol.OUTPUT].shape))
+        return reply
 
     server.handle = spy  # type: ignore[method-assign]
     return server
@@ -115,9 +135,15 @@ def test_every_step_is_applied_and_the_job_completes_once(tiny, data):
     assert [h.step for h in rec.requests] == [*range(1, STEPS + 2), 0]  # steps, the flush, the completion
     assert rec.requests[-1].extra == {protocol.FINAL: "1"}
     assert [(step, batch) for step, batch, _ in rec.updates] == [(2, 4), (3, 4), (4, 2), (5, 4), (6, 4), (7, 2)]
-    losses = [float(loss) for _, _, loss in rec.updates]  # the loss of step t travels with step t+1
-    assert len(losses) == STEPS and all(loss > 0 for loss in losses)
-    assert protocol.LOSS not in rec.requests[0].extra
+    assert rec.outputs == [(4, 2), (4, 2), (2, 2), (4, 2), (4, 2), (2, 2)]  # the server-side head's logits (b, C)
+    # the loss of step t travels with step t + 1 as the metrics extra, and is the training loss of its update
+    losses = [loss for _, _, loss in rec.updates]
+    assert len(losses) == STEPS and all(loss is not None and loss > 0 for loss in losses)
+    assert [step for step, _ in rec.metrics] == list(range(2, STEPS + 2))
+    assert [m for _, m in rec.metrics] == [{"train_loss": loss} for loss in losses]
+    sent = [json.loads(h.extra[protocol.METRICS]) for h in rec.requests[1:-1]]
+    assert sent == [{"train_loss": loss} for loss in losses]
+    assert protocol.METRICS not in rec.requests[0].extra and "loss" not in rec.requests[1].extra
 
 
 def test_a_resume_continues_at_checkpoint_plus_one_and_ends_where_an_unbroken_run_ends(tiny, data, tmp_path):
@@ -140,7 +166,7 @@ def test_a_resume_continues_at_checkpoint_plus_one_and_ends_where_an_unbroken_ru
     torch.manual_seed(123)
     assert _source(data).run(resumed, STEPS, lambda: False) is True
     first = resumed_rec.requests[0]
-    assert first.step == 4 and protocol.LOSS not in first.extra  # checkpoint + 1, no gradient, no loss
+    assert first.step == 4 and first.extra == {}  # checkpoint + 1, no gradient, no loss
     assert [h.step for h in resumed_rec.requests] == [4, 5, 6, 7, 0]
     assert resumed.trainer.steps_applied == server.trainer.steps_applied == STEPS and resumed_rec.finishes == 1
     a, b = _weights(server), _weights(resumed)

@@ -58,34 +58,88 @@ def test_causal_features_equal_full_last_hidden_state(tiny_llama):
     assert (got[mask.bool()] - expected[mask.bool()]).abs().max() < TOL
 
 
+@pytest.mark.parametrize("server_head", [False, True], ids=["device_head", "upload_mode"])
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
-def test_classification_ignores_padding(request, fixture):
+def test_classification_ignores_padding(request, fixture, server_head):
     path = request.getfixturevalue(fixture)
     bottom, tokenizer = build_bottom(path, 2)
-    top = build_top(path, 2, "classification", num_labels=3)
+    top = build_top(path, 2, "classification", num_labels=3, server_head=server_head)
     ids, mask = padded_batch(tokenizer, TEXTS)
     with torch.no_grad():
-        logits = top(bottom(ids, mask).hidden, mask)  # (b, 3)
+        out = top(bottom(ids, mask).hidden, mask)  # (b, d) representation, or (b, 3) logits in upload mode
         one_ids, one_mask = padded_batch(tokenizer, TEXTS[1:2])
         alone = top(bottom(one_ids, one_mask).hidden, one_mask)
-    assert logits.shape == (len(TEXTS), 3)
-    assert (logits[1] - alone[0]).abs().max() < TOL
+    assert out.shape == (len(TEXTS), 3 if server_head else top.hidden_size)
+    assert (out[1] - alone[0]).abs().max() < TOL
+
+
+def test_interactive_classification_returns_the_pooled_final_representation(tiny_bert, tiny_llama):
+    """The head is the device's: the server's output is the masked mean of the full model's last hidden
+    state (Llama: after the final norm), and the top has no classifier nor label count."""
+    for path in (tiny_bert, tiny_llama):
+        full, tokenizer, bottom, top = _split(path, 2, "classification")
+        assert top.classifier is None and top.num_labels is None and top.describe()["num_labels"] is None
+        assert not any("classifier" in name for name, _ in top.named_parameters())
+        ids, mask = padded_batch(tokenizer, TEXTS)
+        with torch.no_grad():
+            encoder = full if top.family == "bert" else full.model
+            last = encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
+            expected = (last * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (b, d)
+            got = top(bottom(ids, mask).hidden, mask)
+        assert got.shape == (len(TEXTS), top.hidden_size)
+        assert (got - expected).abs().max() < TOL
 
 
 def test_classifier_head_is_seeded(tiny_bert):
-    a = build_top(tiny_bert, 2, "classification", num_labels=2, seed=7)
-    b = build_top(tiny_bert, 2, "classification", num_labels=2, seed=7)
-    c = build_top(tiny_bert, 2, "classification", num_labels=2, seed=8)
+    a = build_top(tiny_bert, 2, "classification", num_labels=2, seed=7, server_head=True)
+    b = build_top(tiny_bert, 2, "classification", num_labels=2, seed=7, server_head=True)
+    c = build_top(tiny_bert, 2, "classification", num_labels=2, seed=8, server_head=True)
     assert torch.equal(a.classifier.weight, b.classifier.weight)
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
     assert a.classifier.weight.std() < 0.1 and torch.all(a.classifier.bias == 0)
+    assert a.classifier.weight.shape == (2, 32) and a.num_labels == 2
+    assert build_top(tiny_bert, 2, "classification", num_labels=2, seed=7).classifier is None  # the device's head
 
 
 def test_top_keeps_only_top_blocks(tiny_llama):
     top = build_top(tiny_llama, 1, "generation")
     assert len(top.blocks.layers) == 3 and top.norm is None and top.classifier is None
     assert not any("embed" in name for name, _ in top.named_parameters())
-    assert build_top(tiny_llama, 1, "classification", num_labels=2).norm is not None
+    classification = build_top(tiny_llama, 1, "classification", num_labels=2)
+    assert classification.norm is not None and classification.classifier is None
+    assert build_top(tiny_llama, 1, "classification", num_labels=2, server_head=True).classifier is not None
+
+
+@pytest.mark.parametrize(("layer", "tail"), [(1, 1), (1, 2), (2, 1), (1, 0)])
+def test_a_generation_top_with_a_tail_keeps_blocks_l_plus_1_to_L_minus_k(tiny_llama, layer, tail):
+    """L - l - k blocks, and the right ones: its output is the full model's hidden state after block L - k
+    (before the final norm), the input of the device's tail."""
+    full, tokenizer, _ = load_full_model(tiny_llama)
+    bottom, _ = build_bottom(tiny_llama, layer)
+    top = build_top(tiny_llama, layer, "generation", tail_layers=tail)
+    num_layers = full.config.num_hidden_layers
+    assert len(top.blocks.layers) == num_layers - layer - tail and top.tail_layers == tail
+    assert top.describe()["tail_layers"] == tail and top.describe()["top_layers"] == num_layers - layer - tail
+    assert top.norm is None and top.classifier is None
+    ids, mask = padded_batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        states = full.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        got = top(bottom(ids, mask).hidden, mask)  # (b, t, d)
+    real = mask.bool()
+    assert got.shape == (*ids.shape, 32)
+    if tail:  # hidden_states[i]: after block i (the last entry is after the final norm)
+        assert (got[real] - states[num_layers - tail][real]).abs().max() < TOL
+    else:
+        assert (bottom.lm_logits(got)[real] - full(input_ids=ids, attention_mask=mask).logits[real]).abs().max() < TOL
+
+
+def test_a_tail_must_leave_the_server_a_block_and_is_for_generation_only(tiny_llama):
+    for tail in (2, 3):  # l=2 of L=4: a tail of 2 leaves the server nothing
+        with pytest.raises(ValueError, match="at least 1"):
+            build_top(tiny_llama, 2, "generation", tail_layers=tail)
+    with pytest.raises(ValueError, match="tail_layers"):
+        build_top(tiny_llama, 1, "classification", num_labels=2, tail_layers=1)
+    assert len(build_top(tiny_llama, 2, "generation", tail_layers=1).blocks.layers) == 1
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_llama"])
@@ -153,8 +207,11 @@ def test_task_errors(tiny_bert, tiny_llama):
         build_top(tiny_bert, 2, "generation")
     with pytest.raises(ValueError, match="task must be one of"):
         build_top(tiny_llama, 2, "summarise")
-    with pytest.raises(ValueError, match="num_labels"):
-        build_top(tiny_bert, 2, "classification")
+    for labels in (None, 1, True):  # a server-side head (upload mode) needs its label count
+        with pytest.raises(ValueError, match="num_labels"):
+            build_top(tiny_bert, 2, "classification", num_labels=labels, server_head=True)
+    top = build_top(tiny_bert, 2, "classification")  # the device's head: the server needs no label count
+    assert top.classifier is None and top.num_labels is None
 
 
 def test_unsupported_architecture_errors(tiny_gpt2):
@@ -168,7 +225,7 @@ def test_unsupported_architecture_errors(tiny_gpt2):
 def test_peft_lora_targets_and_classifier(request, fixture, targets):
     from peft import LoraConfig, get_peft_model
 
-    top = build_top(request.getfixturevalue(fixture), 2, "classification", num_labels=2)
+    top = build_top(request.getfixturevalue(fixture), 2, "classification", num_labels=2, server_head=True)
     assert top.default_lora_targets == targets
     model = get_peft_model(
         top, LoraConfig(r=2, target_modules=top.default_lora_targets, modules_to_save=["classifier"])
@@ -176,8 +233,28 @@ def test_peft_lora_targets_and_classifier(request, fixture, targets):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert sum("lora_A" in name for name in trainable) == 2 * len(top.blocks.layers)
     assert all("lora_" in name or "classifier" in name for name in trainable)
+    assert any("classifier" in name for name in trainable)
     hidden = torch.randn(2, 5, 32, requires_grad=True)
     model(hidden, torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])).sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "targets"), [("tiny_bert", ["query", "value"]), ("tiny_llama", ["q_proj", "v_proj"])]
+)
+def test_peft_lora_on_an_interactive_classification_top_trains_adapters_only(request, fixture, targets):
+    from peft import LoraConfig, get_peft_model
+
+    top = build_top(request.getfixturevalue(fixture), 2, "classification", num_labels=2)
+    assert top.default_lora_targets == targets and top.classifier is None
+    model = get_peft_model(top, LoraConfig(r=2, target_modules=top.default_lora_targets))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert sum("lora_A" in name for name in trainable) == 2 * len(top.blocks.layers)
+    assert trainable and all("lora_" in name for name in trainable)
+    hidden = torch.randn(2, 5, 32, requires_grad=True)
+    out = model(hidden, torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+    assert out.shape == (2, 32)
+    out.backward(torch.randn(2, 32))  # dL/d(representation), as the device sends it
     assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
 
 
