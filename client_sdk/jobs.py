@@ -113,6 +113,7 @@ class FineTuneJob(FineTuningJob):
         tail_layers: int | None = None,
         state_dir: str | None = None,
         report_metrics: bool = True,
+        wire_dtype: str = "q8",
         **columns: str | None,
     ) -> FineTuneJob:
         """Train privately on ``dataset`` and return the finished job (``metrics`` has the validation results).
@@ -126,7 +127,8 @@ class FineTuneJob(FineTuningJob):
         the assistant turns); the last ``tail_layers`` blocks, the final norm and the LM head run on the
         device. ``state_dir``: where the device keeps its end of the model (default
         ``$PRIVTUNE_STATE_DIR`` or ``~/.cache/privtune/jobs``); ``report_metrics=False`` sends no loss
-        aggregates for the job's events.
+        aggregates for the job's events. ``wire_dtype``: ``"q8"`` (8-bit blockwise, about half the bytes)
+        or ``"float16"`` for the perturbed states and gradients.
 
         Raises ``JobSpecError`` (``.param`` names the option) before any local work for an option the
         job contract or the server's limits refuse, ``DatasetError`` for a dataset it cannot read."""
@@ -145,6 +147,7 @@ class FineTuneJob(FineTuningJob):
             tail_layers=tail_layers,
             state_dir=state_dir,
             report_metrics=report_metrics,
+            wire_dtype=wire_dtype,
             **columns,
         )
         record = session.client.fine_tuning.jobs.create(**session.job_body(suffix, metadata))

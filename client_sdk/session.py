@@ -21,6 +21,11 @@ from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetErro
 
 __all__ = ["DeviceSession"]
 
+#: how perturbed states and gradients travel: 8-bit blockwise codes (one float16 scale per 64 values;
+#: the mechanism's noise dwarfs the rounding, docs/BENCHMARKS.md) or float16
+WIRE_DTYPES = ("q8", "float16")
+DEFAULT_WIRE_DTYPE = "q8"
+
 CLASSIFICATION_COLUMNS = ("text_column", "label_column")
 GENERATION_COLUMNS = ("prompt_column", "completion_column", "messages_column")
 
@@ -30,6 +35,7 @@ _LIMIT_OPTIONS = {
     "method.privtune.max_tokens": "max_length",
     "method.privtune.split_layer": "split_layer",
     "method.privtune.tail_layers": "tail_layers",
+    "method.privtune.task": "task",
 }
 
 
@@ -54,6 +60,7 @@ class DeviceSession:
         tail_layers: int | None = None,
         state_dir: str | None = None,
         report_metrics: bool = True,
+        wire_dtype: str = DEFAULT_WIRE_DTYPE,
         **columns: str | None,
     ) -> DeviceSession:
         """Check everything the job contract can refuse, then do the local work (see the module doc).
@@ -65,6 +72,9 @@ class DeviceSession:
         self.model, self.task, self.split_layer, self.seed = model, task, split_layer, seed
         self.max_length, self.tail_layers, self.report_metrics = max_length, tail_layers, report_metrics
         self.state_dir = state_dir
+        if wire_dtype not in WIRE_DTYPES:
+            raise JobSpecError(f"wire_dtype must be one of {list(WIRE_DTYPES)}, got {wire_dtype!r}", "wire_dtype")
+        self.wire_dtype = wire_dtype
         self.privacy = privacy or PrivacyConfig()
         hp = Hyperparameters.coerce(hyperparameters)
         examples, self.labels = _read_dataset(dataset, task, columns)
@@ -239,6 +249,7 @@ class DeviceSession:
             store=store,
             validation=self.valid,
             report_metrics=self.report_metrics,
+            float_dtype=self.wire_dtype,
         )
 
     def save_final(self, trainer: Any) -> None:

@@ -214,9 +214,10 @@ class JobRunner:
         if "train_loss" in metrics:
             self._train_loss = metrics["train_loss"]
         valid = {k: v for k, v in metrics.items() if k.startswith("valid_")}
-        if valid:
+        if valid:  # measured by the device on its validation split after the updates applied so far
+            applied = self.trainer.steps_applied
             shown = ", ".join(f"{k}={v:.4f}" for k, v in valid.items())
-            self._event(f"Step {step}: {shown}", type="metrics", data={"step": step, **valid})
+            self._event(f"Step {applied}: {shown}", type="metrics", data={"step": applied, **valid})
 
     def _after_update(self, grad_norm: float, batch: int) -> None:
         step = self.trainer.steps_applied

@@ -233,7 +233,7 @@ def test_a_job_runs_to_succeeded(env):
     assert "0.2000 (device running mean)" in metrics[0]["message"]
     assert [c["metrics"] for c in checkpoints] == [{"step": 2, "train_loss": 0.3}, {"step": 4, "train_loss": 0.5}]
     valid = [e for e in metrics if "train_loss" not in e["data"]]  # the validation sent with the completion
-    assert [e["data"] for e in valid] == [{"step": 0, **validation}] and "valid_accuracy=0.7500" in valid[0]["message"]
+    assert [e["data"] for e in valid] == [{"step": TOTAL, **validation}] and "valid_accuracy=0.7500" in valid[0]["message"]
     assert env.events(job.id).index(valid[0]) < env.events(job.id).index(env.of_kind(job.id, "job_succeeded")[0])
 
 
