@@ -253,7 +253,7 @@ def test_classification_model_answers_with_the_label_of_the_last_user_message(se
     client = s.client()
     messages = [{"role": "user", "content": "this is bad"}, {"role": "assistant", "content": "negative"}]
     messages.append({"role": "user", "content": [{"type": "text", "text": "a good film"}]})
-    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1000, temperature=0.7)
+    reply = client.chat.completions.create(model=MODEL, messages=messages)
     assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == ("positive", "stop")
     assert s.model.calls[-1] == ("predict", ["a good film"])
     assert reply.usage.prompt_tokens == 3 and reply.usage.completion_tokens == 1  # words: no tokenizer
@@ -263,6 +263,13 @@ def test_classification_model_answers_with_the_label_of_the_last_user_message(se
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "good"}])
     assert caught.value.param == "messages"
+    for option, value in (("max_tokens", 1000), ("temperature", 0.7), ("stop", ["x"]), ("top_p", 0.5)):
+        with pytest.raises(openai.BadRequestError) as caught:  # generation options do not apply: 400
+            client.chat.completions.create(model=MODEL, messages=messages, **{option: value})
+        assert caught.value.param == option and "classification" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="good", max_tokens=5)
+    assert caught.value.param == "max_tokens"
 
 
 def test_a_stream_leaves_the_loop_free_and_calls_are_serialised(served):

@@ -22,9 +22,10 @@ Behaviour, where it is ours to choose:
 - Chat messages: roles ``system``, ``developer`` (sent as ``system``), ``user``, ``assistant``; content a
   string or text parts (an image part is a 400). ``tool`` messages are a 400 (no tools).
 - A classification model answers chat with the label of the **last user message** as the assistant's
-  content (completions: the label of the prompt), ``finish_reason`` ``"stop"``; generation options
-  (``max_tokens``, ``temperature``, ``stop``, ...) are accepted and ignored, so clients that always send
-  them keep working; ``stream=true`` sends the label as one content chunk.
+  content (completions: the label of the prompt), ``finish_reason`` ``"stop"``; a generation option the
+  caller sets (``max_tokens``, ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``,
+  ``seed``) is a 400 naming it, since it cannot apply to a label; ``stream=true`` sends the label as
+  one content chunk.
 - ``usage`` is the model's ``last_usage`` when it reports one, else tokens counted with its tokenizer
   (words without one). ``finish_reason`` is its ``last_finish_reason`` (``"stop"`` when absent).
 - Errors are OpenAI envelopes ``{"error": {"message", "type", "param", "code"}}``: validation 400s name

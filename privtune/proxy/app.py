@@ -184,12 +184,23 @@ def _sampling(body: ChatRequest | CompletionRequest) -> tuple[dict[str, Any], st
     return options | ({"max_new_tokens": limit} if limit is not None else {}), name
 
 
+GENERATION_OPTIONS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed")
+
+
+def _classification_options(body: ChatRequest | CompletionRequest) -> None:
+    """A classification model answers with a label: a generation option the caller set is a 400."""
+    for name in GENERATION_OPTIONS:
+        if name in body.model_fields_set and getattr(body, name, None) is not None:
+            raise invalid(f"'{name}' does not apply to a classification model (it answers with a label).", name)
+
+
 def _chat_job(body: ChatRequest, task: str) -> _Job:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     options, name = _sampling(body)
     renames = {"max_new_tokens": name, "prompt_or_messages": "messages", "prompt": "messages", "texts": "messages"}
     if task != "classification":
         return _Job(messages, "\n".join(m["content"] for m in messages), options, renames)
+    _classification_options(body)
     users = [m["content"] for m in messages if m["role"] == "user"]
     if not users:
         raise invalid("A classification model labels the last user message, and there is none.", "messages")
@@ -199,6 +210,8 @@ def _chat_job(body: ChatRequest, task: str) -> _Job:
 def _completion_job(body: CompletionRequest, task: str) -> _Job:
     options, name = _sampling(body)
     renames = {"max_new_tokens": name, "prompt_or_messages": "prompt", "texts": "prompt"}
+    if task == "classification":
+        _classification_options(body)
     return _Job(body.text(), body.text(), options if task != "classification" else {}, renames)
 
 
