@@ -114,6 +114,11 @@ class JobRunner:
             self._event(f"Training started on {self.device.type} ({self.worker_id})", data={"kind": "job_started"})
             self._privacy_event(spec.method.privacy)
         if source is not None:
+            self._event(
+                "Upload mode: the classification head trains here, on the server, with the uploaded labels "
+                "(labels are shared in this mode; interactive jobs keep the head and the labels on the device)",
+                data={"kind": "server_head"},
+            )
             return self._train_upload(source)
         return self._serve()
 

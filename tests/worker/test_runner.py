@@ -364,6 +364,7 @@ def test_an_upload_job_trains_from_its_file_to_succeeded(env, tmp_path):
     row = env.get(job.id)
     assert (row["status"], row["steps_completed"]) == ("succeeded", 3)
     assert [c["step_number"] for c in env.checkpoints(job.id)] == [2, 3]
+    assert "server_head" in env.kinds(job.id)  # the job says that its head and labels are the server's
     metrics = [e["data"] for e in env.events(job.id) if e["type"] == "metrics"]
     # labels are the server's in upload mode: its own loss, sent as the metrics extra, shows in the events
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["train_loss"] > 0 for m in metrics)
