@@ -55,7 +55,8 @@ class DeviceTrainer:
     with the same AdamW settings and schedule as the server its adapter); ``store`` where the end is
     saved after every step (``None``: not saved, for experiments); ``gradient_noise`` (>= 0) adds
     Gaussian noise of that many times the gradient's RMS to what is returned (the device's end still
-    trains on the exact gradient).
+    trains on the exact gradient). It is an experiment knob, not a defence: docs/RESULTS.md measures
+    that values up to 4 leave the answer tokens recoverable and 64 costs most of the utility.
     """
 
     def __init__(
@@ -143,7 +144,7 @@ class DeviceTrainer:
         self.optimizer.step()
         self.scheduler.step()
         grad = output.grad.detach()
-        if self.gradient_noise:  # N(0, (gradient_noise * rms(grad))^2) per element, against answer-token attacks
+        if self.gradient_noise:  # N(0, (gradient_noise * rms(grad))^2) per element (see the class doc)
             rms = grad.pow(2).mean().sqrt()
             grad = grad + torch.randn(grad.shape, generator=self._grad_generator) * (self.gradient_noise * rms)
         return grad, float(loss.detach())
