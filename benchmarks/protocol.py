@@ -60,6 +60,9 @@ def _job_config(steps: int) -> dict:
     }
 
 
+PREFETCH = True  # set by --no-prefetch
+
+
 def device_trainer(job_id: str, post, privatizer, labels, examples, steps: int):
     """The device half of a classification job: a fresh head (device entropy: a fixed seed here) trained
     with the job's optimiser and schedule, posting through ``post``."""
@@ -73,6 +76,7 @@ def device_trainer(job_id: str, post, privatizer, labels, examples, steps: int):
     return DeviceTrainer(
         job_id, post, HeadTask(head, privatizer, labels), examples, BATCH, optimizer=method.optimizer,
         total_steps=steps, seed=0, generator=None, store=None, validation=(), report_metrics=False,
+        prefetch=PREFETCH,
     )  # fmt: skip
 
 
@@ -134,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-prefetch", action="store_true", help="privatise each batch after the reply instead")
     args = parser.parse_args(argv)
+    global PREFETCH
+    PREFETCH = not args.no_prefetch
 
     from client_sdk.data import LabelMap
     from client_sdk.privatizer import Privatizer

@@ -250,6 +250,7 @@ class DeviceSession:
             validation=self.valid,
             report_metrics=self.report_metrics,
             float_dtype=self.wire_dtype,
+            prefetch=not _on_this_machine(self.client.base_url),
         )
 
     def save_final(self, trainer: Any) -> None:
@@ -303,6 +304,22 @@ def _fit_text(example: Any) -> str:
     if example.messages:
         return " ".join(str(m.get("content", "")) for m in example.messages)
     return f"{example.prompt} {example.completion}"
+
+
+def _on_this_machine(base_url: str) -> bool:
+    """Whether the gateway (and so, likely, its workers) runs on this machine: then the device's
+    background privatisation competes with the worker for the same cores and is slower, not faster
+    (docs/BENCHMARKS.md, issue 9), so batches are privatised after each reply instead."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(str(base_url)).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def end_generator(seed: int | None) -> Any:

@@ -4,8 +4,9 @@ pass through the device's own end, train that end, return dL/d(server output).
 Labels, text, logits and the loss never leave this module: the wire carries perturbed hidden
 states and gradients, plus (unless ``report_metrics=False``) a few aggregates for the job's events:
 the mean training loss over each window of ``REPORT_EVERY`` steps and the validation results at the
-end of each epoch. The next batch is privatised in a background thread while the reply to the
-current one is awaited (the bottom is frozen, so it does not depend on the reply).
+end of each epoch. With ``prefetch`` the next batch is privatised in a background thread while the
+reply to the current one is awaited (the bottom is frozen, so it does not depend on the reply); the
+SDK turns it off when the gateway is on this machine, where the two compete for the same cores.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class DeviceTrainer:
         report_metrics: bool = True,
         float_dtype: str = "float16",
         gradient_noise: float = 0.0,
+        prefetch: bool = True,
     ):
         self.job_id, self.post, self.task = job_id, post, task
         self.examples, self.batch_size, self.seed, self.total_steps = list(examples), batch_size, seed, total_steps
@@ -99,6 +101,7 @@ class DeviceTrainer:
         self.report = TrainingReport()
         self._metrics: dict[str, float] = {}  # aggregates waiting for the next request
         self._window: list[float] = []
+        self.prefetch = prefetch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtune-prefetch")
 
     # ---- the wire ---------------------------------------------------------------------------------
@@ -154,7 +157,14 @@ class DeviceTrainer:
         return self.task.batch([self.examples[i] for i in idx], self.generator)
 
     def _prefetch(self, step: int) -> Future[Batch] | None:
-        return self._pool.submit(self._batch, step) if step <= self.total_steps else None
+        """Step ``step``'s batch, privatised in the background (``prefetch``) or now."""
+        if step > self.total_steps:
+            return None
+        if self.prefetch:
+            return self._pool.submit(self._batch, step)
+        done: Future[Batch] = Future()
+        done.set_result(self._batch(step))
+        return done
 
     # ---- training ---------------------------------------------------------------------------------
     def train(self, start_step: int = 1, progress: Callable[[int, float, float], None] | None = None) -> TrainingReport:

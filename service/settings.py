@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(30.0, ge=0, description="Seconds between lease reaper runs; 0 disables it.")
     export_guard_ttl_s: int = Field(600, gt=0, description="How long one bottom-model export request is remembered.")
 
+    torch_threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch intra-op threads of a worker process (None: torch's default, one per core).",
+    )
+
     inference_max_adapters: int = Field(8, gt=0, description="Fine-tuned adapters an inference worker keeps loaded.")
     inference_max_sessions: int = Field(64, gt=0, description="Open inference sessions per inference worker.")
     inference_idle_timeout_s: float = Field(

@@ -30,9 +30,18 @@ def _resources() -> tuple[Any, Any, Any]:
     from service.settings import get_settings
 
     settings = get_settings()
+    apply_torch_threads(settings)
     engine = make_engine(settings.database_url)
     redis = redis_client(settings.redis_url, longest_wait_s=1.0)  # the runner polls its step list every second
     return settings, sessionmaker(engine, expire_on_commit=False), redis
+
+
+def apply_torch_threads(settings: Any) -> None:
+    """Set this process's torch intra-op threads from ``settings.torch_threads`` (if set)."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(int(settings.torch_threads))
 
 
 def worker_id() -> str:

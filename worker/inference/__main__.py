@@ -21,6 +21,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    from worker.tasks import apply_torch_threads
+
+    apply_torch_threads(settings)
     sessions = sessionmaker(make_engine(settings.database_url), expire_on_commit=False)
     redis = redis_client(settings.redis_url, longest_wait_s=1.0)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
