@@ -51,7 +51,7 @@ def _local(cache_dir: Path) -> dict[str, float]:
             cache, step_ids = DynamicCache(), ids
             for _ in range(NEW_TOKENS):
                 t0 = time.perf_counter()
-                out = model(input_ids=step_ids, past_key_values=cache, use_cache=True)
+                out = model(input_ids=step_ids, cache=cache, use_cache=True)
                 step_ids = out.logits[:, -1:].argmax(-1)
                 latencies.append(time.perf_counter() - t0)
                 tokens += 1
