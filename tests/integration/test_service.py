@@ -73,8 +73,9 @@ def test_sdk_trains_through_the_service(service):
     assert job.fine_tuned_model.startswith(f"ft:{TINY_MODEL}:")
     events = job.events()
     metrics = [e for e in events if e.type == "metrics" and "train_loss" in e.data]
-    assert metrics and all(e.data["train_loss"] is not None for e in metrics if e.data["step"] > 10)
-    assert all(e.data["train_loss"] is None for e in metrics if e.data["step"] <= 10)  # means of 10 steps only
+    # the device reports the mean of each 10 steps with the request that carries step 10's gradient
+    assert metrics and all(e.data["train_loss"] is not None for e in metrics if e.data["step"] >= 10)
+    assert all(e.data["train_loss"] is None for e in metrics if e.data["step"] < 10)
     validation = [e for e in events if e.type == "metrics" and "valid_loss" in e.data]
     assert validation and all(0 <= e.data["valid_accuracy"] <= 1 for e in validation)  # per epoch, then final
     checkpoints = job.checkpoints()
@@ -92,14 +93,14 @@ def test_retried_step_is_not_applied_twice(service):
     # a retry: the stored reply, no new forward
     again = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1, seed=99))
     assert first == again
-    logits = wire.decode(first)[1][protocol.OUTPUT]
-    assert logits.shape == (4, 2)
-    second = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits)))
-    assert client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(logits))) == second
+    output = wire.decode(first)[1][protocol.OUTPUT]  # the pooled representation: the head is the device's
+    assert output.shape == (4, D)
+    second = client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(output)))
+    assert client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.ones_like(output))) == second
     with pytest.raises(ConflictError) as info:  # going back is refused, and says where to go on
         client.fine_tuning.jobs.post_step(job.id, _step(job.id, 1))
     assert info.value.expected_step == 3
-    flush = wire.encode({protocol.GRAD_OUTPUT: torch.ones(4, 2)}, wire.WireHeader(job.id, 3, "step"))
+    flush = wire.encode({protocol.GRAD_OUTPUT: torch.ones(4, D)}, wire.WireHeader(job.id, 3, "step"))
     client.fine_tuning.jobs.post_step(job.id, flush)
     done = client.fine_tuning.jobs.complete(
         job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra={"final": "1"}))
@@ -117,7 +118,7 @@ def test_cancel_stops_the_worker_within_one_step(service):
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     with pytest.raises(ConflictError):
-        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 2, grad=torch.zeros(4, D)))
     deadline = time.monotonic() + 10
     while not any(
         "cancelled" in e.message.lower() and "worker" in e.message for e in client.fine_tuning.jobs.list_events(job.id)
@@ -175,7 +176,7 @@ def _wait_event(client, job_id: str, needle: str, timeout: float = 60) -> None:
 
 def _train_steps(client, job_id: str, first: int, last: int, grad_first: bool) -> None:
     for step in range(first, last + 1):
-        grad = torch.zeros(4, 2) if (step > first or grad_first) else None
+        grad = torch.zeros(4, D) if (step > first or grad_first) else None
         client.fine_tuning.jobs.post_step(job_id, _step(job_id, step, grad=grad, seed=step))
 
 
@@ -191,7 +192,7 @@ def test_pause_checkpoints_and_resume_continues_from_there(service):
     _wait_event(client, job.id, "resumed from checkpoint at step 2")
     _wait_status(client, job.id, {"running"})
     with pytest.raises(ConflictError) as info:  # step 3's forward was lost with the pause: redo it
-        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 4, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 4, grad=torch.zeros(4, D)))
     assert info.value.expected_step == 3
     client.fine_tuning.jobs.post_step(job.id, _step(job.id, 3))
     client.fine_tuning.jobs.cancel(job.id)
@@ -208,7 +209,7 @@ def test_killed_worker_job_is_requeued_and_resumes_from_checkpoint(service):
     _wait_event(client, job.id, "resumed from checkpoint at step 4", timeout=90)
     _wait_status(client, job.id, {"running"})
     with pytest.raises(ConflictError) as info:
-        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 7, grad=torch.zeros(4, 2)))
+        client.fine_tuning.jobs.post_step(job.id, _step(job.id, 7, grad=torch.zeros(4, D)))
     assert info.value.expected_step == 5
     client.fine_tuning.jobs.post_step(job.id, _step(job.id, 5))
     client.fine_tuning.jobs.cancel(job.id)
@@ -250,7 +251,6 @@ def test_openai_client_trains_from_a_privatized_upload(service, tmp_path):
 def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     from client_sdk import FineTuneJob
     from client_sdk.session import DeviceSession
-    from client_sdk.training import DeviceTrainer
 
     options = dict(
         model=TINY_MODEL,
@@ -264,17 +264,19 @@ def test_sdk_resumes_a_paused_job_where_its_checkpoint_left_off(service):
     client = session.client
     job = client.fine_tuning.jobs.create(**session.job_body(None, None))
     _wait_status(client, job.id, {"running"})
-    first = DeviceTrainer(
-        job.id,
-        lambda p: client.fine_tuning.jobs.post_step(job.id, p),
-        session.privatizer,
-        session.labels,
-        session.train,
-        8,
-    )
-    first.train(5)  # the device goes away after 5 steps (their gradients applied)
-    client.fine_tuning.jobs.pause(job.id)
-    _wait_event(client, job.id, "Job paused at step 5")
+    first = session.trainer(job.id)
+
+    def post(payload: bytes) -> bytes:  # the device's process dies when it would send step 6
+        if wire.decode(payload)[0].step == 6:
+            raise KeyboardInterrupt
+        return client.fine_tuning.jobs.post_step(job.id, payload)
+
+    first.post = post
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    client.fine_tuning.jobs.pause(job.id)  # 4 gradients applied (step 5's is lost with the device)
+    _wait_event(client, job.id, "Job paused at step 4")
+    assert first.store.has(4) and first.store.has(5)  # the device's end, saved after every step
     resumed = FineTuneJob.resume(job.id, data, progress=False, **options)
     assert resumed.status == "succeeded", service.worker_log()
     assert resumed.report.steps == session.total_steps
