@@ -176,9 +176,12 @@ def inspect(
     total = len(view)
     if total > limits.max_payload_bytes:
         raise SizeLimitExceeded(f"payload is {total} bytes; the limit is {limits.max_payload_bytes}")
-    if total >= 2 and view[0] == 0x80 and 2 <= view[1] <= 5:
+    # A safetensors header length can start with the bytes of a pickle marker (a 640-byte header is
+    # 80 02 ...): only a payload that is not shaped like safetensors (length, then "{") is a pickle.
+    shaped = total >= 9 and 8 + struct.unpack("<Q", view[:8])[0] <= total and view[8] == 0x7B
+    if not shaped and total >= 2 and view[0] == 0x80 and 2 <= view[1] <= 5:
         raise NotSafetensors("payload is a Python pickle; only safetensors payloads are accepted")
-    if bytes(view[:4]) == b"PK\x03\x04":
+    if not shaped and bytes(view[:4]) == b"PK\x03\x04":
         raise NotSafetensors("payload is a zip archive (torch.save?); only safetensors payloads are accepted")
     if total < 8:
         raise TruncatedPayload(f"payload is {total} bytes; a safetensors payload starts with an 8-byte header length")

@@ -159,3 +159,20 @@ def test_step_specs_check_names_dtypes_and_shapes():
     with pytest.raises(wire.ShapeRejected) as caught:
         shape.check_sizes((2, 5, 8), (2, 4))
     assert caught.value.param == "attention_mask"
+
+
+def test_a_header_length_that_starts_like_a_pickle_marker_is_still_safetensors():
+    """A 640-byte header is the length bytes 80 02 ..., the first two bytes of a pickle: not a pickle."""
+    import torch
+
+    from client_sdk import wire
+
+    for pad in range(0, 1400):  # some header length hits 0x80 0x02..0x05 in its first two bytes
+        header = wire.WireHeader("ftjob-x", 1, "step", extra={"note": "y" * pad})
+        payload = wire.encode({"hidden": torch.zeros(1, 1, 4)}, header)
+        if payload[0] == 0x80 and 2 <= payload[1] <= 5:
+            break
+    else:
+        raise AssertionError("no header length with a pickle-like prefix was produced")
+    assert wire.inspect(payload)[0].job_id == header.job_id
+    assert wire.decode(payload)[0].job_id == header.job_id
