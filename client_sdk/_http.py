@@ -220,3 +220,15 @@ class HTTPCore:
             log.info("%s %s: %s; retrying in %.2f s (%d left)", method, url, reason, delay, retries_left - 1)
             self.sleep(delay)
             retries_done += 1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is reachable only from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -29,7 +29,6 @@ from client_sdk.models.attention import KVCache
 __all__ = ["FineTunedModel", "InferenceOptionError", "build_end"]
 
 MAX_NEW_TOKENS = 1024
-RESET = "reset"  # request extra: the server drops the session's KV cache first (worker.inference.server)
 
 
 class InferenceOptionError(ValueError):
@@ -135,7 +134,7 @@ class FineTunedModel:
                 self.client.inference.close(session["id"])
 
     def _forward(self, hidden: torch.Tensor, mask: torch.Tensor, reset: bool) -> torch.Tensor:
-        extra = {RESET: "1"} if reset else {}
+        extra = {protocol.RESET: "1"} if reset else {}
         tensors = {protocol.HIDDEN: hidden, protocol.ATTENTION_MASK: mask.to(torch.uint8)}
         payload = wire.encode(tensors, wire.WireHeader(self._session_id(), 0, "infer", extra=extra))
         return wire.decode(self.client.inference.forward(self._session_id(), payload))[1][protocol.OUTPUT].float()

@@ -44,6 +44,7 @@ OUTPUT = "output"
 FINAL = "final"  # extra key: "1" on the completion payload
 METRICS = "metrics"  # extra key: JSON object of device-side aggregates (train_loss, valid_loss, ...)
 CHECKPOINT = "checkpoint"  # reply extra key: the worker's latest checkpoint step
+RESET = "reset"  # inference request extra key: "1" drops the session's KV cache first
 EXPECTED_STEP = "expected_step"
 #: what the ``metrics`` extra may carry (floats); anything else is refused
 METRIC_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "valid_mean_token_accuracy")

@@ -310,16 +310,11 @@ def _on_this_machine(base_url: str) -> bool:
     """Whether the gateway (and so, likely, its workers) runs on this machine: then the device's
     background privatisation competes with the worker for the same cores and is slower, not faster
     (docs/BENCHMARKS.md, issue 9), so batches are privatised after each reply instead."""
-    import ipaddress
     from urllib.parse import urlsplit
 
-    host = urlsplit(str(base_url)).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from client_sdk._http import is_loopback
+
+    return is_loopback(urlsplit(str(base_url)).hostname or "")
 
 
 def end_generator(seed: int | None) -> Any:

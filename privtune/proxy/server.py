@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import Any
 
+from client_sdk._http import is_loopback
 from privtune.proxy.app import create_app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8001, *, api_key: str | None = None) -> None:

@@ -29,8 +29,6 @@ from client_sdk.wire import ShapeRejected, TensorSpec
 from service.errors import StepRejected
 from worker.trainer import ADAPTER_FILE, TrainSpec, adapted_top
 
-RESET = "reset"  # request extra: "1" drops the session's KV cache first
-
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -152,7 +150,7 @@ class InferenceServer:
         mask = tensors[protocol.ATTENTION_MASK].to(self.device)
         with torch.no_grad():
             if generation:
-                if header.extra.get(RESET) == "1" or session.cache is None:
+                if header.extra.get(protocol.RESET) == "1" or session.cache is None:
                     session.cache = KVCache()
                 output = middle(hidden, mask, cache=session.cache)  # (1, t, d): the new positions
             else:
@@ -170,7 +168,7 @@ class InferenceServer:
         b, t, _ = infos[protocol.HIDDEN].shape
         mask = infos[protocol.ATTENTION_MASK].shape
         if generation:
-            past = 0 if header.extra.get(RESET) == "1" or session.cache is None else session.cache.length
+            past = 0 if header.extra.get(protocol.RESET) == "1" or session.cache is None else session.cache.length
             if b != 1:
                 raise ShapeRejected(f"a generation session takes one sequence, got {b}", param=protocol.HIDDEN)
             if past + t > self.max_context:
