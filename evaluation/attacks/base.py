@@ -78,7 +78,10 @@ class Observation:
     or (N,) per row; the server knows it). ``num_labels``: the job's label count C (public in the job
     contract), None when unknown. Scoring only (never read by an attack): ``input_ids`` (N, T),
     ``special_mask`` (N, T) True where a position is not scored (special tokens; padding is excluded
-    through the mask too), ``attribute`` (N,) int private attribute, ``labels`` (N,) int task labels.
+    through the mask too), ``attribute`` (N,) int private attribute, ``labels`` (N,) int task labels, ``exposure`` (N, T) bool:
+    True where the victim's mechanism used its lowest noise level (the "exposed" tokens; all False for
+    isotropic mechanisms), ``token_class`` (N, T) int: ``client_sdk.privacy.token_classes`` class of
+    each token (content / function / punctuation / special).
     """
 
     hidden: torch.Tensor
@@ -90,6 +93,9 @@ class Observation:
     grad_output: torch.Tensor | None = None
     grad_batch_size: int | torch.Tensor = 1
     num_labels: int | None = None
+    views: torch.Tensor | None = None
+    exposure: torch.Tensor | None = None
+    token_class: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n, t = self.hidden.shape[:2]
@@ -98,6 +104,12 @@ class Observation:
         for name in ("attention_mask", "input_ids", "special_mask"):
             if tuple(getattr(self, name).shape) != (n, t):
                 raise ValueError(f"{name} must be {(n, t)}, got {tuple(getattr(self, name).shape)}")
+        for name in ("exposure", "token_class"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (n, t):
+                raise ValueError(f"{name} must be {(n, t)}, got {tuple(value.shape)}")
+        if self.views is not None and tuple(self.views.shape[1:]) != tuple(self.hidden.shape):
+            raise ValueError(f"views must be (K, {n}, {t}, d), got {tuple(self.views.shape)}")
         for name in ("attribute", "labels", "grad_output"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
@@ -130,6 +142,8 @@ class Observation:
             self, hidden=self.hidden[index], attention_mask=self.attention_mask[index],
             input_ids=self.input_ids[index], special_mask=self.special_mask[index], attribute=pick(self.attribute),
             labels=pick(self.labels), grad_output=pick(self.grad_output), grad_batch_size=size,
+            views=None if self.views is None else self.views[:, index], exposure=pick(self.exposure),
+            token_class=pick(self.token_class),
         )  # fmt: skip
 
     def sample(self, max_rows: int | None, generator: torch.Generator) -> Observation:
