@@ -76,7 +76,9 @@ class Observation:
     for the device's private head W (C, d): dL/d(representation), scaled by 1 / (its step's batch
     size) as cross-entropy with mean reduction gives; ``grad_batch_size`` is that batch size (an int,
     or (N,) per row; the server knows it). ``num_labels``: the job's label count C (public in the job
-    contract), None when unknown. Scoring only (never read by an attack): ``input_ids`` (N, T),
+    contract), None when unknown. ``views`` (K, N, T, d): every view of the same N texts the server
+    received over the job (training epochs, validation, inference), view 0 equal to ``hidden``; None
+    when only one was recorded. Scoring only (never read by an attack): ``input_ids`` (N, T),
     ``special_mask`` (N, T) True where a position is not scored (special tokens; padding is excluded
     through the mask too), ``attribute`` (N,) int private attribute, ``labels`` (N,) int task labels, ``exposure`` (N, T) bool:
     True where the victim's mechanism used its lowest noise level (the "exposed" tokens; all False for
