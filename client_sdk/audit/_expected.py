@@ -27,7 +27,8 @@ def noiseless_mechanism(mechanism: Mechanism) -> Mechanism:
     if not mechanism.uses_noise:
         return mechanism
     if isinstance(config, DChiOptions):
-        return mechanism_from_config(replace(config, eta=config.eta / _NOISELESS))
+        floor = {"noise_floor": 0.0} if hasattr(config, "noise_floor") else {}  # the floor is noise too
+        return mechanism_from_config(replace(config, eta=config.eta / _NOISELESS, **floor))
     return mechanism_from_config(replace(config, noise_multiplier=config.noise_multiplier * _NOISELESS))
 
 
