@@ -35,6 +35,8 @@ from .privacy import (
     top_fraction_threshold,
 )
 from .privacy.config import Opt3Options
+from .privacy.token_classes import CONTENT, SPECIAL, token_class_table
+from .privacy.view_noise import position_seeds
 
 __all__ = ["Privatizer"]
 
@@ -69,6 +71,7 @@ class Privatizer:
         self.state = state
         self.max_length = max_length
         self.special_ids = tuple(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])))
+        self.sensitive_ids = _term_ids(tokenizer, getattr(mechanism.config, "sensitive_terms", ()))
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -120,10 +123,13 @@ class Privatizer:
         ``sample_tokens`` real, non-special token representations, builds prototypes and the
         neighbour index (cached in ``cache_dir`` under ``model_id``, default the bottom's
         ``model_id``/``digest`` attribute or a fingerprint of the matrix) and, given labels, the
-        classification importance table. ``prototypes`` (|V|, d): the bottom's ``token_prototypes()``
+        classification importance table (``importance_score='token_class'``: the tokenizer's table, no
+        labels needed), and, for per-text noise, the device's noise secret (drawn from ``generator``
+        when one is given, for reproducible experiments; else from the OS entropy source). ``prototypes`` (|V|, d): the bottom's ``token_prototypes()``
         when the caller holds them already (used instead of recomputing them). Nothing is sent anywhere.
         """
         config = self.mechanism.config
+        explicit_generator = generator is not None
         generator = generator or torch.Generator().manual_seed(0)
         input_ids, attention_mask = self.encode(texts)  # (n, t)
         labels_t = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
@@ -137,7 +143,9 @@ class Privatizer:
                 input_ids, attention_mask, labels_t, sample_tokens, batch_size, generator
             )
         importance_table = None
-        if self.mechanism.uses_importance and labels_t is not None:
+        if self.mechanism.uses_importance and getattr(config, "importance_score", None) == "token_class":
+            importance_table = _class_importance(self.tokenizer, int(self.bottom.vocab_size))
+        elif self.mechanism.uses_importance and labels_t is not None:
             importance_table = classification_importance(
                 input_ids,
                 attention_mask,
@@ -155,10 +163,14 @@ class Privatizer:
             if config.neighbour_source == "embeddings":
                 embeddings = self.bottom.input_embeddings().detach().float().cpu()
         model_id = model_id or getattr(self.bottom, "model_id", None) or getattr(self.bottom, "digest", None)
+        secret = None  # per-text noise key: OS entropy, unless the caller seeded this fit (experiments)
+        if explicit_generator:
+            secret = "".join(f"{v:016x}" for v in torch.randint(0, 2**62, (4,), generator=generator).tolist())
         self.state = prepare_state(
             config, train_hidden=train_hidden, prototypes=opt3_prototypes, embeddings=embeddings,
             train_labels=train_labels, importance_table=importance_table, cache_dir=cache_dir,
             model_id=model_id, split_layer=int(getattr(self.bottom, "split_layer", 0)), generator=generator,
+            noise_secret=secret,
         )  # fmt: skip
         return self
 
@@ -235,17 +247,44 @@ class Privatizer:
         use_attention = self.mechanism.uses_importance and state.importance_table is None
         out = self._bottom(input_ids, attention_mask, output_attentions=use_attention)
         hidden = out.hidden  # (b, t, d)
-        importance = self.token_importance(input_ids, attention_mask, out.attentions)
-        context = PerturbContext(
-            state=state, input_ids=input_ids, importance=importance,
-            labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
-        )  # fmt: skip
+        context = self._context(input_ids, attention_mask, out.attentions, labels)
         mask = attention_mask.to(hidden.device)
         sent = self.mechanism.perturb(hidden, mask, context, generator)
         return {
             "hidden": sent.detach().float().cpu().contiguous(),
             "attention_mask": attention_mask.long().contiguous(),
         }
+
+    def _context(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: Any = None, labels: Any = None
+    ) -> PerturbContext:
+        """What the mechanism uses besides the states: importance, sensitive tokens, per-text seeds."""
+        state = self.state or PreparedState()
+        seeds = None
+        if self.mechanism.uses_noise and state.noise_secret is not None:
+            causal = bool(getattr(self.bottom, "is_causal", False))
+            seeds = position_seeds(state.noise_secret, input_ids, attention_mask, causal)
+        sensitive = None
+        if self.sensitive_ids:
+            sensitive = torch.isin(input_ids, torch.tensor(self.sensitive_ids, dtype=input_ids.dtype))
+        return PerturbContext(
+            state=state, input_ids=input_ids, importance=self.token_importance(input_ids, attention_mask, attentions),
+            labels=None if labels is None else torch.as_tensor(labels, dtype=torch.int64),
+            sensitive=sensitive, noise_seeds=seeds,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def token_noise_scale(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) float32: the noise scale each real position of ``input_ids`` gets (the Laplace scale b for
+        d_chi l1, the l2 scale, the Gaussian std; 0 at padding and for mechanisms without noise)."""
+        if not self.mechanism.uses_noise:
+            return torch.zeros(input_ids.shape, dtype=torch.float32)
+        attentions = None
+        if self.mechanism.uses_importance and (self.state is None or self.state.importance_table is None):
+            attentions = self._bottom(input_ids, attention_mask, output_attentions=True).attentions
+        context = self._context(input_ids, attention_mask, attentions)
+        dim = int(self.bottom.hidden_size)
+        return self.mechanism.noise_scale(attention_mask, context, dim).float().cpu()
 
     def token_importance(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: Sequence[torch.Tensor] | None = None
@@ -276,3 +315,21 @@ class Privatizer:
     def privacy_record(self) -> dict[str, Any]:
         """The mechanism's honest privacy statement with its config and the fitted state's scalars."""
         return self.mechanism.privacy_record(self.state)
+
+
+def _term_ids(tokenizer: Any, terms: Sequence[str]) -> tuple[int, ...]:
+    """Token ids of ``terms``: each tokenised as given, lower-cased, and with a leading space."""
+    ids: set[int] = set()
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for term in terms:
+        for form in {term, term.lower(), " " + term, " " + term.lower()}:
+            ids.update(tokenizer(form, add_special_tokens=False)["input_ids"])
+    return tuple(sorted(ids - special))
+
+
+def _class_importance(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """The data-independent importance table (|V|,): +1 for function words and punctuation, -1 for
+    content words and special tokens (already shifted: > 0 is the top class of 'top_fraction')."""
+    classes = token_class_table(tokenizer, vocab_size)
+    noisy = (classes == CONTENT) | (classes == SPECIAL)
+    return torch.where(noisy, torch.tensor(-1.0), torch.tensor(1.0))

@@ -37,6 +37,16 @@ __all__ = [
 
 # ---------------------------------------------------------------- option groups
 
+VIEW_NOISE = option(
+    "per_text",
+    "How repeated sends of one text are noised. 'per_text': the noise of each position is derived from a "
+    "device-held secret and the text (for causal models, its prefix up to the position), so every re-send "
+    "(each epoch, validation, inference) is the identical view and repeated views reveal nothing more than "
+    "one. 'fresh': new noise on every send (the paper's form): K views of a text can be averaged, which "
+    "divides the noise variance by K.",
+    choices=("per_text", "fresh"),
+)
+
 
 @dataclass(frozen=True)
 class ClipOptions(MechanismConfig):
@@ -64,6 +74,7 @@ class DChiOptions(MechanismConfig):
 
     adds_noise: ClassVar[bool] = True
 
+    view_noise: str = VIEW_NOISE
     eta: float = option(10.0, "Privacy parameter eta (> 0); the noise scale is Delta / (eta * w).", gt=0.0)
     metric: str = option(
         "l1",
@@ -93,8 +104,11 @@ class ImportanceOptions(MechanismConfig):
         "by p_c(t) (grows with token frequency); 'log_odds_z' = weighted log-odds z-score (Monroe et al. "
         "2008), high for frequent class-skewed words, low for neutral and rare ones; 'information' = the class "
         "information per occurrence, KL(p(c|t) || p(c)) with p(c|t) shrunk to the prior by 10 pseudo-counts "
-        "(per-occurrence value, not total significance: ranks 'great' above 'and'). All Z-normalised.",
-        choices=("log_ratio", "log_odds_z", "information"),
+        "(per-occurrence value, not total significance: ranks 'great' above 'and'). All Z-normalised. "
+        "'token_class': data-independent, from the tokenizer alone (client_sdk.privacy.token_classes): function "
+        "words and punctuation are the important class, content words and special tokens the noisier one; "
+        "nothing about the user's data shapes the map, and exposure reveals only a token's public class.",
+        choices=("log_ratio", "log_odds_z", "information", "token_class"),
     )
     importance_to_scale: str = option(
         "top_fraction",
@@ -114,6 +128,20 @@ class ImportanceOptions(MechanismConfig):
     )
     top_fraction: float = option(
         0.08, "'top_fraction' map: share of token occurrences that get w_max (0 < q < 1).", gt=0.0, le=1.0
+    )
+    noise_floor: float = option(
+        1.0,
+        "The least noise any token gets, as the expected noise-to-signal ratio E||z||_2 / C (C the clip "
+        "norm): w is capped so that no class of tokens is sent near clean. 0 turns the floor off (the "
+        "paper's form, where the top tokens travel at noise/signal ~0.35).",
+        ge=0.0,
+    )
+    sensitive_terms: tuple[str, ...] = option(
+        (),
+        "Words or phrases whose tokens always get the most noise (w_min), whatever the importance map says, "
+        "e.g. names, diagnoses, account terms. Matched by token id (each term tokenised with and without a "
+        "leading space, and lower-cased): every piece of a term is buried wherever it occurs.",
+        strings=True,
     )
 
 
@@ -197,6 +225,7 @@ class GaussianConfig(ClipOptions):
 
     name: ClassVar[str] = "gaussian"
     adds_noise: ClassVar[bool] = True
+    view_noise: str = VIEW_NOISE
     noise_multiplier: float = option(1.0, "sigma / Delta: per-coordinate std = noise_multiplier * Delta (> 0).", gt=0.0)
 
 

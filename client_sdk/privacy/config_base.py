@@ -25,10 +25,12 @@ def option(
     integer: bool = False,
     optional: bool = False,
     lt_field: str | None = None,
+    strings: bool = False,
 ) -> Any:
-    """A dataclass field with help text and the constraints ``MechanismConfig`` checks."""
+    """A dataclass field with help text and the constraints ``MechanismConfig`` checks (``strings``: a
+    list of non-empty strings, stored as a tuple)."""
     meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "le": le, "integer": integer}
-    meta.update(optional=optional, lt_field=lt_field)
+    meta.update(optional=optional, lt_field=lt_field, strings=strings)
     return field(default=default, metadata=meta)
 
 
@@ -36,6 +38,11 @@ def _check_field(name: str, value: Any, meta: dict[str, Any]) -> Any:
     """Return the normalised value of one field or raise the error that names it."""
     if value is None and meta.get("optional"):
         return None
+    if meta.get("strings"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value)
+        if not ok:
+            raise PrivacyConfigError(name, "a list of non-empty strings", value)
+        return tuple(v.strip() for v in value)
     if meta.get("choices") is not None:
         if not isinstance(value, str) or value not in meta["choices"]:
             raise InvalidChoiceError(name, meta["choices"], value)
@@ -87,7 +94,8 @@ class MechanismConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict ``{"mechanism": name, field: value, ...}`` that ``from_dict`` inverts."""
-        return {"mechanism": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"mechanism": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MechanismConfig:

@@ -12,9 +12,16 @@ seeded from the OS entropy source is used.
     opt3             clip -> + delta*_i (deterministic)
     opt3_importance  clip -> + delta*_i with budget eps_local / w_i
     privtune         clip -> + delta*_i + d_chi noise, scale Delta / (eta * w_i)   (eq. 26)
+
+Noise mechanisms draw from ``generator`` (fresh noise) unless the context carries ``noise_seeds``
+(per-text noise, ``client_sdk.privacy.view_noise``: each re-send of a text is the same view).
+Importance mechanisms raise every scale to the config's ``noise_floor`` and give the user's
+``sensitive_terms`` w_min. ``noise_scale(mask, context, d)`` says which scale each position got.
 """
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,6 +34,7 @@ from .errors import PrivacyConfigError, PrivacyStateError
 from .importance import importance_to_scale
 from .opt3 import neighbour_directions, opt3_delta
 from .state import PreparedState
+from .view_noise import keyed_noise
 
 __all__ = [
     "DChiImportanceMechanism",
@@ -46,13 +54,18 @@ class PerturbContext:
     """What a mechanism may use besides the representations (all device-side, never sent).
 
     state: the fitted ``PreparedState``; input_ids (B, T): token ids (OPT-3 neighbours);
-    importance (B, T): I^ per token (importance mechanisms); labels (B,): only for centroid_mode='label'.
+    importance (B, T): I^ per token (importance mechanisms); labels (B,): only for centroid_mode='label';
+    sensitive (B, T) bool: tokens of the user's sensitive terms (always w_min); noise_seeds (n,) int64:
+    one seed per real position (mask order) for per-text noise (``client_sdk.privacy.view_noise``),
+    None for fresh noise from the generator.
     """
 
     state: PreparedState | None = None
     input_ids: torch.Tensor | None = None
     importance: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    sensitive: torch.Tensor | None = None
+    noise_seeds: torch.Tensor | None = None
 
 
 class Mechanism:
@@ -96,7 +109,7 @@ class Mechanism:
         mask = attention_mask.bool()  # (b, t)
         if not mask.any():
             return hidden.clone()
-        if self.uses_noise and generator is None:
+        if self.uses_noise and generator is None and context.noise_seeds is None:
             generator = secure_generator(hidden.device)
         tokens = hidden[mask].float()  # (n, d) real tokens only
         out = hidden.clone()
@@ -107,6 +120,36 @@ class Mechanism:
         self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, generator: Any
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def noise_scale(self, attention_mask: torch.Tensor, context: PerturbContext, dim: int) -> torch.Tensor:
+        """(B, T) float32: the noise scale of every real position (the Laplace scale b for d_chi l1,
+        the d_chi l2 scale, the Gaussian std), 0 at padding and for mechanisms without noise."""
+        mask = attention_mask.bool()
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        if self.uses_noise and mask.any():
+            scale = self._scale(mask, context, dim)
+            out[mask] = torch.as_tensor(scale, dtype=torch.float32, device=mask.device).expand(int(mask.sum()))
+        return out
+
+    def _scale(self, mask: torch.Tensor, context: PerturbContext, dim: int) -> float | torch.Tensor:
+        """The noise scale of the real tokens: a float or (n,)."""
+        raise NotImplementedError
+
+    def _sampler(self) -> Any:
+        return sample_l2 if self.config.metric == "l2" else sample_l1
+
+    def _noise(
+        self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(n, d) noise for the real tokens ``h`` (n, d): per-text (seeded per position) or fresh."""
+        n, d = h.shape
+        scale = self._scale(mask, context, d)
+        if context.noise_seeds is not None:
+            if context.noise_seeds.shape != (n,):
+                raise PrivacyStateError(f"noise_seeds must be one per real token ({n}), got {tuple(context.noise_seeds.shape)}")
+            return keyed_noise(self._sampler(), context.noise_seeds, d, scale, h.device)
+        scale = scale.to(generator.device) if torch.is_tensor(scale) else scale
+        return self._sampler()((n,), d, scale, generator).to(h.device)
 
     def privacy_record(
         self, state: PreparedState | None = None, scale_factors: torch.Tensor | None = None
@@ -134,16 +177,32 @@ class Mechanism:
         return h if state.clip_norm is None else clip_by_norm(h, state.clip_norm)
 
     def _weights(self, mask: torch.Tensor, context: PerturbContext) -> torch.Tensor:
-        """w_i for the real tokens, (n,)."""
+        """w_i for the real tokens, (n,); the user's sensitive terms get at most w_min."""
         if context.importance is None:
             raise PrivacyStateError(f"mechanism {self.name!r} needs per-token importance in the context")
         c = self.config
         imp = context.importance.to(mask.device).float()[mask]  # (n,)
-        return importance_to_scale(imp, c.importance_to_scale, beta=c.beta, w_min=c.w_min, w_max=c.w_max)
+        w = importance_to_scale(imp, c.importance_to_scale, beta=c.beta, w_min=c.w_min, w_max=c.w_max)
+        if context.sensitive is not None:
+            sensitive = context.sensitive.to(mask.device).bool()[mask]  # (n,)
+            w = torch.where(sensitive, w.clamp(max=c.w_min), w)
+        return w
 
-    def _dchi_noise(self, n: int, d: int, scale: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        sampler = sample_l2 if self.config.metric == "l2" else sample_l1
-        return sampler((n,), d, scale.to(generator.device) if torch.is_tensor(scale) else scale, generator)
+    def _floor_scale(self, state: PreparedState, dim: int) -> float:
+        """The least noise scale ``noise_floor`` allows: E||z||_2 = noise_floor * C, with E||z||_2 =
+        sqrt(2d) b for l1 (Laplace b per coordinate) and d b for l2 (C = clip norm, else Delta / 2)."""
+        floor = float(getattr(self.config, "noise_floor", 0.0))
+        if floor <= 0:
+            return 0.0
+        clip = state.clip_norm if state.clip_norm is not None else state.sensitivity / 2.0
+        spread = dim if self.config.metric == "l2" else math.sqrt(2.0 * dim)
+        return floor * clip / spread
+
+    def _importance_scale(self, mask: torch.Tensor, context: PerturbContext, dim: int) -> torch.Tensor:
+        """Delta / (eta * w_i), raised to the noise floor, (n,)."""
+        state = self._state(context, "sensitivity")
+        scale = state.sensitivity / (self.config.eta * self._weights(mask, context))
+        return scale.clamp(min=self._floor_scale(state, dim))
 
     def _opt3(
         self, h: torch.Tensor, mask: torch.Tensor, context: PerturbContext, eps: float | torch.Tensor
@@ -214,8 +273,13 @@ class GaussianMechanism(Mechanism):
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity")
-        std = self.config.noise_multiplier * state.sensitivity
-        return self._clip(h, state) + sample_gaussian((h.shape[0],), h.shape[1], std, generator).to(h.device)
+        return self._clip(h, state) + self._noise(h, mask, context, generator)
+
+    def _scale(self, mask, context, dim):
+        return self.config.noise_multiplier * self._state(context, "sensitivity").sensitivity
+
+    def _sampler(self):
+        return sample_gaussian
 
     def _guarantee(self, state, scale_factors):
         z = self.config.noise_multiplier
@@ -231,8 +295,10 @@ class DChiMechanism(Mechanism):
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity")
-        scale = state.sensitivity / self.config.eta
-        return self._clip(h, state) + self._dchi_noise(h.shape[0], h.shape[1], scale, generator).to(h.device)
+        return self._clip(h, state) + self._noise(h, mask, context, generator)
+
+    def _scale(self, mask, context, dim):
+        return self._state(context, "sensitivity").sensitivity / self.config.eta
 
     def _guarantee(self, state, scale_factors):
         return self._dchi_guarantee(state, scale_factors, 0.0)
@@ -243,10 +309,8 @@ class DChiImportanceMechanism(DChiMechanism):
 
     config_class = cfg.DChiImportanceConfig
 
-    def _perturb_tokens(self, h, mask, context, generator):
-        state = self._state(context, "sensitivity")
-        scale = state.sensitivity / (self.config.eta * self._weights(mask, context))  # (n,)
-        return self._clip(h, state) + self._dchi_noise(h.shape[0], h.shape[1], scale, generator).to(h.device)
+    def _scale(self, mask, context, dim):
+        return self._importance_scale(mask, context, dim)  # (n,)
 
 
 class Opt3Mechanism(Mechanism):
@@ -282,11 +346,12 @@ class PrivTuneMechanism(Mechanism):
 
     def _perturb_tokens(self, h, mask, context, generator):
         state = self._state(context, "sensitivity", "eps_local")
-        w = self._weights(mask, context)  # (n,)
         h = self._clip(h, state)
         delta = self._opt3(h, mask, context, state.eps_local)
-        noise = self._dchi_noise(h.shape[0], h.shape[1], state.sensitivity / (self.config.eta * w), generator)
-        return h + delta + noise.to(h.device)
+        return h + delta + self._noise(h, mask, context, generator)
+
+    def _scale(self, mask, context, dim):
+        return self._importance_scale(mask, context, dim)  # (n,)
 
     def _guarantee(self, state, scale_factors):
         return self._dchi_guarantee(state, scale_factors, 0.0 if state is None else state.eps_local or 0.0)

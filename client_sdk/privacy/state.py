@@ -9,6 +9,7 @@ index and the normalised prototype tables. All of it stays on the device.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ class PreparedState:
     clip_norm: C (None: representations are not clipped); sensitivity: Delta; mu (d,), radius R and
     eps_local: the OPT-3 constraints; centroids (K, d) with centroid_labels (K,) in 'label' mode;
     neighbours: the kNN / hop index; proto_unit / proto_centred (|V|, d): unit and centred-unit
-    prototypes; importance_table (|V|,): classification importance I^ per token id; dim: d.
+    prototypes; importance_table (|V|,): classification importance I^ per token id; dim: d;
+    noise_secret: the device's key for per-text noise (``view_noise='per_text'``): it decides every noise
+    draw, so it stays on the device (saved with the state, left out of ``summary``).
     """
 
     sensitivity_mode: str = "clip"
@@ -47,6 +50,7 @@ class PreparedState:
     proto_unit: torch.Tensor | None = None
     proto_centred: torch.Tensor | None = None
     importance_table: torch.Tensor | None = None
+    noise_secret: str | None = None  # hex; per-text noise (view_noise='per_text'); never sent, not in summary()
 
     def summary(self) -> dict[str, Any]:
         """JSON-able scalars of the state (for the job's privacy record; no tensors, no data)."""
@@ -149,6 +153,7 @@ def prepare_state(
     model_id: str | None = None,
     split_layer: int = 0,
     generator: torch.Generator | None = None,
+    noise_secret: str | None = None,
 ) -> PreparedState:
     """Fit the state ``config``'s mechanism needs.
 
@@ -158,10 +163,13 @@ def prepare_state(
     (kNN graph when neighbour_source='embeddings'). ``train_labels`` (N,): per-token class labels,
     only for centroid_mode='label'. ``neighbours``: a ready index (else built or read from
     ``cache_dir``, keyed by ``model_id`` and ``split_layer``). ``generator`` seeds k-means
-    (default: a fixed seed, so fitting is reproducible).
+    (default: a fixed seed, so fitting is reproducible). ``noise_secret``: the per-text noise key (hex),
+    drawn from the OS entropy source when the mechanism adds per-text noise and none is given.
     """
     generator = generator or torch.Generator().manual_seed(0)
     fields: dict[str, Any] = {"importance_table": importance_table}
+    if getattr(config, "view_noise", None) == "per_text":
+        fields["noise_secret"] = noise_secret or secrets.token_hex(32)
     for source in (train_hidden, prototypes):
         if source is not None and "dim" not in fields:
             fields["dim"] = int(source.shape[-1])

@@ -107,7 +107,7 @@ def test_dchi_noise_scale(metric, expected):
 
 def test_importance_reduces_noise_on_important_tokens():
     n, d = 4000, 8
-    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0, importance_to_scale="sigmoid")
+    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0, importance_to_scale="sigmoid", noise_floor=0.0)
     ctx_imp = torch.tensor([3.0, -3.0]).repeat(n // 2).unsqueeze(0)  # (1, n)
     ctx = PerturbContext(state=prepare_state(mech.config), importance=ctx_imp)
     z = mech.perturb(torch.zeros(1, n, d), torch.ones(1, n), ctx, torch.Generator().manual_seed(0))[0]
@@ -118,7 +118,7 @@ def test_importance_reduces_noise_on_important_tokens():
 
 def test_top_fraction_map_gives_two_noise_levels():
     n, d = 4000, 8
-    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0)  # default: top_fraction, w 16 / 0.25
+    mech = get_mechanism("dchi_importance", eta=10.0, clip_norm=1.0, noise_floor=0.0)  # top_fraction, w 16 / 0.25
     ctx_imp = torch.tensor([0.5, -0.5]).repeat(n // 2).unsqueeze(0)  # shifted table: > 0 = the top tokens
     ctx = PerturbContext(state=prepare_state(mech.config), importance=ctx_imp)
     z = mech.perturb(torch.zeros(1, n, d), torch.ones(1, n), ctx, torch.Generator().manual_seed(0))[0]
