@@ -24,7 +24,7 @@ __all__ = [
     "config_fields",
 ]
 
-HARNESS_VERSION = 4  # part of every key: bump when a change makes old rows incomparable
+HARNESS_VERSION = 5  # part of every key: bump when a change makes old rows incomparable (5: every view attacked)
 NOISELESS = tuple(n for n in MECHANISMS if not mechanism_info(n).adds_noise)  # none, opt3, opt3_importance
 OPT3_MECHANISMS = tuple(n for n in MECHANISMS if mechanism_info(n).uses_opt3)  # opt3, opt3_importance, privtune
 
@@ -50,6 +50,11 @@ class ExperimentConfig:
     ``ATTACK_BUDGETS``) sets the attacks' cost options. ``noise_aware``: the server's top model weights
     attention keys and the pool by each token's estimated precision (``TopModel``); None = what the
     SDK chooses, i.e. on exactly when the mechanism adds noise. ``n_attack`` private texts of the final steps are attacked.
+
+    Views: the attacks get every view of the attacked texts the server received, one per training
+    epoch plus ``validation_views`` (the SDK's job evaluates before and after training: 2) and
+    ``inference_views`` (private inference on the same texts after the job: 0 in the grids), sent as
+    the device sends them (``evaluation.harness.server_view``).
     """
 
     dataset: str = "vader-movie"
@@ -71,6 +76,8 @@ class ExperimentConfig:
     seed: int = 0
     attack_budget: str = "full"
     noise_aware: bool | None = None
+    validation_views: int = 2
+    inference_views: int = 0
 
     def __post_init__(self) -> None:
         if self.mechanism in NOISELESS and self.eta is not None:
@@ -79,6 +86,10 @@ class ExperimentConfig:
             raise ValueError(f"hops applies to OPT-3 mechanisms {OPT3_MECHANISMS}, not {self.mechanism!r}")
         if self.attack_budget not in ATTACK_BUDGETS:
             raise ValueError(f"attack_budget must be one of {tuple(ATTACK_BUDGETS)}, got {self.attack_budget!r}")
+        for name in ("validation_views", "inference_views"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         object.__setattr__(self, "params", tuple(sorted(tuple(p) for p in self.params)))
         if self.eta is not None:
             object.__setattr__(self, "eta", float(self.eta))
@@ -132,7 +143,15 @@ class ExperimentConfig:
         parts += [f"{k}={v}" for k, v in self.params]
         if self.noise_aware is not None:
             parts.append(f"noise_aware={self.noise_aware}")
+        defaults = ExperimentConfig.__dataclass_fields__
+        for name in ("validation_views", "inference_views"):
+            if getattr(self, name) != defaults[name].default:
+                parts.append(f"{name}={getattr(self, name)}")
         return " ".join(parts)
+
+    def views(self) -> int:
+        """K, the number of views of each attacked text the server receives: epochs + validation + inference."""
+        return self.epochs + self.validation_views + self.inference_views
 
 
 def config_fields() -> tuple[str, ...]:

@@ -7,7 +7,7 @@ One line of a results file (``docs/results/*.jsonl``) is one ``ResultRow``::
       utility     Utility             accuracy, accuracy_unperturbed_inference, chance, n_test, ...
       noise       NoiseSummary        ratio (noise/signal of what was sent), privacy (the mechanism's record)
       attacks     AttackEntry, ...    name, threat_model, asr, chance, n, details, skipped, undefended_asr
-      observation ObservationSummary  texts, attribute_values
+      observation ObservationSummary  texts, attribute_values, views, view_sources, exposed_share
       data        DataSummary         dataset, private, public, test, private_attributes, public_attributes
       timing      Timing              fit_s, train_s, eval_s, attack_s, total_s
       machine     Machine             cpu, nproc, torch_threads, torch
@@ -15,7 +15,8 @@ One line of a results file (``docs/results/*.jsonl``) is one ``ResultRow``::
 Promises: ``from_dict`` and ``to_dict`` are inverse: ``ResultRow.from_dict(d).to_dict() == d`` for the
 rows the harness writes. Optional keys a row lacks stay absent, keys a record does not know are kept
 in its ``extra`` (the config's in ``config_extra``) and written back, so rows of other harness
-versions survive a read-write cycle. Values are not converted (an int stays an int). A row missing a
+versions survive a read-write cycle (config fields a row lacks, added since it was written, read as
+their defaults and stay absent when it is written back). Values are not converted (an int stays an int). A row missing a
 required key raises ``TypeError``.
 """
 
@@ -145,10 +146,20 @@ class AttackEntry(Record):
 
 @dataclass(frozen=True)
 class ObservationSummary(Record):
-    """How many private texts were attacked, and the private attribute's values (in index order)."""
+    """How many private texts were attacked, and the private attribute's values (in index order).
+
+    ``views``: how many views of each attacked text the attacks got (K of ``Observation.views``);
+    ``view_sources``: where they came from, ``{"training": epochs, "validation": ..., "inference": ...}``;
+    ``exposed_share``: the share of scored tokens the mechanism sent at its lowest noise level (the
+    exposure truth; 0 for single-level mechanisms, None when the mechanism does not report its scales).
+    Rows of harness version 4 and older have none of these.
+    """
 
     texts: int
     attribute_values: tuple[str, ...] = ()
+    views: int | None = _optional()
+    view_sources: dict[str, int] | None = _optional()
+    exposed_share: float | None = _optional()
 
     @classmethod
     def parse(cls, name: str, value: Any) -> Any:
@@ -217,6 +228,7 @@ class ResultRow(Record):
     finished_at: str | None = _optional()
     undefended_key: str | None = _optional()
     config_extra: dict[str, Any] = field(default_factory=dict, repr=False, metadata=_NOT_IN_JSON)
+    config_missing: tuple[str, ...] = field(default=(), repr=False, metadata=_NOT_IN_JSON)
 
     @classmethod
     def parse(cls, name: str, value: Any) -> Any:
@@ -231,12 +243,15 @@ class ResultRow(Record):
     def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
         row = super().from_dict(data)
         known = set(config_fields())
-        extra = {k: v for k, v in data.get("config", {}).items() if k not in known}
-        return replace(row, config_extra=extra) if extra else row
+        given = data.get("config", {})
+        extra = {k: v for k, v in given.items() if k not in known}
+        missing = tuple(k for k in config_fields() if k not in given)  # fields newer than the row
+        return replace(row, config_extra=extra, config_missing=missing) if extra or missing else row
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        out["config"] = {**self.config_extra, **out["config"]}
+        config = {k: v for k, v in out["config"].items() if k not in self.config_missing}
+        out["config"] = {**self.config_extra, **config}
         return out
 
     def attack(self, name: str, threat_model: str) -> AttackEntry | None:

@@ -2,7 +2,8 @@
 
 Promises: ``run_experiment(config, resources)`` returns the experiment's ``ResultRow`` (see
 ``evaluation.rows``), deterministic for a config up to timing; it writes nothing but the prototype /
-neighbour cache under ``resources.cache_dir``.
+neighbour cache under ``resources.cache_dir``. ``train_and_observe`` is its first half (everything but
+the attacks): the trained job and the server's view of the attacked texts (``Trained``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,18 @@ import torch
 from client_sdk.data import LabelMap
 from evaluation.config import HARNESS_VERSION, ExperimentConfig
 from evaluation.harness.resources import Resources, model_id
-from evaluation.harness.server_view import ServerView, build_observation, last_steps
+from evaluation.harness.server_view import (
+    Observed,
+    ServerView,
+    attacked_examples,
+    build_observation,
+    last_steps,
+    tracked_positions,
+)
 from evaluation.harness.suite import run_attacks
 from evaluation.rows import DataSummary, Machine, NoiseSummary, ObservationSummary, ResultRow, Timing, Utility
 
-__all__ = ["machine", "now_iso", "run_experiment"]
+__all__ = ["Trained", "machine", "now_iso", "run_experiment", "train_and_observe"]
 
 
 def now_iso() -> str:
@@ -45,6 +54,27 @@ def machine() -> Machine:
     return Machine(cpu=cpu, nproc=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__)
 
 
+@dataclass
+class Trained:
+    """One trained job and what its server saw, before the attacks (``train_and_observe``).
+
+    ``observed``: the server's view of the attacked texts (``Observed``: every view, the exposure and
+    token-class truth); ``utility``: the row's utility figures; ``top``: the worker's ``TopTrainer``
+    after training (close it when done); ``seconds``: wall time of fit / train / eval (the extra views
+    count as eval).
+    """
+
+    config: ExperimentConfig
+    data: Any
+    labels: LabelMap
+    privatizer: Any
+    top: Any
+    observed: Observed
+    utility: Utility
+    seconds: dict[str, float]
+    started: float
+
+
 def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     """Train, evaluate and attack one configuration; returns its result row.
 
@@ -52,8 +82,60 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     ``accuracy_unperturbed_inference``, ``chance`` = majority share of the test labels), ``noise``
     (the measured noise-to-signal ratio of what was sent, the privacy record), ``attacks`` (one entry
     per attack and threat model: ``name``, ``threat_model``, ``asr``, ``chance``, ``n``, ``details``;
-    ``asr`` None with ``skipped`` when an attack cannot run), ``timing`` and ``machine``. Nothing is
-    written but the prototype / neighbour cache under ``resources.cache_dir``.
+    ``asr`` None with ``skipped`` when an attack cannot run), ``observation`` (texts attacked, views per
+    text and their sources, the exposed share), ``timing`` and ``machine``. Nothing is written but the
+    prototype / neighbour cache under ``resources.cache_dir``.
+    """
+    trained = train_and_observe(config, resources)
+    observed = trained.observed
+    t0 = time.perf_counter()
+    try:
+        attacks = run_attacks(
+            observed, config, resources, trained.data, trained.privatizer, trained.top.model, trained.labels
+        )
+    finally:
+        trained.top.close()
+    attack_s = time.perf_counter() - t0
+    total_s = time.perf_counter() - trained.started
+    seconds = trained.seconds
+    return ResultRow(
+        key=config.key(),
+        label=config.label(),
+        config=config,
+        harness_version=HARNESS_VERSION,
+        status="ok",
+        utility=trained.utility,
+        noise=NoiseSummary(ratio=observed.noise_ratio, privacy=_privacy(trained.privatizer)),
+        attacks=tuple(attacks),
+        observation=ObservationSummary(
+            texts=observed.observation.n,
+            attribute_values=observed.attribute_names,
+            views=observed.views,
+            view_sources=dict(observed.view_sources),
+            exposed_share=None if observed.exposed_share is None else round(observed.exposed_share, 6),
+        ),
+        data=DataSummary.from_dict(trained.data.summary()),
+        timing=Timing(
+            fit_s=round(seconds["fit"], 2),
+            train_s=round(seconds["train"], 2),
+            eval_s=round(seconds["eval"], 2),
+            attack_s=round(attack_s, 2),
+            total_s=round(total_s, 2),
+        ),
+        machine=machine(),
+        finished_at=now_iso(),
+    )
+
+
+def train_and_observe(config: ExperimentConfig, resources: Resources) -> Trained:
+    """Fit, train through the service's split code, evaluate, and record the server's view (no attacks).
+
+    Promises: the server receives, for the attacked texts, one view per epoch (training) plus
+    ``config.validation_views`` inference requests of them (the first before training, as the SDK's
+    job validates before and after, the others after) and ``config.inference_views`` after training,
+    each sent by a device trainer with the job's privatizer (its own noise generator: the training
+    draws do not depend on the view counts); all of them are in ``observed.observation.views``.
+    With ``view_noise='per_text'`` the device's noise secret comes from the seeded fit (reproducible rows).
     """
     from client_sdk.end_tasks import HeadTask
     from client_sdk.jobspec import DeclaredPrivacy, LoraSpec, OptimizerSpec, PrivtuneMethod, step_shape
@@ -88,6 +170,7 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     per_epoch = -(-len(examples) // config.batch_size)
     total_steps = per_epoch * config.epochs
     watched = last_steps(len(examples), config, total_steps, per_epoch)
+    attacked = attacked_examples(len(examples), config, watched)
     method = PrivtuneMethod(  # the job contract a service job would carry
         task="classification",
         num_labels=len(labels.names),
@@ -104,58 +187,55 @@ def run_experiment(config: ExperimentConfig, resources: Resources) -> ResultRow:
     spec = TrainSpec(config.model, method, seed=config.seed)  # no server_head: the top returns (b, d)
     job_id = f"eval-{config.key()}"
     top = TopTrainer(spec)
-    server = StepServer(top, step_shape(method, bottom.hidden_size), job_id)
-    view = ServerView(server.handle, watched)
-    noise = torch.Generator().manual_seed(config.seed + 1)
-    head = ClassifierHead(bottom.hidden_size, len(labels.names), torch.Generator().manual_seed(config.seed + 2))
-    device = _device_trainer(job_id, view, HeadTask(head, privatizer, labels), examples, config, method, noise)
-    t0 = time.perf_counter()
-    report = device.train()
-    train_s = time.perf_counter() - t0
+    try:
+        server = StepServer(top, step_shape(method, bottom.hidden_size), job_id)
+        view = ServerView(server.handle, watched, tracked_positions(len(examples), config, total_steps, attacked))
+        noise = torch.Generator().manual_seed(config.seed + 1)
+        head = ClassifierHead(bottom.hidden_size, len(labels.names), torch.Generator().manual_seed(config.seed + 2))
+        task = HeadTask(head, privatizer, labels)
+        device = _device_trainer(job_id, view, task, examples, config, method, noise)
+        # the extra views: the attacked texts sent again for validation / inference, as the device sends them
+        probe = _device_trainer(job_id, view, task, [], config, method, torch.Generator().manual_seed(config.seed + 3))
+        again = [examples[i] for i in attacked]
+        t0 = time.perf_counter()
+        if config.validation_views:
+            _send_view(view, probe, again, "validation")  # the job validates before training
+        views_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = device.train()
+        train_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    accuracy = device.evaluate(test)["valid_accuracy"]
-    # the same trained top and head, fed unperturbed representations (nothing trains: infer requests only)
-    unperturbed = _device_trainer(job_id, server.handle, HeadTask(head, plain, labels), [], config, method, None)
-    accuracy_plain = unperturbed.evaluate(test)["valid_accuracy"]
-    eval_s = time.perf_counter() - t0
-    majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
-
-    observed = build_observation(view, data, config, privatizer, plain)
-    t0 = time.perf_counter()
-    attacks = run_attacks(observed, config, resources, data, privatizer, top.model, labels)
-    attack_s = time.perf_counter() - t0
-    top.close()
-    total_s = time.perf_counter() - started
+        t0 = time.perf_counter()
+        for source, count in (("validation", config.validation_views - 1), ("inference", config.inference_views)):
+            for _ in range(max(count, 0)):
+                _send_view(view, probe, again, source)
+        accuracy = device.evaluate(test)["valid_accuracy"]
+        # the same trained top and head, fed unperturbed representations (nothing trains: infer requests only)
+        unperturbed = _device_trainer(job_id, server.handle, HeadTask(head, plain, labels), [], config, method, None)
+        accuracy_plain = unperturbed.evaluate(test)["valid_accuracy"]
+        eval_s = time.perf_counter() - t0 + views_s
+        majority = max(sum(ex.label == name for ex in test) for name in labels.names) / max(len(test), 1)
+        observed = build_observation(view, data, config, privatizer, plain)
+    except BaseException:
+        top.close()
+        raise
     last = report.losses[-per_epoch:]
-    return ResultRow(
-        key=config.key(),
-        label=config.label(),
-        config=config,
-        harness_version=HARNESS_VERSION,
-        status="ok",
-        utility=Utility(
-            accuracy=accuracy,
-            accuracy_unperturbed_inference=accuracy_plain,
-            chance=majority,
-            n_test=len(test),
-            last_epoch_loss=sum(last) / max(len(last), 1),
-            steps=report.steps,
-        ),
-        noise=NoiseSummary(ratio=observed.noise_ratio, privacy=_privacy(privatizer)),
-        attacks=tuple(attacks),
-        observation=ObservationSummary(texts=observed.observation.n, attribute_values=observed.attribute_names),
-        data=DataSummary.from_dict(data.summary()),
-        timing=Timing(
-            fit_s=round(fit_s, 2),
-            train_s=round(train_s, 2),
-            eval_s=round(eval_s, 2),
-            attack_s=round(attack_s, 2),
-            total_s=round(total_s, 2),
-        ),
-        machine=machine(),
-        finished_at=now_iso(),
+    utility = Utility(
+        accuracy=accuracy,
+        accuracy_unperturbed_inference=accuracy_plain,
+        chance=majority,
+        n_test=len(test),
+        last_epoch_loss=sum(last) / max(len(last), 1),
+        steps=report.steps,
     )
+    seconds = {"fit": fit_s, "train": train_s, "eval": eval_s}
+    return Trained(config, data, labels, privatizer, top, observed, utility, seconds, started)
+
+
+def _send_view(view: ServerView, probe: Any, examples: list[Any], source: str) -> None:
+    """Send ``examples`` once more as inference requests (one view of them, recorded as ``source``)."""
+    with view.capture(source):
+        probe.evaluate(examples)
 
 
 def _device_trainer(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import random
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +12,6 @@ from evaluation.harness import HARNESS_VERSION, ExperimentConfig, Resources
 from evaluation.report import load_rows, render
 from evaluation.rows import ResultRow
 from evaluation.sweep import MECHANISMS, ResultStore, Runner, grid
-from tests.helpers import WORDS, make_tiny_bert
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,31 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return str(make_tiny_bert(tmp_path_factory.mktemp("eval-model") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A toy ``sentiment_vader.jsonl.gz``: sentiment from w0-9 / w10-19, domain from w20-28 / 29-37 / 38-46."""
-    rng = random.Random(0)
-    domains = {"movie": WORDS[20:29], "tweet": WORDS[29:38], "amazon": WORDS[38:47]}
-    rows = []
-    for i in range(360):
-        label = "positive" if i % 2 else "negative"
-        domain = list(domains)[i % 3]
-        own = WORDS[10:20] if label == "positive" else WORDS[:10]
-        words = rng.sample(own, 2) + rng.sample(domains[domain], 2) + rng.sample(WORDS[47:], 2)
-        rng.shuffle(words)
-        split = "test" if i % 5 == 4 else "train"  # every label x domain pair
-        rows.append({"text": " ".join(words), "label": label, "domain": domain, "split": split, "score": 0.0})
-    path = tmp_path_factory.mktemp("eval-data")
-    with gzip.open(path / "sentiment_vader.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    return path
 
 
 def _config(tiny: str, **kw) -> ExperimentConfig:
@@ -80,6 +51,12 @@ def test_config_key_is_stable_and_baseline_is_none(tiny):
     assert replace(cfg, mechanism="gaussian").mechanism_params()["noise_multiplier"] == pytest.approx(2**0.5 / 20)
     with pytest.raises(ValueError, match="eta must be None"):
         _config(tiny, mechanism="opt3")
+    assert cfg.views() == 2 + 2 and _config(tiny, inference_views=3).views() == 7
+    assert cfg.key() != replace(cfg, validation_views=0).key() and "inference_views=3" in _config(
+        tiny, inference_views=3
+    ).label()
+    with pytest.raises(ValueError, match="validation_views"):
+        _config(tiny, validation_views=-1)
 
 
 def test_experiment_end_to_end_then_resume_does_no_training(tiny, data_dir, tmp_path):
@@ -93,6 +70,8 @@ def test_experiment_end_to_end_then_resume_does_no_training(tiny, data_dir, tmp_
     assert 0.0 <= utility.accuracy <= 1.0 and 0.0 <= utility.accuracy_unperturbed_inference <= 1.0
     assert utility.steps == 2 * 6 and 0 < utility.chance <= 1
     assert row.noise.ratio > 0.1  # eta=20 on d=32: noise is of the order of the signal
+    assert row.observation.views == 4 and row.observation.view_sources == {"training": 2, "validation": 2}
+    assert row.observation.exposed_share is None or 0.0 <= row.observation.exposed_share <= 1.0
     attacks = {(a.name, a.threat_model): a for a in row.attacks}
     for name in ("A0-learned", "A2", "A1-label", "A3", "A5"):
         for threat in ("naive", "adaptive"):
