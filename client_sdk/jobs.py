@@ -16,6 +16,8 @@ only the device measured (``.metrics``, ``.report``): one job type, not a wrappe
 from __future__ import annotations
 
 import itertools
+import sys
+import warnings
 from typing import Any
 
 from pydantic import ConfigDict, Field, PrivateAttr
@@ -26,7 +28,7 @@ from client_sdk.session import DeviceSession
 from client_sdk.training import TrainingReport
 from client_sdk.types import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 
-__all__ = ["FineTuneJob", "Hyperparameters", "PrivacyConfig", "PrivacyTargetError"]
+__all__ = ["FineTuneJob", "Hyperparameters", "PrivacyConfig", "PrivacyTargetError", "PrivacyWarning"]
 
 
 class FineTuneJob(FineTuningJob):
@@ -171,8 +173,19 @@ class FineTuneJob(FineTuningJob):
     def _run(cls, session: DeviceSession, record: Any, progress: bool) -> FineTuneJob:
         session.wait_running(record.id)
         trainer = session.trainer(record.id)
+        noiseless = not session.privatizer.mechanism.uses_noise
+        if noiseless:
+            warnings.warn(
+                f"mechanism {session.privacy.mechanism!r} adds no noise: the server receives your token "
+                "representations as computed (plain split learning, not private fine-tuning)",
+                PrivacyWarning,
+                stacklevel=3,
+            )
+        if progress:
+            print(session.privacy_summary(), file=sys.stderr)
         before = trainer.evaluate(session.valid) if session.valid else {}
-        bar = _ProgressBar(session.total_steps, 1) if progress else None
+        desc = f"fine-tuning, NO noise (mechanism={session.privacy.mechanism!r})" if noiseless else "private fine-tuning"
+        bar = _ProgressBar(session.total_steps, 1, desc) if progress else None
         try:
             report = trainer.train(start_step=1, progress=bar.update if bar else None)
         finally:
@@ -193,13 +206,17 @@ class FineTuneJob(FineTuningJob):
         return FineTunedModel(self.fine_tuned_model, client=self._client, **options)
 
 
+class PrivacyWarning(UserWarning):
+    """The job's mechanism gives no protection (``mechanism='none'``, or one without noise)."""
+
+
 class _ProgressBar:
     """tqdm bar showing loss and samples/s (tqdm is imported only when a bar is shown)."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, desc: str):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=start - 1, unit="step", desc="private fine-tuning")
+        self.bar = tqdm(total=total, initial=start - 1, unit="step", desc=desc)
 
     def update(self, step: int, loss: float, samples_per_second: float) -> None:
         self.bar.n = step

@@ -32,6 +32,11 @@ class PrivacyConfig:
     search eta on the user's own data before training: the largest eta (least noise) whose on-device
     audit (nearest-prototype and learned inversion attacks, ``client_sdk.audit``) stays at or below the
     target; the chosen eta and the measured ASR are recorded in the job's metadata and privacy record.
+    ``label_epsilon`` (classification): label differential privacy by randomised response
+    (``client_sdk.privacy.label_dp``): each training label is randomised once on the device, with this
+    epsilon, before anything is fitted or trained on it. Without it the labels are not protected: the
+    returned gradients separate the texts by label. ``sensitive_terms`` (a mechanism parameter) stay on
+    the device: the declaration sent to the server omits them.
     Unknown mechanisms and out-of-range parameters raise ``PrivacyConfigError`` here, at once.
     """
 
@@ -40,8 +45,13 @@ class PrivacyConfig:
     params: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     target_asr: float | None = None
+    label_epsilon: float | None = None
 
     def __post_init__(self) -> None:
+        if self.label_epsilon is not None:
+            value = self.label_epsilon
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ValueError(f"label_epsilon must be a positive finite number or None, got {value!r}")
         if self.target_asr is not None:
             if not 0 < self.target_asr < 1:
                 raise ValueError(f"target_asr must be in (0, 1), got {self.target_asr}")
@@ -71,7 +81,8 @@ class PrivacyConfig:
         return torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(63))
 
     def declared(self) -> dict[str, Any]:
-        """What the device declares to the server: the mechanism's full, validated configuration."""
+        """The mechanism's full, validated configuration as the device keeps it (its own records; what the
+        server receives is ``jobspec.DeclaredPrivacy.from_config``, which leaves out the sensitive terms)."""
         return self.config().to_dict()
 
 

@@ -79,6 +79,12 @@ class DeviceSession:
         hp = Hyperparameters.coerce(hyperparameters)
         examples, self.labels = _read_dataset(dataset, task, columns)
         self.train, self.valid = train_validation_split(examples, validation_split, seed)
+        self.label_secret = None
+        if self.privacy.label_epsilon is not None:
+            if task != "classification":
+                raise JobSpecError("label_epsilon applies to task='classification' (generation has no labels)", "privacy.label_epsilon")
+            self.label_secret = _secret(self.privacy.seed)
+            self.train = self._randomized_labels(self.train)
         self.hp = hp.resolved(len(self.train), task)
         if self.labels is not None:
             warn_rare_classes(self.train, self.labels)
@@ -109,6 +115,8 @@ class DeviceSession:
         ).resolved()
 
     def _local_work(self, cache_dir: str | None) -> None:
+        import torch
+
         from client_sdk.models import load_bottom
         from client_sdk.privatizer import Privatizer
 
@@ -120,16 +128,59 @@ class DeviceSession:
         self.privatizer = Privatizer(bottom, tokenizer, self.privacy.build(), max_length=self.max_length)
         labels = None if self.labels is None else [self.labels.encode(ex.label) for ex in self.train]
         # Neighbour sets depend only on the bottom model: cache them next to it, keyed by its digest.
+        # A fixed privacy seed (experiments) seeds the fit, and so the per-text noise secret.
+        seeded = None if self.privacy.seed is None else torch.Generator().manual_seed(self.privacy.seed)
         self.privatizer.fit(
             [_fit_text(ex) for ex in self.train],
             labels,
             cache_dir=Path(path).parent / "neighbours",
             model_id=manifest["digest"],
+            generator=seeded,
         )
         self.audit: dict[str, Any] | None = None
         if self.privacy.target_asr is not None:
             self._search_eta(bottom, tokenizer)
-        self.spec = self._spec(record=self.privatizer.privacy_record(), audit=self.audit)
+        self.spec = self._spec(record=self.privacy_record(), audit=self.audit)
+
+    def privacy_record(self) -> dict[str, Any]:
+        """The mechanism's record plus the accounting per text over every view this job sends."""
+        from client_sdk.privacy.accounting import account
+
+        texts = [_fit_text(ex) for ex in self.train[:256]]
+        ids, mask = self.privatizer.encode(texts) if texts else (None, None)
+        scales = None
+        if ids is not None and self.privatizer.mechanism.uses_noise:
+            real = self.privatizer.token_noise_scale(ids, mask)[mask.bool()]
+            scales = (float(real.min()), float(real.max()))
+        epochs = self.hp.n_epochs
+        views = {"training": epochs, "validation": epochs + 1 if self.valid else 0, "inference": 0}
+        record = self.privatizer.privacy_record()
+        record["accounting"] = account(
+            self.privatizer.mechanism.config, self.privatizer.state, views=views,
+            tokens_per_text=float(mask.sum(dim=1).float().mean()) if mask is not None else 0.0,
+            dim=int(self.bottom.hidden_size), scale_range=scales, label_epsilon=self.privacy.label_epsilon,
+            num_labels=len(self.labels.names) if self.labels is not None else None,
+        )  # fmt: skip
+        return record
+
+    def privacy_summary(self) -> str:
+        """What the user should read before training starts (``client_sdk.privacy.accounting.summary``)."""
+        from client_sdk.privacy.accounting import summary
+
+        text = summary(self.spec.privacy.record["accounting"], self.privacy.mechanism)
+        if self.audit is not None:
+            text += (f"\nmeasured on your data (on-device audit): strongest token attack {self.audit['measured_asr']:.1%} "
+                     f"at eta {self.audit['chosen_eta']:g}.")  # fmt: skip
+        return text
+
+    def _randomized_labels(self, examples: list[Any]) -> list[Any]:
+        """``examples`` with each label replaced, once, by randomised response (``label_epsilon``)."""
+        from client_sdk.privacy.label_dp import randomized_response
+
+        encoded = [self.labels.encode(ex.label) for ex in examples]
+        noisy = randomized_response(encoded, [ex.text for ex in examples], len(self.labels.names),
+                                    self.privacy.label_epsilon, self.label_secret)  # fmt: skip
+        return [replace(ex, label=self.labels.names[i]) for ex, i in zip(examples, noisy, strict=True)]
 
     def _search_eta(self, bottom: Any, tokenizer: Any) -> None:
         """Pick eta for ``privacy.target_asr`` by auditing the user's own perturbed texts on the device."""
@@ -229,12 +280,13 @@ class DeviceSession:
         from client_sdk.end_tasks import HeadTask, TailTask
         from client_sdk.training import DeviceTrainer
 
+        store = EndStore(job_id, self.state_dir)
+        self._keep_privacy(store)
         end = self.end()
         if self.task == "classification":
             task = HeadTask(end, self.privatizer, self.labels)
         else:
             task = TailTask(end, self.privatizer, self.tokenizer, self.max_length)
-        store = EndStore(job_id, self.state_dir)
         store.save_meta(self.end_meta())
         return DeviceTrainer(
             job_id,
@@ -252,6 +304,29 @@ class DeviceSession:
             float_dtype=self.wire_dtype,
             prefetch=not _on_this_machine(self.client.base_url),
         )
+
+    def _keep_privacy(self, store: Any) -> None:
+        """The first time a job trains, keep its fitted mechanism state (with the per-text noise secret)
+        and its randomised labels with the job; a resumed job uses exactly those again, so the views it
+        sends are the ones it sent before and each label keeps its one randomised value."""
+        import json
+
+        from client_sdk.privacy import load_state, save_state
+
+        directory = store.directory / "privacy"
+        labels_file = directory / "labels.json"
+        if (directory / "state.json").is_file():
+            self.privatizer.state = load_state(directory)
+            if labels_file.is_file():
+                saved = json.loads(labels_file.read_text())
+                if len(saved) == len(self.train):
+                    self.train = [replace(ex, label=label) for ex, label in zip(self.train, saved, strict=True)]
+            return
+        if self.privatizer.state is not None:
+            save_state(self.privatizer.state, directory)
+        if self.label_secret is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            labels_file.write_text(json.dumps([ex.label for ex in self.train]))
 
     def save_final(self, trainer: Any) -> None:
         """Keep the trained end and the fitted mechanism on the device, for inference with the model."""
@@ -304,6 +379,15 @@ def _fit_text(example: Any) -> str:
     if example.messages:
         return " ".join(str(m.get("content", "")) for m in example.messages)
     return f"{example.prompt} {example.completion}"
+
+
+def _secret(seed: int | None) -> str:
+    """A 32-byte hex secret: from the OS entropy source, or derived from a fixed seed (experiments)."""
+    import hashlib
+
+    if seed is None:
+        return secrets.token_hex(32)
+    return hashlib.sha256(f"privtune-labels-{seed}".encode()).hexdigest()
 
 
 def _on_this_machine(base_url: str) -> bool:

@@ -16,6 +16,16 @@ Both attacks score top-1 recovery over real, non-special tokens; ``chance`` is t
 frequent scored token (a majority guesser). The report also gives the *undefended* ASR (the same
 attacks on the clean representations) and ``max_asr`` over the attacks.
 
+**Best response** (method.md section 9; ``_best_response``, used by the evaluation's A0-bayes,
+A0-multiview, A0-context and A3): ``ExposureDetector`` reads each position's noise level from the
+norm of what was received (one Gaussian per known level on log ||h~||, fitted on public text whose
+levels are known from ``Privatizer.token_noise_scale``); ``LevelBayesDecoder`` decodes each token
+with class means from the mechanism's noiseless output, a pooled (or per-class) within-class spread
+plus the noise variance of the position's level (``noise_variance``: 2 b^2 Laplace, b^2 Gaussian,
+(d + 1) b^2 d_chi l2) and a log-frequency prior, blockwise over the vocabulary, with its posterior
+confidence; ``average_views`` averages K linked views of a text (noise variance / K distinct views;
+``distinct_views`` counts them, so identical re-sends count once).
+
 ``search_eta(factory, texts, target_asr)`` audits privatizers built for a grid of eta values and picks
 the largest eta (least noise) whose audited ``max_asr`` meets the target.
 
@@ -26,6 +36,8 @@ Modules (private; everything public is re-exported here):
 
 - ``_attacks``: the attack math (``majority_rate``, ``prototype_shortlist``, ``nearest_prototype``,
   ``TokenDiscriminant``), pure functions on tensors;
+- ``_best_response``: the best-response math (``NOISE_KINDS``, ``noise_variance``, ``average_views``,
+  ``distinct_views``, ``ExposureDetector``, ``LevelBayesDecoder``), pure functions on tensors;
 - ``_expected``: the mechanism's deterministic part (``noiseless_mechanism``, ``expected_privatizer``,
   ``expected_lone_tokens``);
 - ``_audit``: the audit (``AttackScore``, ``AuditReport``, ``privacy_audit``);
@@ -34,20 +46,34 @@ Modules (private; everything public is re-exported here):
 
 from ._attacks import TokenDiscriminant, majority_rate, nearest_prototype, prototype_shortlist
 from ._audit import AttackScore, AuditReport, privacy_audit
+from ._best_response import (
+    NOISE_KINDS,
+    ExposureDetector,
+    LevelBayesDecoder,
+    average_views,
+    distinct_views,
+    noise_variance,
+)
 from ._eta import DEFAULT_ETAS, EtaPoint, EtaSearchResult, search_eta
 from ._expected import expected_lone_tokens, expected_privatizer, noiseless_mechanism
 
 __all__ = [
     "DEFAULT_ETAS",
+    "NOISE_KINDS",
     "AttackScore",
     "AuditReport",
     "EtaPoint",
     "EtaSearchResult",
+    "ExposureDetector",
+    "LevelBayesDecoder",
     "TokenDiscriminant",
+    "average_views",
+    "distinct_views",
     "expected_lone_tokens",
     "expected_privatizer",
     "majority_rate",
     "nearest_prototype",
+    "noise_variance",
     "noiseless_mechanism",
     "privacy_audit",
     "prototype_shortlist",

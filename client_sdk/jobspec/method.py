@@ -116,8 +116,12 @@ class DeclaredPrivacy(BaseModel):
     def from_config(
         cls, config: MechanismConfig, record: dict[str, Any] | None = None, audit: dict[str, Any] | None = None
     ) -> DeclaredPrivacy:
-        """The declaration of a config object (every field, so the server records all of it)."""
-        return cls.model_validate({**config.to_dict(), "record": record, "audit": audit})
+        """The declaration of a config object (every field, so the server records all of it, except the
+        user's ``sensitive_terms``: naming them would tell the server what they are; they stay on the device)."""
+        declared = config.to_dict()
+        if declared.get("sensitive_terms"):
+            declared["sensitive_terms"] = []
+        return cls.model_validate({**declared, "record": record, "audit": audit})
 
 
 class PrivtuneMethod(StrictModel):

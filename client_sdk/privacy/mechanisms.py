@@ -154,8 +154,12 @@ class Mechanism:
     def privacy_record(
         self, state: PreparedState | None = None, scale_factors: torch.Tensor | None = None
     ) -> dict[str, Any]:
-        """What this mechanism guarantees, stated honestly, plus its config and the state's scalars."""
-        return {"mechanism": self.name, "config": self.config.to_dict(), "state": state.summary() if state else None,
+        """What this mechanism guarantees, stated honestly, plus its config (the sensitive terms as a count:
+        the record is sent to the server) and the state's scalars."""
+        config = self.config.to_dict()
+        if config.get("sensitive_terms"):
+            config["sensitive_terms"] = f"{len(config['sensitive_terms'])} term(s), kept on the device"
+        return {"mechanism": self.name, "config": config, "state": state.summary() if state else None,
                 "guarantee": self._guarantee(state, scale_factors)}  # fmt: skip
 
     def _guarantee(self, state: PreparedState | None, scale_factors: torch.Tensor | None) -> Any:

@@ -110,7 +110,7 @@ def test_a_label_outside_the_map_writes_nothing(privatizer, tmp_path):
 
 
 def test_a_noisy_mechanism_is_declared_and_reproducible_with_a_generator(bottom, tmp_path):
-    config = get_config("gaussian", noise_multiplier=0.5)
+    config = get_config("gaussian", noise_multiplier=0.5, view_noise="fresh")  # the generator draws the noise
     noisy = Privatizer(*bottom, config, max_length=MAX_LENGTH).fit([t for t, _ in DATASET])
     paths = [
         write_privatized_file(
