@@ -3,6 +3,7 @@
     privtune eval --quick --report                 reduced grid (~15 min on 2 CPU cores) + report
     privtune eval --report                         full grid (hours); re-run the same command to resume
     privtune eval --grids eta,ablation             only some grids
+    privtune eval --grids headline                 the headline rows over seeds 0, 1, 2
     privtune eval --no-run --report --out a.jsonl  report only
 
 Results go to ``--out`` (JSON lines, one row per finished experiment, keyed by config hash; default
@@ -27,7 +28,10 @@ GRID_NAMES = (
     "attribute",
     "eta-fine",
     "eta-extra",
+    "headline",
+    "medicine",
 )  # evaluation.sweep.DEFAULT_GRIDS (not imported: no torch here)
+FULL_ONLY_GRIDS = ("headline", "medicine")  # evaluation.sweep.FULL_ONLY_GRIDS: --quick runs them only when named
 OTHER_GRIDS = ("defaults", "labels")  # evaluation.sweep.GRIDS beyond the default list
 QUICK_BUDGET_MIN = 12.0  # no new experiment starts after this; the quick grid targets < 15 min in all
 
@@ -44,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_DIR / "cache", help="prototype / neighbour cache")
     parser.add_argument(
         "--grids",
-        default=",".join(GRID_NAMES),
-        help=f"comma-separated subset of {','.join(GRID_NAMES + OTHER_GRIDS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(GRID_NAMES + OTHER_GRIDS)} (None: {','.join(GRID_NAMES)}; "
+        f"with --quick without {','.join(FULL_ONLY_GRIDS)})",
     )
     parser.add_argument(
         "--budget-minutes",
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.sweep import ResultStore, Runner, grid, shard
 
     out = args.out or DEFAULT_DIR / ("quick.jsonl" if args.quick else "full.jsonl")
-    configs = grid(quick=args.quick, names=[g for g in args.grids.split(",") if g])
+    names = [g for g in args.grids.split(",") if g] if args.grids else None
+    configs = grid(quick=args.quick, names=names)
     if args.shard:
         try:
             index, count = (int(x) for x in args.shard.split("/"))

@@ -1,6 +1,6 @@
 """The evaluation's datasets: real public text read by path, split into the victim's and the attacker's parts.
 
-Three named datasets, built from the gzipped JSON lines in the shared data directory (never copied
+Four named datasets, built from the gzipped JSON lines in the shared data directory (never copied
 into the repository; see ``../shared/data/README.md``):
 
     vader-movie   VADER ``movie`` domain (Rotten Tomatoes snippets behind SST): the SST-2 stand-in.
@@ -10,13 +10,19 @@ into the repository; see ``../shared/data/README.md``):
                   (3 values), balanced over the domains so that attribute chance is about 1/3.
     multiemo      BIG-bench multiemo, 4-class sentiment; private attribute = ``domain``
                   (hotels / medicine / products / reviews), balanced as far as the small domains allow.
+    multiemo-medicine  multiemo's ``medicine`` domain only (patient reviews of doctors and treatments,
+                  2,598 train / 674 test rows), 4-class sentiment, no attribute. The victim's private and
+                  test texts are medical; the attacker's public texts are the *other* domains' train rows
+                  (hotels / products / reviews: 3,974), i.e. an attacker with generic public text, not the
+                  victim's kind. An ``n_test`` above 674 takes the whole medicine test split.
 
 How the rows are divided (``load_eval_data``), with one seeded shuffle per split:
 
     private   n_train rows of the ``train`` split: the victim's fine-tuning data. The attacks target
               perturbed representations of these texts, as the server observed them in training.
     public    n_public rows of the ``train`` split, disjoint from ``private`` (taken from the other
-              end of the shuffled order): the attacker's public / shadow text, with its attribute.
+              end of the shuffled order): the attacker's public / shadow text, with its attribute;
+              for a dataset with ``public_domains`` (multiemo-medicine), rows of those domains instead.
     test      n_test rows of the fixed ``test`` split (balanced like the others): utility (accuracy) only.
 
 The data directory comes from the caller (``--data-dir``), else ``PRIVTUNE_EVAL_DATA``, else
@@ -54,6 +60,7 @@ class DatasetSpec:
     attribute: str | None  # the row field that is the private attribute (None: no attribute attacks)
     balance_attribute: bool  # sample the same number of rows per attribute value where possible
     description: str
+    public_domains: tuple[str, ...] | None = None  # the attacker's public rows from these domains (None: as private)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -70,6 +77,11 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "multiemo", "sentiment_multiemo.jsonl.gz", None, "domain", True,
             "multiemo, 4-class sentiment; attribute = domain incl. medicine (balanced where possible)",
+        ),
+        DatasetSpec(
+            "multiemo-medicine", "sentiment_multiemo.jsonl.gz", ("medicine",), None, False,
+            "multiemo medicine domain, 4-class sentiment; public texts from the other domains",
+            public_domains=("hotels", "products", "reviews"),
         ),
     )
 }  # fmt: skip
@@ -130,15 +142,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def read_rows(data_dir: Path, spec: DatasetSpec) -> list[dict]:
-    """All rows of ``spec``'s file that pass its domain filter, in file order."""
+def read_rows(data_dir: Path, spec: DatasetSpec, domains: tuple[str, ...] | None = None) -> list[dict]:
+    """All rows of ``spec``'s file that pass its domain filter (``domains``: this one instead), in file order."""
     path = data_dir / spec.file
     if not path.exists():
         raise EvalDataError(f"{path} not found: dataset {spec.name!r} needs {spec.file}")
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    if spec.domains is not None:
-        rows = [r for r in rows if r.get("domain") in spec.domains]
+    keep = spec.domains if domains is None else domains
+    if keep is not None:
+        rows = [r for r in rows if r.get("domain") in keep]
     return rows
 
 
@@ -199,7 +212,8 @@ def load_eval_data(
     if name not in DATASETS:
         raise EvalDataError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     spec = DATASETS[name]
-    rows = read_rows(resolve_data_dir(data_dir), spec)
+    root = resolve_data_dir(data_dir)
+    rows = read_rows(root, spec)
     train = [_record(r, spec) for r in rows if r["split"] == "train"]
     test = [_record(r, spec) for r in rows if r["split"] == "test"]
     # de-duplicate texts so "disjoint" means no shared text, not only no shared row
@@ -208,9 +222,19 @@ def load_eval_data(
     rng = random.Random(f"{name}:{seed}")
     rng.shuffle(train)
     rng.shuffle(test)
-    if n_train + n_public > len(train):
-        raise EvalDataError(f"{name}: n_train + n_public = {n_train + n_public} > {len(train)} training rows")
-    private, public = split_private_public(train, n_train, n_public, spec.balance_attribute)
+    if spec.public_domains is not None:  # the attacker's text comes from other domains
+        others = [_record(r, spec) for r in read_rows(root, spec, spec.public_domains) if r["split"] == "train"]
+        others = [r for r in others if not (r.text in seen or seen.add(r.text))]
+        rng.shuffle(others)
+        if n_train > len(train) or n_public > len(others):
+            raise EvalDataError(
+                f"{name}: n_train = {n_train} of {len(train)} private rows, n_public = {n_public} of {len(others)}"
+            )
+        private, public = train[:n_train], others[:n_public]
+    else:
+        if n_train + n_public > len(train):
+            raise EvalDataError(f"{name}: n_train + n_public = {n_train + n_public} > {len(train)} training rows")
+        private, public = split_private_public(train, n_train, n_public, spec.balance_attribute)
     if len(private) < n_train or len(public) < n_public:
         raise EvalDataError(f"{name}: could only take {len(private)} private / {len(public)} public rows")
     test, _ = split_private_public(test, n_test, 0, spec.balance_attribute)

@@ -22,6 +22,17 @@ cores; the other grids are full-sweep only):
     attribute  vader-mixed and multiemo (domain attribute): none, dchi and privtune at two etas
     eta-fine   privtune and dchi at ETAS_FINE (full grid only: the paper's other etas and 5 / 320)
     eta-extra  gaussian and dchi_importance over the other etas (full grid only; last: the least informative)
+    headline   the headline rows over seeds: every entry of HEADLINE_MECHANISMS (``none`` and the default
+               ``privtune`` at ETA_REF; the list to extend with the best alternatives) on vader-movie,
+               l=3, seeds HEADLINE_SEEDS (0, 1, 2; seed 0 is shared with the eta grid); the report's
+               "Over seeds" table gives their means and 95% t-intervals
+    medicine   ``multiemo-medicine`` (the victim's texts are multiemo's medicine reviews, the attacker's
+               public texts the other domains', see ``evaluation.data``): ``none`` and ``privtune`` at
+               ETA_REF
+
+``grid(quick=True)`` without names leaves out the full-only defaults (FULL_ONLY_GRIDS: headline,
+medicine), so ``privtune eval --quick`` stays within its budget; named explicitly
+(``privtune eval --quick --grids headline``) they run on the quick base.
 
 Not in the default list: ``defaults`` (``grid(names=["defaults"])``, ``privtune eval --grids defaults``),
 the harness runs behind the shipped importance defaults (docs/PRIVACY.md), on their own smaller base
@@ -57,6 +68,15 @@ FULL_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=1000, n_attack=
 QUICK_BASE = ExperimentConfig(n_train=1024, n_public=500, n_test=200, n_attack=64, epochs=1, attack_budget="quick")
 
 
+#: the headline rows run over HEADLINE_SEEDS: (mechanism, eta, params); extend with the best alternatives
+HEADLINE_MECHANISMS: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
+    ("none", None, ()),
+    ("privtune", ETA_REF, ()),  # the shipped default
+)
+HEADLINE_SEEDS = (0, 1, 2)
+#: grids of the default list that the quick grid leaves out unless they are named (its time budget)
+FULL_ONLY_GRIDS = ("headline", "medicine")
+
 DEFAULTS_BASE = ExperimentConfig(n_train=2000, n_public=1000, n_test=500, n_attack=128, epochs=3, attack_budget="quick")
 _TOP10 = (("importance_to_scale", "top_fraction"), ("top_fraction", 0.1), ("w_min", 0.25))
 
@@ -69,7 +89,7 @@ def grid(quick: bool = False, names: Iterable[str] | None = None) -> list[Experi
     """The configs of the named grids (default: ``DEFAULT_GRIDS``) in run order, without duplicates."""
     base = QUICK_BASE if quick else FULL_BASE
     etas = ETAS_QUICK
-    chosen = tuple(names or DEFAULT_GRIDS)
+    chosen = tuple(names or (g for g in DEFAULT_GRIDS if not (quick and g in FULL_ONLY_GRIDS)))
     unknown = set(chosen) - set(GRIDS)
     if unknown:
         raise ValueError(f"unknown grid(s) {sorted(unknown)}; known: {list(GRIDS)}")
@@ -169,6 +189,23 @@ def _labels_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -
     return [replace(base, mechanism="none"), replace(base, mechanism="privtune", eta=ETA_REF)]
 
 
+def _headline_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """The headline rows (HEADLINE_MECHANISMS) on vader-movie, l=3, for every seed of HEADLINE_SEEDS."""
+    at = replace(base, dataset="vader-movie", split_layer=3)
+    return [
+        replace(at, mechanism=m, eta=_noise(m, eta), params=params, seed=seed)
+        for seed in HEADLINE_SEEDS
+        for m, eta, params in HEADLINE_MECHANISMS
+    ]
+
+
+def _medicine_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """``multiemo-medicine``: the victim's medical reviews, the attacker's public text from other domains."""
+    return [
+        replace(base, dataset="multiemo-medicine", mechanism=m, eta=_noise(m, ETA_REF)) for m in ("none", "privtune")
+    ]
+
+
 GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[ExperimentConfig]]] = {
     "eta": _eta_grid,
     "ablation": _ablation_grid,
@@ -177,6 +214,8 @@ GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[Expe
     "attribute": _attribute_grid,
     "eta-fine": _eta_fine_grid,
     "eta-extra": _eta_extra_grid,
+    "headline": _headline_grid,
+    "medicine": _medicine_grid,
     "defaults": _defaults_grid,
     "labels": _labels_grid,
 }

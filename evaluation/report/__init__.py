@@ -10,9 +10,15 @@ epochs, attack budget, ...) so quick and full runs are never mixed in one table.
 
 A block between ``<!-- notes:start -->`` and ``<!-- notes:end -->`` in an existing output file is
 kept verbatim when the file is regenerated (hand-written analysis survives a re-run).
+Beside them: the best-response figures per dataset (``splits``: strongest token ASR split by exposed /
+buried tokens and by content / function / punctuation, ASR against the number of views, exposure
+detection accuracy, precision on confident tokens; absent for rows that lack those details) and, across
+settings, the configurations run with several seeds (``seeds``: mean and 95% t-interval over seeds).
+
 Modules: ``queries`` (load, group, select rows; find attack entries), ``tables`` (the Markdown
-tables), ``paper`` (the paper's numbers and the comparison tables), ``plots`` (PNG), ``document``
-(``render``: the whole page, the method text, the kept notes) and ``cli`` (``main``).
+tables), ``paper`` (the paper's numbers and the comparison tables), ``splits`` and ``seeds`` (above),
+``plots`` (PNG), ``document`` (``render``: the whole page, the method text, the kept notes) and ``cli``
+(``main``).
 """
 
 from evaluation.report.cli import main
@@ -36,6 +42,8 @@ from evaluation.report.queries import (
     setting_of,
     strongest,
 )
+from evaluation.report.seeds import SeedGroup, mean_ci, seed_groups, seeds_table, t_quantile
+from evaluation.report.splits import confidence_table, exposure_table, token_split_table, views_table
 from evaluation.report.tables import (
     ablation_table,
     attribute_table,
@@ -61,17 +69,21 @@ __all__ = [
     "THREATS",
     "TOKEN_ATTACKS",
     "OperatingPoint",
+    "SeedGroup",
     "ablation_table",
     "accuracy",
     "attack",
     "attribute_table",
     "chance_cell",
+    "confidence_table",
     "eta_table",
+    "exposure_table",
     "headline_table",
     "hops_table",
     "is_variant",
     "load_rows",
     "main",
+    "mean_ci",
     "operating_points",
     "paper_table",
     "pct",
@@ -80,9 +92,14 @@ __all__ = [
     "plot_eta",
     "plot_privacy_utility",
     "render",
+    "seed_groups",
+    "seeds_table",
     "setting_name",
     "setting_of",
     "split_table",
     "strongest",
+    "t_quantile",
+    "token_split_table",
     "variants_table",
+    "views_table",
 ]

@@ -16,6 +16,8 @@ from pathlib import Path
 from evaluation.report.paper import headline_table, paper_table
 from evaluation.report.plots import plot_eta, plot_privacy_utility
 from evaluation.report.queries import NOISE_MECHANISMS, config_setting, setting_of
+from evaluation.report.seeds import seeds_table
+from evaluation.report.splits import confidence_table, exposure_table, token_split_table, views_table
 from evaluation.report.tables import (
     ablation_table,
     attribute_table,
@@ -52,8 +54,14 @@ fresh noise), then:
   training steps, decoded from the wire payloads (perturbed hidden states in float16, attention
   mask, and the returned dL/d(representation) rows, computed by the device through its private head).
   The gradient attacks use the server's top model after training, which (learning rate decayed to
-  ~0) is the model that produced those gradients. Token ids, attributes and labels are used for
-  scoring only.
+  ~0) is the model that produced those gradients. Since harness version 5 the attacks also get
+  *every view* of those texts the server received: their rows in every earlier epoch and the
+  `validation_views` (2: the SDK's job validates before and after training) and `inference_views`
+  (0 in the grids) inference requests of them, sent by the device with the job's privatizer (with
+  the default per-text noise each re-send is the same view; with `view_noise='fresh'` each is a new
+  draw). Token ids, attributes, labels, the exposure truth (the positions the mechanism sent at its
+  lowest noise level, when it has at least two levels) and the token class (content / function /
+  punctuation, from the tokenizer) are used for scoring only.
 - **Threat models** (`evaluation/attacks`): *naive* = the paper's attacker (trains on CLEAN
   representations of public text); *adaptive* = Kerckhoffs' attacker (knows the mechanism, its
   parameters and fitted state; trains on public text passed through the same mechanism and models its
@@ -64,7 +72,9 @@ fresh noise), then:
   cluster-to-label matching: an upper bound that assumes the attacker can name the clusters), A2
   (nearest split-layer prototype), A3 (attribute classifier on pooled h~), A4 (not applicable since
   the head moved to the device: shadow gradients need its weights), A5 (k-means). "Strongest token ASR" is
-  the maximum over the token attacks (A0-opt, A0-learned, A1, A2) for that threat model.
+  the maximum over the token attacks (A0-opt, A0-learned, A0-bayes, A0-multiview, A1, A2, those
+  that ran) for that threat model; the split tables show that attack's ASR on the exposed / buried
+  tokens and per token class.
 - **Chance**: the rate of a majority guesser on the same items (the most frequent token / label /
   attribute). **Undefended**: the same attack on mechanism `none` (the "None" rows).
 
@@ -121,8 +131,12 @@ def _setting_lines(rows: list[ResultRow], plots_dir: Path, doc_dir: Path) -> lis
         if ds == "vader-movie":
             continue
         table = attribute_table(rows, ds)
-        if table:
+        if table and any(r.data is None or r.data.private_attributes for r in rows if r.config.dataset == ds):
             lines += [f"### Attribute inference on `{ds}` (private attribute: domain), l=3", "", *table, ""]
+        elif table:
+            lines += [f"### Token and label attacks on `{ds}`, l=3", "", *table, ""]
+    for ds in datasets:
+        lines += _split_lines(rows, ds)
     lines += ["### Time per experiment", ""]
     header = ["experiment", "dataset", "fit s", "train s", "eval s", "attacks s", "total s"]
     body = []
@@ -160,13 +174,47 @@ def _movie_lines(rows: list[ResultRow], ds: str, name: str, plots_dir: Path, doc
     return lines
 
 
+def _split_lines(rows: list[ResultRow], ds: str) -> list[str]:
+    """The best-response figures of ``ds``: splits by exposure and class, views, exposure reading,
+    confident precision (each only when some row reports it)."""
+    lines: list[str] = []
+    for title, table in (
+        (f"Token attacks by exposure and token class (`{ds}`)", token_split_table(rows, ds)),
+        (f"Token ASR against the number of views of a text (`{ds}`)", views_table(rows, ds)),
+        (f"Reading which tokens were exposed (`{ds}`)", exposure_table(rows, ds)),
+        (f"Attacker precision on the tokens it is confident about (`{ds}`)", confidence_table(rows, ds)),
+    ):
+        if table:
+            lines += ["### " + title, "", *table, ""]
+    return lines
+
+
+def _seed_lines(rows: list[ResultRow]) -> list[str]:
+    """The section over seeds (configs run with several seeds), empty when there is none."""
+    table = seeds_table(rows)
+    if not table:
+        return []
+    return [
+        "## Over seeds",
+        "",
+        "Configurations run with several seeds (rows that differ only in `seed`: the data split, the noise, "
+        "the initialisation and the batch order all change with it). Cells are the mean ± the half-width of "
+        "the two-sided 95% Student-t interval over the seeds (sample standard deviation, n - 1 degrees of "
+        "freedom; with n = 3 the t quantile is 4.30, so the interval is wide), with the interval in brackets. "
+        "The UP drop is paired: per seed, the undefended row of that seed minus this row.",
+        "",
+        *table,
+        "",
+    ]
+
+
 def _coverage(rows: list[ResultRow]) -> list[str]:
     """A line saying how much of the matching quick / full grid these rows cover (empty if neither)."""
     from evaluation.sweep import grid
 
     for quick, name in ((True, "quick"), (False, "full")):
-        configs = grid(quick=quick)
-        if config_setting(configs[0]) != setting_of(rows[0]):
+        configs = [c for c in grid(quick=quick) if config_setting(c) == setting_of(rows[0])]  # this seed's
+        if not configs:
             continue
         done = {r.key for r in rows}
         missing = [c for c in configs if c.key() not in done]
@@ -234,6 +282,7 @@ def render(rows: list[ResultRow], out: Path, plots_dir: Path | None = None, sour
         "",
         METHOD_TEXT,
     ]
+    lines += _seed_lines(rows)
     for group in groups.values():
         lines += _setting_lines(group, plots_dir, out.parent)
     text = "\n".join(lines).rstrip() + "\n"

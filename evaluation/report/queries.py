@@ -39,7 +39,9 @@ __all__ = [
     "strongest",
 ]
 
-TOKEN_ATTACKS = ("A0-opt", "A0-learned", "A1", "A2")
+#: the token attacks (absent ones are ignored: older rows lack the best-response attacks A0-bayes /
+#: A0-multiview; A0-multiview attacks every view of a text the server received)
+TOKEN_ATTACKS = ("A0-opt", "A0-learned", "A0-bayes", "A0-multiview", "A1", "A2")
 LABEL_ATTACKS = ("A1-label",)
 ATTRIBUTE_ATTACKS = ("A3", "A4", "A5")
 THREATS = ("naive", "adaptive")

@@ -52,9 +52,10 @@ def test_config_key_is_stable_and_baseline_is_none(tiny):
     with pytest.raises(ValueError, match="eta must be None"):
         _config(tiny, mechanism="opt3")
     assert cfg.views() == 2 + 2 and _config(tiny, inference_views=3).views() == 7
-    assert cfg.key() != replace(cfg, validation_views=0).key() and "inference_views=3" in _config(
-        tiny, inference_views=3
-    ).label()
+    assert (
+        cfg.key() != replace(cfg, validation_views=0).key()
+        and "inference_views=3" in _config(tiny, inference_views=3).label()
+    )
     with pytest.raises(ValueError, match="validation_views"):
         _config(tiny, validation_views=-1)
 
@@ -159,7 +160,8 @@ def test_grids_have_unique_keys_and_a_baseline():
     full = grid()
     assert {c.mechanism for c in full} == set(MECHANISMS)
     assert {c.split_layer for c in full} == {3, 4, 5} and {c.hops for c in full} == {None, 4, 5}
-    assert {c.dataset for c in full} == {"vader-movie", "vader-mixed", "multiemo"}
+    assert {c.dataset for c in full} == {"vader-movie", "vader-mixed", "multiemo", "multiemo-medicine"}
+    assert {c.seed for c in full} == {0, 1, 2} and {c.seed for c in grid(quick=True)} == {0}  # headline: full only
 
 
 def _fake_row(config: ExperimentConfig, acc: float, asr: float, ratio: float = 1.0) -> dict:
