@@ -28,11 +28,23 @@ HARNESS_VERSION = 5  # part of every key: bump when a change makes old rows inco
 NOISELESS = tuple(n for n in MECHANISMS if not mechanism_info(n).adds_noise)  # none, opt3, opt3_importance
 OPT3_MECHANISMS = tuple(n for n in MECHANISMS if mechanism_info(n).uses_opt3)  # opt3, opt3_importance, privtune
 
-#: keyword options per attack and budget (the attacks' own defaults otherwise)
+#: keyword options per attack and budget (the attacks' own defaults otherwise). "quick" keeps
+#: ``privtune eval --quick`` under 20 minutes on 2 cores: measured on minilm-l6 with the quick grid's
+#: 64 attacked and 500 public texts (privtune eta 10), the attacks took 159 s per defended experiment at
+#: the attacks' defaults, 95 s of it A0-context (its time cap, 45 s per threat model) and 29 s A0-opt;
+#: with the caps below about 105 s (estimate).
 ATTACK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {"A0-opt": {"max_sequences": 32}, "A1": {"max_sequences": 4}},
-    "quick": {"A0-opt": {"max_sequences": 8}, "A1": {"max_sequences": 2, "steps": 50}},
-    "smoke": {"A0-opt": {"max_sequences": 4, "steps": 5}, "A1": {"max_sequences": 2, "steps": 3}},  # tests only
+    "quick": {
+        "A0-opt": {"max_sequences": 8, "steps": 20},
+        "A0-context": {"max_seconds": 10.0},
+        "A1": {"max_sequences": 2, "steps": 50},
+    },
+    "smoke": {  # tests only
+        "A0-opt": {"max_sequences": 4, "steps": 5},
+        "A0-context": {"max_seconds": 2.0, "max_epochs": 2},
+        "A1": {"max_sequences": 2, "steps": 3},
+    },
 }
 
 

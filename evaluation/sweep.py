@@ -10,8 +10,9 @@ stopped. Before a defended experiment the runner makes sure the undefended basel
 config with mechanism ``none``) has a row, and copies its ASRs into the defended row.
 
 Grids (``grid(quick)`` concatenates them, shared configs run once; ``quick`` keeps only the eta grid
-at three etas and the attribute check on privtune, so that it finishes in about 15 minutes on 2 CPU
-cores; the other grids are full-sweep only):
+at three etas and the attribute check on privtune, so that it finishes in under 20 minutes on 2 CPU
+cores (17-18 estimated with the best-response attacks at the quick attack budget, see
+``evaluation.config.ATTACK_BUDGETS``); the other grids are full-sweep only):
     eta        quick: privtune at 5 / ETA_REF / 80, dchi at ETAS_QUICK; full: privtune, dchi and
                gaussian at ETAS_QUICK and ETA_REF (+ the ``none`` row = the paper's "None" column;
                ``opt3`` = privtune's eta -> infinity limit)

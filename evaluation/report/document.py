@@ -72,7 +72,7 @@ fresh noise), then:
   cluster-to-label matching: an upper bound that assumes the attacker can name the clusters), A2
   (nearest split-layer prototype), A3 (attribute classifier on pooled h~), A4 (not applicable since
   the head moved to the device: shadow gradients need its weights), A5 (k-means). "Strongest token ASR" is
-  the maximum over the token attacks (A0-opt, A0-learned, A0-bayes, A0-multiview, A1, A2, those
+  the maximum over the token attacks (A0-opt, A0-learned, A0-bayes, A0-multiview, A0-context, A1, A2, those
   that ran) for that threat model; the split tables show that attack's ASR on the exposed / buried
   tokens and per token class.
 - **Chance**: the rate of a majority guesser on the same items (the most frequent token / label /
@@ -268,7 +268,7 @@ def render(rows: list[ResultRow], out: Path, plots_dir: Path | None = None, sour
         f"finished between {dates[0][:16] if dates else '?'} and {dates[-1][:16] if dates else '?'} (UTC).",
         _machine_line(rows),
         "",
-        "Reproduce: `privtune eval --quick --report` (reduced grid, ~15 min on 2 CPU cores) or "
+        "Reproduce: `privtune eval --quick --report` (reduced grid, < 20 min on 2 CPU cores) or "
         "`privtune eval --report` (the full grid; hours; resumable: re-run the same command; `--shard 0/2` and "
         "`--shard 1/2` run it in two processes); the `defaults` setting: `privtune eval --grids defaults`. The "
         "rows behind this page are kept in `docs/results/` (continue the full grid with "

@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 #: the token attacks (absent ones are ignored: older rows lack the best-response attacks A0-bayes /
-#: A0-multiview; A0-multiview attacks every view of a text the server received)
-TOKEN_ATTACKS = ("A0-opt", "A0-learned", "A0-bayes", "A0-multiview", "A1", "A2")
+#: A0-multiview / A0-context; A0-multiview attacks every view of a text the server received)
+TOKEN_ATTACKS = ("A0-opt", "A0-learned", "A0-bayes", "A0-multiview", "A0-context", "A1", "A2")
 LABEL_ATTACKS = ("A1-label",)
-ATTRIBUTE_ATTACKS = ("A3", "A4", "A5")
+ATTRIBUTE_ATTACKS = ("A3", "A3-top", "A4", "A5")
 THREATS = ("naive", "adaptive")
 _NOISE_DISPLAY_ORDER = ("dchi", "privtune", "gaussian", "dchi_importance")  # plots' colours and tables' order
 #: The mechanisms that add noise (the table's set; a new one must be given a place in the display order).
