@@ -61,6 +61,23 @@ def _has(rows: Sequence[ResultRow], key: str) -> bool:
     return any(key in e.details for r in rows for e in r.attacks if e.asr is not None)
 
 
+def _undefended_last(rows: list[ResultRow]) -> tuple[list[ResultRow], ResultRow | None]:
+    """``rows`` (in display order) with the undefended default row moved to the end, and that row."""
+    base = first(pick(rows, mechanism="none", defaults=True))
+    return [r for r in rows if r is not base] + ([base] if base is not None else []), base
+
+
+def _label(row: ResultRow, base: ResultRow | None) -> str:
+    return "undefended (none)" if row is base else row.label
+
+
+def _reference(row: ResultRow) -> AttackEntry | None:
+    """The naive token entry with class splits that scored the most tokens (all of them, not a subset):
+    its chance per class is that of the attacked texts."""
+    entries = [e for n in TOKEN_ATTACKS if (e := row.attack(n, "naive")) is not None and "by_class" in e.details]
+    return max(entries, key=lambda e: e.n) if entries else strongest(row, "naive")
+
+
 def _strongest_names(row: ResultRow) -> str:
     names = [e.name if (e := strongest(row, t)) is not None else "n/a" for t in THREATS]
     return names[0] if len(set(names)) == 1 else " / ".join(names)
@@ -75,7 +92,7 @@ def token_split_table(rows: list[ResultRow], dataset: str) -> list[str]:
     same = sorted(pick(rows, dataset=dataset), key=_order)
     if not (_has(same, "by_class") or _has(same, "by_exposure")):
         return []
-    base = first(pick(same, mechanism="none", defaults=True))
+    ordered, base = _undefended_last(same)
     header = [
         "experiment",
         "strongest attack",
@@ -86,19 +103,17 @@ def token_split_table(rows: list[ResultRow], dataset: str) -> list[str]:
         "exposed / buried chance %",
         *[f"{c} ASR %" for c in CLASSES],
     ]
-    ref = base or same[0]
-    ref_entry = strongest(ref, "naive")
+    ref_entry = _reference(base or same[0])
     chance = ["chance", "", pct(None if ref_entry is None else ref_entry.chance), "", "", "", ""]
     chance += [pct(_split(ref_entry, "by_class", c, "chance")) for c in CLASSES]
     body = [chance]
-    for r in [r for r in same if r is not base] + ([base] if base is not None else []):
+    for r in ordered:
         share = r.observation.exposed_share if r.observation is not None else None
         # the chance of a split is the same under both threat models (the same tokens): the first that has it
         has = [e for t in THREATS if (e := strongest(r, t)) is not None and "by_exposure" in e.details]
         exposure_chance = " / ".join(pct(_split(first(has), "by_exposure", p, "chance")) for p in EXPOSURE)
-        label = "undefended (none)" if r is base else r.label
         cells = [
-            label,
+            _label(r, base),
             _strongest_names(r),
             " / ".join(pct(e.asr if (e := strongest(r, t)) else None) for t in THREATS),
         ]
@@ -128,11 +143,11 @@ def views_table(rows: list[ResultRow], dataset: str) -> list[str]:
     if not chosen:
         return []
     longest = max(len(_curve(e)) for r in chosen for t in THREATS for e in _view_entries(r, t))
-    base = first(pick(same, mechanism="none", defaults=True))
+    chosen, base = _undefended_last(chosen)
     header = ["experiment", "attack", "views (training + validation + inference)", "chance %"]
     header += [f"{k} view{'s' if k > 1 else ''} ASR %" for k in range(1, longest + 1)]
     body = []
-    for r in [r for r in chosen if r is not base] + ([base] if any(r is base for r in chosen) else []):
+    for r in chosen:
         cells_k = []
         for k in range(longest):
             pair_k = []
@@ -146,15 +161,16 @@ def views_table(rows: list[ResultRow], dataset: str) -> list[str]:
         views = r.observation.views if r.observation is not None else None
         described = f"{views if views is not None else 'n/a'} ({' + '.join(parts)})" if sources else str(views or "n/a")
         entry = next(iter(_view_entries(r, "naive")), None)
-        label = "undefended (none)" if r is base else r.label
-        body.append([label, ", ".join(names), described, pct(None if entry is None else entry.chance), *cells_k])
+        body.append(
+            [_label(r, base), ", ".join(names), described, pct(None if entry is None else entry.chance), *cells_k]
+        )
     return markdown_table(header, body)
 
 
 def exposure_table(rows: list[ResultRow], dataset: str) -> list[str]:
     """How well the attacker reads which tokens were exposed: ``exposure_accuracy`` per attack that
     reports it, against its chance (a majority guess of exposed / buried: max(share, 1 - share))."""
-    same = sorted(pick(rows, dataset=dataset), key=_order)
+    same, base = _undefended_last(sorted(pick(rows, dataset=dataset), key=_order))
     body = []
     for r in same:
         share = r.observation.exposed_share if r.observation is not None else None
@@ -166,7 +182,9 @@ def exposure_table(rows: list[ResultRow], dataset: str) -> list[str]:
             truth = share if truth is None else truth
             chance = None if truth is None else max(truth, 1.0 - truth)
             detected = _number(e.details.get("detected_exposed_share"))
-            body.append([r.label, e.name, e.threat_model, pct(truth), pct(detected), pct(accuracy), pct(chance)])
+            body.append(
+                [_label(r, base), e.name, e.threat_model, pct(truth), pct(detected), pct(accuracy), pct(chance)]
+            )
     if not body:
         return []
     header = [
@@ -184,7 +202,7 @@ def exposure_table(rows: list[ResultRow], dataset: str) -> list[str]:
 def confidence_table(rows: list[ResultRow], dataset: str) -> list[str]:
     """The attacker's precision on the tokens it is confident about (posterior >= the threshold) and
     their share of the scored tokens, per attack that reports it, beside its overall ASR."""
-    same = sorted(pick(rows, dataset=dataset), key=_order)
+    same, base = _undefended_last(sorted(pick(rows, dataset=dataset), key=_order))
     body = []
     for r in same:
         names = [n for n in (*TOKEN_ATTACKS, *sorted({e.name for e in r.attacks} - set(TOKEN_ATTACKS)))]
@@ -192,7 +210,7 @@ def confidence_table(rows: list[ResultRow], dataset: str) -> list[str]:
             entries = [r.attack(name, t) for t in THREATS]
             if not any(e is not None and isinstance(e.details.get("confident"), dict) for e in entries):
                 continue
-            cells = [r.label, name]
+            cells = [_label(r, base), name]
             threshold = None
             for e in entries:
                 sure = e.details.get("confident") if e is not None else None
