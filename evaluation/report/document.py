@@ -270,7 +270,9 @@ def render(rows: list[ResultRow], out: Path, plots_dir: Path | None = None, sour
         "",
         "Reproduce: `privtune eval --quick --report` (reduced grid, < 20 min on 2 CPU cores) or "
         "`privtune eval --report` (the full grid; hours; resumable: re-run the same command; `--shard 0/2` and "
-        "`--shard 1/2` run it in two processes); the `defaults` setting: `privtune eval --grids defaults`. The "
+        "`--shard 1/2` run it in two processes; it includes the `headline` rows over seeds 0-2 and the `medicine` "
+        "setting, also runnable alone: `privtune eval --grids headline,medicine`); the `defaults` setting: "
+        "`privtune eval --grids defaults`. The "
         "rows behind this page are kept in `docs/results/` (continue the full grid with "
         "`privtune eval --out docs/results/full.jsonl`).",
         "",
