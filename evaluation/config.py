@@ -66,7 +66,10 @@ class ExperimentConfig:
     Views: the attacks get every view of the attacked texts the server received, one per training
     epoch plus ``validation_views`` (the SDK's job evaluates before and after training: 2) and
     ``inference_views`` (private inference on the same texts after the job: 0 in the grids), sent as
-    the device sends them (``evaluation.harness.server_view``).
+    the device sends them (``evaluation.harness.server_view``). The SDK validates on a held-out split
+    (and also at each epoch end), so these views are the case of a text the server receives again
+    outside training (validated on, or inferred over, after being trained on); 2 mirrors the job's
+    before / after evaluations.
     """
 
     dataset: str = "vader-movie"
