@@ -149,7 +149,9 @@ class ExposureDetector:
         """Fit on observed rows ``hidden`` (n, d) whose true noise ``scale`` (n,) is known (public text
         through the same mechanism). Scales within relative ``tolerance`` are one level."""
         if hidden.dim() != 2 or scale.shape != hidden.shape[:1] or hidden.shape[0] == 0:
-            raise ValueError(f"need hidden (n, d) and scale (n,), n >= 1; got {tuple(hidden.shape)}, {tuple(scale.shape)}")
+            raise ValueError(
+                f"need hidden (n, d) and scale (n,), n >= 1; got {tuple(hidden.shape)}, {tuple(scale.shape)}"
+            )
         scale = scale.detach().float().cpu()
         levels = _level_values(scale, tolerance, max_levels)  # (L,)
         ref = None if reference is None else reference.detach().float().cpu()
@@ -162,7 +164,9 @@ class ExposureDetector:
         mean = sums / counts.clamp_min(1).unsqueeze(1)  # (L, f)
         sq = torch.zeros_like(sums).index_add_(0, level, (feats - mean[level]).pow(2))
         floor = 1e-4 * feats.var(dim=0, unbiased=False).clamp_min(1e-8) + 1e-8  # (f,)
-        var = torch.where(counts.unsqueeze(1) > 1, sq / counts.clamp_min(1).unsqueeze(1), feats.var(dim=0, unbiased=False))
+        var = torch.where(
+            counts.unsqueeze(1) > 1, sq / counts.clamp_min(1).unsqueeze(1), feats.var(dim=0, unbiased=False)
+        )
         var = var.clamp_min(floor)
         log_prior = torch.log((counts + 0.5) / (counts.sum() + 0.5 * count))
         return cls(levels, mean.float(), var.float(), log_prior.float(), ref)
@@ -244,7 +248,8 @@ class LevelBayesDecoder:
     ``centre`` (d,): ``means`` (C, d); ``pooled`` (d,) the shrunk pooled eigenvalues; ``spread`` (C, d)
     per-class variances in that basis (None: pooled); ``offset`` (C,) extra isotropic variance per class
     (0 for classes seen in training, the lone-token fallback's bias for the others); ``log_prior`` (C,);
-    ``classes`` (C,) token ids; ``trained`` (C,) bool; ``noise``: the noise kind the scales are of.
+    ``classes`` (C,) token ids; ``trained`` (C,) bool; ``noise``: the noise kind the scales are of;
+    ``raw_means`` (C, d): the means in the original coordinates (the Laplace re-rank's).
     Isotropic noise stays isotropic in the rotated basis, so every level costs one diagonal likelihood.
     """
 
@@ -258,6 +263,7 @@ class LevelBayesDecoder:
     basis: torch.Tensor
     noise: str = "none"
     spread: torch.Tensor | None = None
+    raw_means: torch.Tensor | None = None
 
     @classmethod
     def fit(
@@ -272,6 +278,7 @@ class LevelBayesDecoder:
         shrinkage: float = 0.1,
         spread: str = "pooled",
         class_strength: float = 8.0,
+        fallback_spread: bool = True,
     ) -> LevelBayesDecoder:
         """Fit on noiseless rows ``mean_hidden`` (n, d) (the mechanism's deterministic output on public
         text; clean states for an attacker who ignores the mechanism) labelled ``token_ids`` (n,).
@@ -282,11 +289,14 @@ class LevelBayesDecoder:
         toward the pooled ones with ``class_strength`` pseudo-occurrences. ``fallback_ids`` (m,) with
         ``fallback_means`` (m, d): classes for tokens absent from ``token_ids`` (e.g. every vocabulary
         token at its lone prototype's noiseless output), each with ``fallback_count`` pseudo-occurrences
-        and extra variance = the mean squared gap between fallback and class means of the seen tokens.
-        ``noise``: the kind of the scales ``predict`` will be given (``noise_variance``).
+        and extra variance = the mean squared gap between fallback and class means of the seen tokens
+        (``fallback_spread=False``: no extra variance, e.g. for an attacker who models no noise, to whom
+        a wider class would win every far-off row). ``noise``: the kind of the scales ``predict`` will be given (``noise_variance``).
         """
         if mean_hidden.dim() != 2 or mean_hidden.shape[0] == 0 or token_ids.shape != mean_hidden.shape[:1]:
-            raise ValueError(f"need rows (n, d), n >= 1, and one token id each; got {tuple(mean_hidden.shape)}, {tuple(token_ids.shape)}")
+            raise ValueError(
+                f"need rows (n, d), n >= 1, and one token id each; got {tuple(mean_hidden.shape)}, {tuple(token_ids.shape)}"
+            )
         if spread not in ("pooled", "class") or not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"spread must be 'pooled' or 'class' and shrinkage in [0, 1], got {spread!r}, {shrinkage}")
         noise_variance(0.0, noise, 1)  # validates the kind
@@ -317,7 +327,9 @@ class LevelBayesDecoder:
             fmeans = fallback_means.detach().double().cpu()
             extra = ~torch.isin(ids, classes)  # (m,)
             seen = torch.isin(ids, classes)
-            if bool(seen.any()):
+            if not fallback_spread:
+                bias = 0.0
+            elif bool(seen.any()):
                 gap = fmeans[seen] - means[torch.searchsorted(classes, ids[seen])]
                 bias = float(gap.pow(2).mean())
             else:
@@ -335,14 +347,28 @@ class LevelBayesDecoder:
             classes=classes, means=((means - centre) @ basis).float(), pooled=pooled.float(),
             offset=offset.float(), log_prior=log_prior.float(), trained=trained, centre=centre.float(),
             basis=basis.float(), noise=noise, spread=None if per_class is None else per_class.float(),
+            raw_means=means.float(),
         )  # fmt: skip
 
     @property
     def dim(self) -> int:
         return int(self.means.shape[1])
 
+    def subset(self, index: torch.Tensor) -> LevelBayesDecoder:
+        """The decoder over the classes ``index`` (c',) only (positions into ``classes``; same basis,
+        spread and priors, so scores are unchanged and the posterior renormalises over the subset)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        pick = lambda t: None if t is None else t[index]
+        return LevelBayesDecoder(
+            classes=self.classes[index], means=self.means[index], pooled=self.pooled, offset=self.offset[index],
+            log_prior=self.log_prior[index], trained=self.trained[index], centre=self.centre, basis=self.basis,
+            noise=self.noise, spread=pick(self.spread), raw_means=pick(self.raw_means),
+        )  # fmt: skip
+
     def class_means(self, trained_only: bool = False) -> torch.Tensor:
         """(C, d) the class means in the original coordinates (only the trained classes with ``trained_only``)."""
+        if self.raw_means is not None:
+            return self.raw_means[self.trained] if trained_only else self.raw_means
         means = self.means[self.trained] if trained_only else self.means
         return means @ self.basis.T + self.centre
 
@@ -381,8 +407,11 @@ class LevelBayesDecoder:
             var = pooled + value + v  # (d,)
             prec = 1.0 / var
             m = mu[cols]
-            quad = (x2 @ prec).unsqueeze(1) - 2.0 * (xr * prec) @ m.T + (m.pow(2) @ prec).unsqueeze(0)  # (n, run)
-            out[:, cols] = -0.5 * (quad + float(torch.log(var).sum())) + prior[cols]
+            # -0.5 (x - m)^T P (x - m) - 0.5 log|V| + prior = (x P) m^T + bias_c + row_r, one fused product
+            bias = prior[cols] - 0.5 * (m.pow(2) @ prec + float(torch.log(var).sum()))  # (run,)
+            block = torch.addmm(bias.unsqueeze(0), xr * prec, m.T)  # (n, run)
+            block -= 0.5 * (x2 @ prec).unsqueeze(1)
+            out[:, cols] = block
             start += run
         return out
 
@@ -406,6 +435,63 @@ class LevelBayesDecoder:
         return out - torch.logsumexp(out, dim=1, keepdim=True)
 
     @torch.no_grad()
+    def top_candidates(
+        self,
+        hidden: torch.Tensor,
+        noise_scale: torch.Tensor | float | None = None,
+        *,
+        views: torch.Tensor | int | float = 1,
+        k: int = 32,
+        likelihood: str = "gaussian",
+        block_size: int = 4096,
+        row_block: int = 4096,
+        max_groups: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most probable classes of each row of ``hidden`` (n, d), best first: (indices into
+        ``classes`` (n, k), log posterior (n, k)).
+
+        Gaussian: the log posterior over all classes (exact normaliser, accumulated blockwise).
+        'laplace': the Gaussian top ``k`` re-scored with a per-coordinate Laplace likelihood of the same
+        variance (spread + noise: the exact form when Laplace noise dominates), normalised over those k
+        (the rest carry negligible mass) and re-sorted. Blockwise: ``block_size`` classes x ``row_block``
+        rows, so memory is O(row_block x (block_size + k)) whatever |V|."""
+        if likelihood not in ("gaussian", "laplace"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'laplace', got {likelihood!r}")
+        n = hidden.shape[0]
+        device = hidden.device
+        v_all = self.row_variance(n, noise_scale, views, device)  # (n,)
+        c = self.classes.shape[0]
+        k = min(k, c)
+        out_idx = torch.empty(n, k, dtype=torch.long, device=device)
+        out_lp = torch.empty(n, k, device=device)
+        for s in range(0, n, row_block):
+            xr = self.rotate(hidden[s : s + row_block])  # (b, d)
+            v = v_all[s : s + row_block]
+            values, group = _row_groups(v, max_groups)
+            best = torch.full((xr.shape[0], k), -math.inf, device=device)
+            best_idx = torch.zeros(xr.shape[0], k, dtype=torch.long, device=device)
+            lse = torch.full((xr.shape[0],), -math.inf, device=device)
+            for g, value in enumerate(values.tolist()):
+                rows = (group == g).nonzero().squeeze(1)
+                b_best, b_idx, b_lse = best[rows], best_idx[rows], lse[rows]
+                for lo in range(0, c, block_size):
+                    hi = min(lo + block_size, c)
+                    scores = self._block_scores(xr[rows], value, lo, hi)  # (r, c_b)
+                    b_lse = torch.logaddexp(b_lse, torch.logsumexp(scores, dim=1))
+                    top = scores.topk(min(k, hi - lo), dim=1)
+                    pick = torch.cat([b_best, top.values], dim=1).topk(k, dim=1)
+                    b_idx = torch.cat([b_idx, top.indices + lo], dim=1).gather(1, pick.indices)
+                    b_best = pick.values
+                best[rows], best_idx[rows], lse[rows] = b_best, b_idx, b_lse
+            logp = best - lse.unsqueeze(1)
+            if likelihood == "laplace":
+                laplace = self._laplace_scores(hidden[s : s + row_block].float(), v, best_idx)  # (b, k)
+                order = laplace.argsort(dim=1, descending=True)
+                best_idx = best_idx.gather(1, order)
+                logp = laplace.gather(1, order).log_softmax(dim=1)
+            out_idx[s : s + row_block], out_lp[s : s + row_block] = best_idx, logp
+        return out_idx, out_lp
+
     def predict(
         self,
         hidden: torch.Tensor,
@@ -421,62 +507,32 @@ class LevelBayesDecoder:
         """(token ids (n,), confidence (n,)) for rows ``hidden`` (n, d) at per-row ``noise_scale`` (n,) or
         a float (None: noiseless), averaged over ``views`` views ((n,) or a number: divides the variance).
 
-        Confidence: the posterior probability of the chosen token under the Gaussian model. With
-        ``likelihood='laplace'`` the ``rerank`` most probable tokens are re-scored with a per-coordinate
-        Laplace likelihood of the same variance (spread + noise; the exact form when Laplace noise
-        dominates) and the best of them is chosen. Blockwise: ``block_size`` classes x ``row_block`` rows.
-        """
-        if likelihood not in ("gaussian", "laplace"):
-            raise ValueError(f"likelihood must be 'gaussian' or 'laplace', got {likelihood!r}")
-        n = hidden.shape[0]
-        device = hidden.device
-        v_all = self.row_variance(n, noise_scale, views, device)  # (n,)
-        ids = torch.empty(n, dtype=torch.long, device=device)
-        conf = torch.empty(n, device=device)
-        classes = self.classes.to(device)
-        c = classes.shape[0]
-        k = min(rerank, c) if likelihood == "laplace" else 1
-        for s in range(0, n, row_block):
-            xr = self.rotate(hidden[s : s + row_block])  # (b, d)
-            v = v_all[s : s + row_block]
-            values, group = _row_groups(v, max_groups)
-            best = torch.full((xr.shape[0], k), -math.inf, device=device)
-            best_idx = torch.zeros(xr.shape[0], k, dtype=torch.long, device=device)
-            lse = torch.full((xr.shape[0],), -math.inf, device=device)
-            for g, value in enumerate(values.tolist()):
-                rows = (group == g).nonzero().squeeze(1)
-                xg = xr[rows]
-                b_best, b_idx, b_lse = best[rows], best_idx[rows], lse[rows]
-                for lo in range(0, c, block_size):
-                    hi = min(lo + block_size, c)
-                    scores = self._block_scores(xg, value, lo, hi)  # (r, c_b)
-                    b_lse = torch.logaddexp(b_lse, torch.logsumexp(scores, dim=1))
-                    top = scores.topk(min(k, hi - lo), dim=1)
-                    merged = torch.cat([b_best, top.values], dim=1)
-                    pick = merged.topk(k, dim=1)
-                    b_idx = torch.cat([b_idx, top.indices + lo], dim=1).gather(1, pick.indices)
-                    b_best = pick.values
-                best[rows], best_idx[rows], lse[rows] = b_best, b_idx, b_lse
-            choice = best_idx[:, 0]
-            conf_rows = torch.exp(best[:, 0] - lse)
-            if likelihood == "laplace" and k > 1:
-                laplace = self._laplace_scores(hidden[s : s + row_block].float(), v, best_idx)  # (b, k)
-                pick = laplace.argmax(dim=1, keepdim=True)
-                choice = best_idx.gather(1, pick)[:, 0]
-                conf_rows = torch.exp(best.gather(1, pick)[:, 0] - lse)
-            ids[s : s + row_block] = classes[choice]
-            conf[s : s + row_block] = conf_rows
-        return ids, conf
+        Confidence: the posterior probability of the chosen token (Gaussian: over all classes;
+        'laplace': over the ``rerank`` candidates it re-scored, see ``top_candidates``)."""
+        k = rerank if likelihood == "laplace" else 1
+        index, logp = self.top_candidates(
+            hidden, noise_scale, views=views, k=k, likelihood=likelihood, block_size=block_size,
+            row_block=row_block, max_groups=max_groups,
+        )  # fmt: skip
+        return self.classes.to(hidden.device)[index[:, 0]], logp[:, 0].exp()
 
-    def _laplace_scores(self, x: torch.Tensor, v: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    def _laplace_scores(self, x: torch.Tensor, v: torch.Tensor, cand: torch.Tensor, chunk: int = 512) -> torch.Tensor:
         """(b, k) per-coordinate Laplace log-likelihood (+ log prior) of rows ``x`` (b, d) under candidate
-        classes ``cand`` (b, k), with each coordinate's Laplace variance = its spread + offset + noise."""
-        basis, centre = self.basis.to(x.device), self.centre.to(x.device)
-        diag = basis.pow(2) @ self.pooled.to(x.device)  # (d,) pooled variances in the original basis
-        mu = self.means.to(x.device)[cand] @ basis.T + centre  # (b, k, d)
-        var = diag + self.offset.to(x.device)[cand].unsqueeze(-1) + v.to(x.device)[:, None, None]  # (b, k, d)
-        b = torch.sqrt(var / 2.0)
-        return -((x.unsqueeze(1) - mu).abs() / b + torch.log(2.0 * b)).sum(dim=-1) + self.log_prior.to(x.device)[cand]
+        classes ``cand`` (b, k), each coordinate's Laplace variance = its pooled spread + class offset +
+        the row's noise variance (``chunk`` rows at a time: O(chunk x k x d) memory)."""
+        device = x.device
+        basis = self.basis.to(device)
+        diag = basis.pow(2) @ self.pooled.to(device)  # (d,) pooled variances in the original basis
+        raw = self.raw_means.to(device) if self.raw_means is not None else self.class_means().to(device)
+        offset, prior = self.offset.to(device), self.log_prior.to(device)
+        out = torch.empty(cand.shape, device=device)
+        for s in range(0, x.shape[0], chunk):
+            c = cand[s : s + chunk]  # (r, k)
+            extra = offset[c] + v[s : s + chunk].to(device).unsqueeze(1)  # (r, k)
+            b = torch.sqrt((diag + extra.unsqueeze(-1)) / 2.0)  # (r, k, d)
+            dist = ((x[s : s + chunk].unsqueeze(1) - raw[c]).abs() / b).sum(dim=-1)  # (r, k)
+            out[s : s + chunk] = -dist - torch.log(2.0 * b).sum(dim=-1) + prior[c]
+        return out
 
     def coverage(self, token_ids: torch.Tensor) -> float:
         """Fraction of ``token_ids`` that were classes seen in training (fallback classes excluded)."""

@@ -14,19 +14,31 @@ The protocol is U-shaped: the server's top returns the pooled representation (b,
 private head classifies it, and the device returns dL/d(representation) rows (b, d). No logits,
 loss, label or head weights reach the server.
 
-=========== ============================================================ ==================
-name        attack                                                        scored on
-=========== ============================================================ ==================
-A0-opt      inversion by optimisation through the bottom                 tokens (subset)
-A0-learned  linear-discriminant token classifier fitted on public text   tokens
-A1          DLG: match per-text parameter gradients of the server's top  tokens (subset)
-A1-label    k-means on the returned dL/d(representation) rows, k = C;    texts
-            best one-to-one cluster -> label matching (an upper bound)
-A2          nearest split-layer prototype (cosine)                       tokens
-A3          attribute classifier on pooled h~                            texts
-A4          (not applicable: shadow gradients need the device's head)    -
-A5          K-means on pooled h~, clusters named by shadow attributes    texts
-=========== ============================================================ ==================
+============ =========================================================== ==================
+name         attack                                                      scored on
+============ =========================================================== ==================
+A0-opt       inversion by optimisation through the bottom; adaptive:     tokens (subset)
+             per-position noise likelihood, full vocabulary, Bayes start
+A0-learned   linear-discriminant token classifier fitted on public text  tokens
+A0-bayes     noise level read from each norm + per-level Bayes decoder   tokens
+A0-multiview A0-bayes on the average of every linked view (k = 1..K)     tokens
+A0-context   sequence model over the received states (fresh noise each   tokens
+             epoch), starting from the Bayes posterior
+A1           DLG: match per-text parameter gradients of the server's top tokens (subset)
+A1-label     k-means on the returned dL/d(representation) rows, k = C;   texts
+             best one-to-one cluster -> label matching (an upper bound)
+A2           nearest split-layer prototype (cosine)                      tokens
+A3           attribute classifier on pooled h~ (adaptive: precision-     texts
+             weighted pooling by the detected noise level)
+A3-top       attribute classifier on the server's top output             texts
+A4           (not applicable: shadow gradients need the device's head)   -
+A5           K-means on pooled h~, clusters named by shadow attributes   texts
+============ =========================================================== ==================
+
+Every token attack's details carry ``by_class`` (content / function / punctuation) and
+``by_exposure`` (exposed / buried) splits when the observation carries ``token_class`` / ``exposure``
+truth (``base.token_result``). The best-response attacks (method.md section 9) use the adaptive
+attacker's shadow of the mechanism, refitted on public text (``AttackKit.from_privatizer(refit=True)``).
 """
 
 from __future__ import annotations
@@ -36,12 +48,16 @@ from typing import Any
 
 import torch
 
+from .a0_bayes import a0_bayes
+from .a0_context import a0_context
 from .a0_learned import a0_learned
+from .a0_multiview import a0_multiview
 from .a0_optimisation import a0_optimisation
 from .a1_gradient import a1_gradient_inversion
 from .a1_label import a1_label_clustering
 from .a2_nearest import a2_nearest_prototype
 from .a3_attribute import a3_attribute
+from .a3_top import a3_top
 from .a4_gradient_attribute import a4_gradient_attribute
 from .a5_kmeans import a5_kmeans
 from .base import THREAT_MODELS, AttackResult, AttackUnavailable, Observation, check_threat_models
@@ -55,12 +71,16 @@ __all__ = [
     "AttackUnavailable",
     "KnownMechanism",
     "Observation",
+    "a0_bayes",
+    "a0_context",
     "a0_learned",
+    "a0_multiview",
     "a0_optimisation",
     "a1_gradient_inversion",
     "a1_label_clustering",
     "a2_nearest_prototype",
     "a3_attribute",
+    "a3_top",
     "a4_gradient_attribute",
     "a5_kmeans",
     "observe",
@@ -74,14 +94,22 @@ Attack = Callable[..., list[AttackResult]]
 ATTACKS: dict[str, Attack] = {
     "A0-opt": a0_optimisation,
     "A0-learned": a0_learned,
+    "A0-bayes": a0_bayes,
+    "A0-multiview": a0_multiview,
+    "A0-context": a0_context,
     "A1": a1_gradient_inversion,
     "A1-label": a1_label_clustering,
     "A2": a2_nearest_prototype,
     "A3": a3_attribute,
+    "A3-top": a3_top,
     "A4": a4_gradient_attribute,
     "A5": a5_kmeans,
 }
 """Attack name -> function, in method.md order."""
+
+_SEED_ORDER = ("A0-opt", "A0-learned", "A1", "A1-label", "A2", "A3", "A4", "A5", "A0-bayes", "A0-multiview",
+               "A0-context", "A3-top")  # fmt: skip
+"""The order the runner draws per-attack seeds in: the older attacks first, so adding one changes no seed."""
 
 
 def run_attacks(
@@ -105,10 +133,10 @@ def run_attacks(
         raise ValueError(f"unknown attacks {unknown}; known: {list(ATTACKS)}")
     models = check_threat_models(threat_models)
     base = generator if generator is not None else torch.Generator().manual_seed(0)
-    seeds = torch.randint(0, 2**62, (len(ATTACKS),), generator=base).tolist()
+    seeds = torch.randint(0, 2**62, (len(_SEED_ORDER),), generator=base).tolist()
     results: list[AttackResult] = []
     for name in names:
-        g = torch.Generator().manual_seed(seeds[list(ATTACKS).index(name)])
+        g = torch.Generator().manual_seed(seeds[_SEED_ORDER.index(name)])
         try:
             results += ATTACKS[name](observation, kit, models, g, **dict((options or {}).get(name, {})))
         except AttackUnavailable:

@@ -4,16 +4,23 @@ Relax each token to a distribution softmax(Z_i / temperature) over candidate tok
 mixture of their input embeddings, run the bottom with the true attention mask, and minimise the
 distance to the observed h~ with Adam; the guess is the argmax candidate.
 
-- Naive: squared L2 between the bottom's output and h~.
-- Adaptive: the bottom's output goes through the mechanism's deterministic part (clipping; the
-  OPT-3 shift at the current argmax tokens, straight-through) and the distance is the noise's negative
-  log-likelihood (L1 for Laplace / d_chi l1, L2 norm for d_chi l2, squared L2 for Gaussian).
+- Naive: squared L2 between the bottom's output and h~, candidates = the ``shortlist`` (32) most
+  cosine-similar prototypes, uniform start.
+- Adaptive (the best response, method.md section 9): the bottom's output goes through the mechanism's
+  deterministic part (clipping; the OPT-3 shift at the current argmax tokens, straight-through) and
+  the distance is the noise's negative log-likelihood at each position's *own* noise scale, read from
+  its norm (``likelihood='mechanism'``: L1 / b_i for Laplace / d_chi l1, L2 / b_i for d_chi l2,
+  L2^2 / 2 b_i^2 for Gaussian), so near-clean positions weigh as much as their precision says. The
+  candidates are the whole vocabulary (no shortlist: a token outside a shortlist is a sure miss) and
+  the relaxation starts at the per-level Bayes decoder's posterior (``init='bayes'``).
 
-Bounded cost: the candidates of each position are its ``shortlist`` most cosine-similar prototypes
-(None: the whole vocabulary, |V| times more memory and time), at most ``max_sequences`` random texts
-are attacked (None: all), for ``steps`` Adam steps, ``batch_size`` texts at a time. The shortlist is
-the attacker's own choice from h~, so a token outside it is a miss (``details["shortlist_hit"]``
-says how often the truth was among the candidates).
+Options: ``shortlist`` ('auto': 32 naive, None adaptive; an int caps both), ``likelihood`` ('auto':
+'mechanism' adaptive, 'plain' naive: the old unweighted distance), ``init`` ('auto': 'bayes' over the
+full vocabulary, else 'uniform'). Bounded cost: at most ``max_sequences`` random texts (None: all),
+``steps`` Adam steps, ``batch_size`` texts at a time and at most ``max_cells`` (text x position x
+candidate) entries per batch (full-vocabulary batches shrink to fit); embeddings are mixed with one
+matrix product, never gathered per candidate. ``details["shortlist_hit"]``: how often the truth was
+among the candidates (1 without a shortlist).
 """
 
 from __future__ import annotations
@@ -31,39 +38,74 @@ from .kit import AttackKit
 __all__ = ["a0_optimisation"]
 
 
-def _candidates(hidden: torch.Tensor, mask: torch.Tensor, prototypes: torch.Tensor, k: int | None) -> torch.Tensor:
-    """(b, t, K) candidate token ids per position (K = |V| without a shortlist)."""
+def _candidates(
+    hidden: torch.Tensor, mask: torch.Tensor, prototypes: torch.Tensor, k: int | None
+) -> torch.Tensor | None:
+    """(b, t, K) candidate token ids per position; None for the whole vocabulary."""
     v = prototypes.shape[0]
     if k is None or k >= v:
-        return torch.arange(v, device=hidden.device).expand(*mask.shape, v)
+        return None
     cand = torch.zeros(*mask.shape, k, dtype=torch.long, device=hidden.device)  # (b, t, k)
     real = mask.bool()
     cand[real] = prototype_shortlist(hidden[real], prototypes, k)
     return cand
 
 
+def _nll(kit: AttackKit, out: torch.Tensor, observed: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """(b, t) the noise's negative log-likelihood of ``observed`` given the noiseless ``out`` (b, t, d),
+    at per-position ``scale`` (b, t) (None: the unweighted ``KnownMechanism.distance``)."""
+    noise = kit.known.noise
+    if scale is None or noise == "none":
+        return kit.known.distance(out, observed)
+    diff = out - observed
+    if noise == "laplace":
+        return diff.abs().sum(dim=-1) / scale
+    if noise == "l2":
+        return diff.norm(dim=-1) / scale
+    return diff.pow(2).sum(dim=-1) / (2.0 * scale.pow(2))
+
+
 def _invert_batch(
-    hidden: torch.Tensor, mask: torch.Tensor, kit: AttackKit, adaptive: bool, cand: torch.Tensor,
-    steps: int, lr: float, temperature: float,
+    hidden: torch.Tensor, mask: torch.Tensor, kit: AttackKit, adaptive: bool, cand: torch.Tensor | None,
+    z0: torch.Tensor, scale: torch.Tensor | None, steps: int, lr: float, temperature: float,
 ) -> torch.Tensor:  # fmt: skip
-    """Optimise relaxed tokens for one batch; returns the argmax token ids (b, t)."""
-    emb = kit.embeddings.to(hidden.device)[cand]  # (b, t, k, d_e)
-    z = torch.zeros(cand.shape, device=hidden.device, requires_grad=True)  # (b, t, k): uniform start
+    """Optimise relaxed tokens for one batch from logits ``z0`` (b, t, K); returns the argmax token ids (b, t)."""
+    emb = kit.embeddings.to(hidden.device)
+    pick = lambda z: z.argmax(dim=-1) if cand is None else cand.gather(-1, z.argmax(dim=-1, keepdim=True))[..., 0]
+    z = z0.clone().requires_grad_(True)  # (b, t, k)
     opt = torch.optim.Adam([z], lr=lr)
     weight = mask.to(hidden.dtype)  # (b, t)
     for _ in range(steps):
-        x = torch.einsum("btk,btkd->btd", (z / temperature).softmax(dim=-1), emb)  # (b, t, d_e)
+        probs = (z / temperature).softmax(dim=-1)
+        x = probs @ emb if cand is None else torch.einsum("btk,btkd->btd", probs, emb[cand])  # (b, t, d_e)
         out = kit.bottom(None, mask, inputs_embeds=x).hidden  # (b, t, d)
         if adaptive:
-            ids = cand.gather(-1, z.detach().argmax(dim=-1, keepdim=True))[..., 0]  # (b, t)
-            dist = kit.known.distance(kit.known.apply(out, mask, ids), hidden)  # (b, t)
+            out = kit.known.apply(out, mask, pick(z.detach()))
+            dist = _nll(kit, out, hidden, scale)  # (b, t)
         else:
             dist = (out - hidden).pow(2).sum(dim=-1)  # (b, t)
         loss = (dist * weight).sum() / weight.sum().clamp_min(1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return cand.gather(-1, z.detach().argmax(dim=-1, keepdim=True))[..., 0]
+    return pick(z.detach())
+
+
+@torch.no_grad()
+def _bayes_start(
+    kit: AttackKit, hidden: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """(b, t, |V|) initial logits: temperature x the per-level Bayes log-posterior (clamped at -30 nats)."""
+    decoder = kit.bayes_decoder("adaptive")
+    v = kit.embeddings.shape[0]
+    z = torch.zeros(*mask.shape, v, device=hidden.device)
+    real = mask.bool()
+    rows = hidden[real].float().cpu()
+    post = decoder.log_posterior(rows, None if scale is None else scale[real].cpu()).clamp_min(-30.0)  # (m, C)
+    full = torch.full((rows.shape[0], v), -30.0)
+    full[:, decoder.classes] = post
+    z[real] = (temperature * full).to(hidden.device)
+    return z
 
 
 def a0_optimisation(
@@ -75,32 +117,62 @@ def a0_optimisation(
     steps: int = 30,
     lr: float = 0.05,
     temperature: float = 0.05,
-    shortlist: int | None = 32,
+    shortlist: int | None | str = "auto",
+    likelihood: str = "auto",
+    init: str = "auto",
     max_sequences: int | None = 32,
     batch_size: int = 16,
+    max_cells: int = 2**23,
 ) -> list[AttackResult]:
     """A0 by optimisation on (a random subset of) ``observation``; one result per threat model.
 
-    ``generator`` (default seed 0) picks the attacked texts; the optimisation itself is deterministic.
-    """
+    ``generator`` (default seed 0) picks the attacked texts; the optimisation itself is deterministic."""
+    if likelihood not in ("auto", "plain", "mechanism") or init not in ("auto", "uniform", "bayes"):
+        raise ValueError(
+            f"likelihood must be auto/plain/mechanism and init auto/uniform/bayes, got {likelihood!r}, {init!r}"
+        )
     obs = observation.sample(max_sequences, default_generator(generator))
     device = kit.device
     results = []
     for model in check_threat_models(threat_models):
         started = time.perf_counter()
+        adaptive = model == "adaptive"
+        k = (None if adaptive else 32) if shortlist == "auto" else shortlist
+        form = ("mechanism" if adaptive else "plain") if likelihood == "auto" else likelihood
         protos = kit.attack_prototypes(model)
+        full = k is None or k >= protos.shape[0]
+        start = ("bayes" if full and adaptive else "uniform") if init == "auto" else init
+        width = protos.shape[0] if full else k
+        per_batch = max(1, min(batch_size, max_cells // max(1, obs.input_ids.shape[1] * width)))
+        scale_all = None
+        if form == "mechanism" and kit.known.noise != "none":
+            real = obs.attention_mask.bool()
+            scale_all = torch.zeros(obs.attention_mask.shape)
+            scale_all[real] = kit.exposure_detector().predict_scale(obs.hidden[real].float()).cpu()
+            floor = 1e-4 * float(obs.hidden[real].float().norm(dim=-1).median()) if bool(real.any()) else 1e-6
+            scale_all = scale_all.clamp_min(max(floor, 1e-12))
         predicted, hit = torch.zeros_like(obs.input_ids), []
-        for s in range(0, obs.n, batch_size):
-            hidden = obs.hidden[s : s + batch_size].to(device).float()  # (b, t, d)
-            mask = obs.attention_mask[s : s + batch_size].to(device)  # (b, t)
-            cand = _candidates(hidden, mask, protos, shortlist)  # (b, t, k)
-            ids = _invert_batch(hidden, mask, kit, model == "adaptive", cand, steps, lr, temperature)
-            predicted[s : s + batch_size] = ids.cpu()
-            truth = obs.input_ids[s : s + batch_size].to(device)
-            hit.append((cand == truth.unsqueeze(-1)).any(dim=-1)[obs.scored[s : s + batch_size].to(device)].cpu())
+        for s in range(0, obs.n, per_batch):
+            rows = slice(s, s + per_batch)
+            hidden = obs.hidden[rows].to(device).float()  # (b, t, d)
+            mask = obs.attention_mask[rows].to(device)  # (b, t)
+            scale = None if scale_all is None else scale_all[rows].to(device)
+            cand = _candidates(hidden, mask, protos, None if full else k)  # (b, t, k) or None
+            if start == "bayes":
+                z0 = _bayes_start(kit, hidden, mask, scale if form == "mechanism" else None, temperature)
+                if cand is not None:
+                    z0 = z0.gather(-1, cand)
+            else:
+                z0 = torch.zeros(*mask.shape, width, device=device)
+            ids = _invert_batch(hidden, mask, kit, adaptive, cand, z0, scale, steps, lr, temperature)
+            predicted[rows] = ids.cpu()
+            if cand is not None:
+                truth = obs.input_ids[rows].to(device)
+                hit.append((cand == truth.unsqueeze(-1)).any(dim=-1)[obs.scored[rows].to(device)].cpu())
         details = {
-            "steps": steps, "lr": lr, "temperature": temperature, "shortlist": shortlist,
-            "sequences": obs.n, "shortlist_hit": float(torch.cat(hit).float().mean()) if hit else 0.0,
+            "steps": steps, "lr": lr, "temperature": temperature, "shortlist": None if full else k,
+            "likelihood": form, "init": start, "sequences": obs.n,
+            "shortlist_hit": float(torch.cat(hit).float().mean()) if hit else 1.0,
             "seconds": round(time.perf_counter() - started, 3),
         }  # fmt: skip
         results.append(token_result("A0-opt", model, predicted, obs, details))

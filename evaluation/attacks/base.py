@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from client_sdk.audit import majority_rate
+from client_sdk.privacy.token_classes import CLASS_NAMES, CONTENT, FUNCTION, PUNCTUATION
 
 __all__ = [
     "THREAT_MODELS",
@@ -28,6 +29,7 @@ __all__ = [
     "default_generator",
     "pooled",
     "token_result",
+    "token_splits",
 ]
 
 THREAT_MODELS: tuple[str, ...] = ("naive", "adaptive")
@@ -175,12 +177,45 @@ def pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
+def _rate(hits: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    """{"asr", "chance", "n"} of one group of scored tokens (asr and chance None when it is empty)."""
+    n = int(hits.numel())
+    if not n:
+        return {"asr": None, "chance": None, "n": 0}
+    return {"asr": round(float(hits.float().mean()), 6), "chance": round(majority_rate(truth), 6), "n": n}
+
+
+def token_splits(hits: torch.Tensor, truth: torch.Tensor, observation: Observation) -> dict[str, Any]:
+    """The token-class and exposure splits of per-token ``hits`` (n_scored,) with their ``truth`` ids,
+    aligned with ``observation.scored``: ``by_class`` {content, function, punctuation: {asr, chance, n}}
+    when the observation carries ``token_class``, ``by_exposure`` {exposed, buried} when it carries
+    ``exposure`` (truth used for scoring only)."""
+    scored = observation.scored
+    out: dict[str, Any] = {}
+    if observation.token_class is not None:
+        cls = observation.token_class.to(hits.device)[scored.to(hits.device)]  # (n,)
+        out["by_class"] = {
+            CLASS_NAMES[c]: _rate(hits[cls == c], truth[cls == c]) for c in (CONTENT, FUNCTION, PUNCTUATION)
+        }
+    if observation.exposure is not None:
+        exposed = observation.exposure.to(hits.device).bool()[scored.to(hits.device)]  # (n,)
+        out["by_exposure"] = {
+            "exposed": _rate(hits[exposed], truth[exposed]),
+            "buried": _rate(hits[~exposed], truth[~exposed]),
+        }
+    return out
+
+
 def token_result(
     name: str, threat_model: str, predicted: torch.Tensor, observation: Observation, details: dict[str, Any]
 ) -> AttackResult:
-    """Score token predictions ``predicted`` (N, T) against the observation's scored tokens."""
+    """Score token predictions ``predicted`` (N, T) against the observation's scored tokens.
+
+    ``details`` gains the token-class / exposure splits (``token_splits``) when the observation carries
+    those truths, so every token attack reports them."""
     scored = observation.scored
     truth = observation.input_ids[scored]  # (n,)
     hits = predicted.to(truth.device)[scored] == truth
     asr = float(hits.float().mean()) if truth.numel() else 0.0
+    details = {**details, **token_splits(hits, truth, observation)}
     return AttackResult(name, asr, majority_rate(truth), threat_model, int(truth.numel()), details)
