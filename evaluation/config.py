@@ -69,7 +69,9 @@ class ExperimentConfig:
     the device sends them (``evaluation.harness.server_view``). The SDK validates on a held-out split
     (and also at each epoch end), so these views are the case of a text the server receives again
     outside training (validated on, or inferred over, after being trained on); 2 mirrors the job's
-    before / after evaluations.
+    before / after evaluations. ``label_epsilon``: the device trains on labels randomised once per
+    text (``PrivacyConfig(label_epsilon=...)``, ``client_sdk.privacy.label_dp``); attacks are scored
+    against the true labels.
     """
 
     dataset: str = "vader-movie"
@@ -93,8 +95,11 @@ class ExperimentConfig:
     noise_aware: bool | None = None
     validation_views: int = 2
     inference_views: int = 0
+    label_epsilon: float | None = None
 
     def __post_init__(self) -> None:
+        if self.label_epsilon is not None and not self.label_epsilon > 0:
+            raise ValueError(f"label_epsilon must be > 0 or None, got {self.label_epsilon!r}")
         if self.mechanism in NOISELESS and self.eta is not None:
             raise ValueError(f"mechanism {self.mechanism!r} adds no noise: eta must be None")
         if self.hops is not None and self.mechanism not in OPT3_MECHANISMS:
@@ -158,6 +163,8 @@ class ExperimentConfig:
         parts += [f"{k}={v}" for k, v in self.params]
         if self.noise_aware is not None:
             parts.append(f"noise_aware={self.noise_aware}")
+        if self.label_epsilon is not None:
+            parts.append(f"label_eps={self.label_epsilon:g}")
         defaults = ExperimentConfig.__dataclass_fields__
         for name in ("validation_views", "inference_views"):
             if getattr(self, name) != defaults[name].default:

@@ -39,7 +39,9 @@ Not in the default list: ``defaults`` (``grid(names=["defaults"])``, ``privtune 
 the harness runs behind the shipped importance defaults (docs/PRIVACY.md), on their own smaller base
 ``DEFAULTS_BASE`` (2,000 texts, 3 epochs, 500 test texts, 128 attacked, quick attack budget).
 ``labels`` (``privtune eval --quick --grids labels``): ``none`` and ``privtune`` at ETA_REF only, the
-two rows of the label attack's figure (both are also in the eta grid).
+two rows of the label attack's figure (both are also in the eta grid). ``choice``: the candidates for
+the default (CHOICE_CANDIDATES: the paper-form default, per-text noise, noise floors 1 / 3 / 6, the
+data-independent map, isotropic d_chi); ``label-dp``: the default with label DP at LABEL_EPSILONS.
 """
 
 from __future__ import annotations
@@ -190,6 +192,32 @@ def _labels_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -
     return [replace(base, mechanism="none"), replace(base, mechanism="privtune", eta=ETA_REF)]
 
 
+#: the candidates for the default (issue 10): the paper-form default, the floors, the data-independent map
+CHOICE_CANDIDATES: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
+    ("none", None, ()),
+    ("privtune", ETA_REF, (("noise_floor", 0.0), ("view_noise", "fresh"))),  # before issue 10
+    ("privtune", ETA_REF, (("noise_floor", 0.0),)),  # per-text noise alone
+    ("privtune", ETA_REF, ()),  # floor 1 (the config default)
+    ("privtune", ETA_REF, (("noise_floor", 3.0),)),
+    ("privtune", ETA_REF, (("noise_floor", 6.0),)),
+    ("privtune", ETA_REF, (("importance_score", "token_class"),)),
+    ("dchi", 5.0, ()),
+)
+LABEL_EPSILONS = (1.0, 3.0)
+
+
+def _choice_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """The default chosen by measurement: CHOICE_CANDIDATES on vader-movie, l=3, under every attack."""
+    at = replace(base, dataset="vader-movie", split_layer=3)
+    return [replace(at, mechanism=m, eta=_noise(m, eta), params=params) for m, eta, params in CHOICE_CANDIDATES]
+
+
+def _label_dp_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
+    """Accuracy against label-attack success: the default mechanism with label DP at LABEL_EPSILONS."""
+    at = replace(base, dataset="vader-movie", split_layer=3, mechanism="privtune", eta=ETA_REF)
+    return [at, *(replace(at, label_epsilon=eps) for eps in LABEL_EPSILONS)]
+
+
 def _headline_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     """The headline rows (HEADLINE_MECHANISMS) on vader-movie, l=3, for every seed of HEADLINE_SEEDS."""
     at = replace(base, dataset="vader-movie", split_layer=3)
@@ -219,8 +247,10 @@ GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[Expe
     "medicine": _medicine_grid,
     "defaults": _defaults_grid,
     "labels": _labels_grid,
+    "choice": _choice_grid,
+    "label-dp": _label_dp_grid,
 }
-DEFAULT_GRIDS = tuple(name for name in GRIDS if name not in ("defaults", "labels"))
+DEFAULT_GRIDS = tuple(name for name in GRIDS if name not in ("defaults", "labels", "choice", "label-dp"))
 
 
 class ResultStore:

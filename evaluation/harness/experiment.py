@@ -150,6 +150,8 @@ def train_and_observe(config: ExperimentConfig, resources: Resources) -> Trained
     bottom, tokenizer = resources.bottom(config.model, config.split_layer)
     labels = LabelMap.fit(r.label for r in data.private)
     examples = [r.example() for r in data.private]
+    if config.label_epsilon is not None:  # label DP: the device only ever uses the randomised labels
+        examples = _randomized_labels(examples, labels, config)
     test = [r.example() for r in data.test if r.label in labels.names]  # a label the device never saw: dropped
 
     t0 = time.perf_counter()
@@ -236,6 +238,19 @@ def _send_view(view: ServerView, probe: Any, examples: list[Any], source: str) -
     """Send ``examples`` once more as inference requests (one view of them, recorded as ``source``)."""
     with view.capture(source):
         probe.evaluate(examples)
+
+
+def _randomized_labels(examples: list[Any], labels: LabelMap, config: ExperimentConfig) -> list[Any]:
+    """``examples`` with labels randomised once by randomised response at ``config.label_epsilon``."""
+    import hashlib
+    from dataclasses import replace as with_label
+
+    from client_sdk.privacy.label_dp import randomized_response
+
+    secret = hashlib.sha256(f"eval-labels-{config.seed}".encode()).hexdigest()
+    noisy = randomized_response([labels.encode(ex.label) for ex in examples], [ex.text for ex in examples],
+                                len(labels.names), config.label_epsilon, secret)  # fmt: skip
+    return [with_label(ex, label=labels.names[i]) for ex, i in zip(examples, noisy, strict=True)]
 
 
 def _device_trainer(
