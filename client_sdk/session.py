@@ -201,6 +201,7 @@ class DeviceSession:
             [ex.text for ex in self.train],
             self.privacy.target_asr,
             generator=torch.Generator().manual_seed(self.seed),
+            views=self.hp.n_epochs,  # a training text is sent once per epoch: the attacker links the views
         )
         if result.chosen_eta is None:
             raise PrivacyTargetError(

@@ -1,7 +1,8 @@
 """On-device privacy audit: run the cheap inversion attacks on your own data before anything is sent.
 
 ``privacy_audit(privatizer, texts)`` measures how many of your tokens an attacker who holds the bottom
-model recovers from what the SDK would send (``Privatizer.privatize``), with two attacks:
+model recovers from what the SDK would send (``Privatizer.privatize``, ``views`` times per text, the
+views a server links and averages), with three attacks:
 
 - **A2, nearest prototype** (``nearest_prototype``): token = argmax_v cos(h~_i, p_v) over the bottom's
   split-layer token prototypes p_v (the whole vocabulary).
@@ -12,9 +13,15 @@ model recovers from what the SDK would send (``Privatizer.privatize``), with two
   tokens seen in the public text plus, as a fallback, every other vocabulary token centred on its
   prototype's noiseless output (``coverage`` says how many scored tokens were seen in public text).
 
-Both attacks score top-1 recovery over real, non-special tokens; ``chance`` is the rate of the most
+- **A0-bayes, adaptive** (the best response below): each position's noise level read from its norm,
+  then the per-level Bayes decoder.
+
+All attacks score top-1 recovery over real, non-special tokens; ``chance`` is the rate of the most
 frequent scored token (a majority guesser). The report also gives the *undefended* ASR (the same
-attacks on the clean representations) and ``max_asr`` over the attacks.
+attacks on the clean representations), each attack's ASR by token class (content / function /
+punctuation) and by exposed / buried tokens (``AttackScore.groups``), ``max_asr`` over the attacks and
+``worst_asr``: the worst of the overall, content-word and exposed-token rates, which ``search_eta``
+(``PrivacyConfig(target_asr=...)``) holds to the target.
 
 **Best response** (method.md section 9; ``_best_response``, used by the evaluation's A0-bayes,
 A0-multiview, A0-context and A3): ``ExposureDetector`` reads each position's noise level from the

@@ -25,7 +25,7 @@ DEFAULT_ETAS: tuple[float, ...] = tuple(2.0**k for k in range(11))
 
 @dataclass(frozen=True)
 class EtaPoint:
-    """One audited eta: its ``max_asr`` and the full report."""
+    """One audited eta: its ``max_asr`` (the report's ``worst_asr``) and the full report."""
 
     eta: float
     max_asr: float
@@ -60,7 +60,9 @@ def search_eta(
     prototypes: torch.Tensor | None = None,
     **audit_options: Any,
 ) -> EtaSearchResult:
-    """Pick the largest eta in ``etas`` (least noise) whose audited max ASR is <= ``target_asr``.
+    """Pick the largest eta in ``etas`` (least noise) whose audited worst ASR is <= ``target_asr``: the
+    strongest attack's rate over all tokens, over content words and over exposed tokens
+    (``AuditReport.worst_asr``), so a low average cannot hide an exposed set.
 
     ``privatizer_factory(eta)`` returns a fitted ``Privatizer`` for that eta. Every point is audited
     with the same random stream (common random numbers, seeded once from ``generator``, default seed 0),
@@ -93,7 +95,7 @@ def search_eta(
                 prototypes=prototypes,
                 **audit_options,
             )
-            audited[i] = EtaPoint(grid[i], report.max_asr, report)
+            audited[i] = EtaPoint(grid[i], report.worst_asr, report)  # worst of all / content / exposed tokens
         return audited[i]
 
     best = None

@@ -59,7 +59,7 @@ def test_audit_without_noise_finds_the_undefended_leak(bottom, prototypes):
     assert isinstance(report, AuditReport) and report.public_source == "held-out half"
     assert (report.n_texts, report.n_public_texts) == (32, 48)
     names = [a.name for a in report.attacks]
-    assert names == ["A2-nearest-prototype", "A0-learned-adaptive"]
+    assert names == ["A2-nearest-prototype", "A0-learned-adaptive", "A0-bayes-adaptive"]
     for attack in report.attacks:
         assert attack.asr >= 0.9 and attack.asr == attack.undefended_asr  # `none` sends the clean states
         assert attack.n == 32 * 6  # six words per text; [CLS]/[SEP] are not scored
@@ -174,3 +174,26 @@ def test_noiseless_twin_is_the_deterministic_part(bottom):
 def test_audit_depends_on_nothing_outside_the_sdk():
     code = "import sys, client_sdk.audit; bad = [m for m in sys.modules if m.split('.')[0] in ('evaluation', 'worker', 'api')]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_best_response_reads_exposure_from_norms_and_reports_by_class(bottom, prototypes):
+    """Two noise levels: the exposed tokens fall to A0-bayes; the worst rate is not the average."""
+    privatizer = _privatizer(bottom, "dchi_importance", eta=8.0, top_fraction=0.3, noise_floor=0.0)
+    report = privacy_audit(privatizer, TEXTS, sample_size=48, prototypes=prototypes)
+    bayes = {a.name: a for a in report.attacks}["A0-bayes-adaptive"]
+    learned = {a.name: a for a in report.attacks}["A0-learned-adaptive"]
+    assert bayes.asr >= learned.asr - 0.02  # the best response is not weaker than the pooled discriminant
+    assert {"exposed", "buried"} <= set(bayes.groups)
+    assert bayes.groups["exposed"]["asr"] > bayes.groups["buried"]["asr"]
+    assert report.worst_asr >= bayes.groups["exposed"]["asr"] >= bayes.asr
+    assert report.to_dict()["worst_asr"] == report.worst_asr
+
+
+def test_linked_fresh_views_are_averaged_and_per_text_views_add_nothing(bottom, prototypes):
+    fresh = _privatizer(bottom, "dchi", eta=4.0, view_noise="fresh")
+    once = privacy_audit(fresh, TEXTS, sample_size=48, prototypes=prototypes)
+    many = privacy_audit(fresh, TEXTS, sample_size=48, prototypes=prototypes, views=8)
+    rate = lambda r: {a.name: a for a in r.attacks}["A0-bayes-adaptive"]
+    assert rate(many).details["distinct_views"] == 8 and rate(many).asr > rate(once).asr
+    keyed = _privatizer(bottom, "dchi", eta=4.0)
+    assert rate(privacy_audit(keyed, TEXTS, sample_size=48, prototypes=prototypes, views=8)).details["distinct_views"] == 1
