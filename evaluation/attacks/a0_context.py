@@ -338,7 +338,7 @@ def _run(
                 best_val, best_state = value, {k: v.clone() for k, v in net.state_dict().items()}
     if best_state is not None:
         net.load_state_dict(best_state)
-    selected = "context" if val_bayes is None or best_val >= val_bayes else "bayes"
+    selected = "context" if val_bayes is None or best_val > val_bayes else "bayes"  # a tie: the simpler model
     prepared = _Prepared(target, kit, model, features, centre)
     predicted = torch.zeros_like(input_ids)  # (n, t)
     predicted[target.positions] = prepared.context_ids(net, classes) if selected == "context" else prepared.bayes

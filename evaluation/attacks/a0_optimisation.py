@@ -11,12 +11,15 @@ distance to the observed h~ with Adam; the guess is the argmax candidate.
   the distance is the noise's negative log-likelihood at each position's *own* noise scale, read from
   its norm (``likelihood='mechanism'``: L1 / b_i for Laplace / d_chi l1, L2 / b_i for d_chi l2,
   L2^2 / 2 b_i^2 for Gaussian), so near-clean positions weigh as much as their precision says. The
-  candidates are the whole vocabulary (no shortlist: a token outside a shortlist is a sure miss) and
-  the relaxation starts at the per-level Bayes decoder's posterior (``init='bayes'``).
+  candidates are the whole vocabulary (no shortlist: a token outside a shortlist is a sure miss), the
+  relaxation starts at the per-level Bayes decoder's posterior (``init='bayes'``) and the objective is
+  the MAP one: the noise NLL plus the relaxed tokens' expected -log frequency prior (``prior``; without
+  it the optimisation drifts from the Bayes start to worse guesses: 0.33 vs 0.40 on the tiny test model).
 
 Options: ``shortlist`` ('auto': 32 naive, None adaptive; an int caps both), ``likelihood`` ('auto':
 'mechanism' adaptive, 'plain' naive: the old unweighted distance), ``init`` ('auto': 'bayes' over the
-full vocabulary, else 'uniform'). Bounded cost: at most ``max_sequences`` random texts (None: all),
+full vocabulary, else 'uniform'), ``prior`` ('auto': 'frequency' with the mechanism likelihood, else
+'none'; the old form is ``shortlist=32, likelihood='plain', init='uniform'``). Bounded cost: at most ``max_sequences`` random texts (None: all),
 ``steps`` Adam steps, ``batch_size`` texts at a time and at most ``max_cells`` (text x position x
 candidate) entries per batch (full-vocabulary batches shrink to fit); embeddings are mixed with one
 matrix product, never gathered per candidate. ``details["shortlist_hit"]``: how often the truth was
@@ -68,6 +71,7 @@ def _nll(kit: AttackKit, out: torch.Tensor, observed: torch.Tensor, scale: torch
 def _invert_batch(
     hidden: torch.Tensor, mask: torch.Tensor, kit: AttackKit, adaptive: bool, cand: torch.Tensor | None,
     z0: torch.Tensor, scale: torch.Tensor | None, steps: int, lr: float, temperature: float,
+    neg_log_prior: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Optimise relaxed tokens for one batch from logits ``z0`` (b, t, K); returns the argmax token ids (b, t)."""
     emb = kit.embeddings.to(hidden.device)
@@ -84,11 +88,22 @@ def _invert_batch(
             dist = _nll(kit, out, hidden, scale)  # (b, t)
         else:
             dist = (out - hidden).pow(2).sum(dim=-1)  # (b, t)
+        if neg_log_prior is not None:  # MAP, not ML: the expected -log prior of the relaxed tokens
+            nlp = neg_log_prior if cand is None else neg_log_prior[cand]  # (V,) or (b, t, k)
+            dist = dist + (probs @ nlp if cand is None else (probs * nlp).sum(dim=-1))  # (b, t)
         loss = (dist * weight).sum() / weight.sum().clamp_min(1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return pick(z.detach())
+
+
+def _neg_log_prior(kit: AttackKit) -> torch.Tensor:
+    """(|V|,) -log prior of every token: the Bayes decoder's public frequencies (unseen: its pseudo-count)."""
+    decoder = kit.bayes_decoder("adaptive")
+    out = torch.full((kit.embeddings.shape[0],), float(-decoder.log_prior.min()))
+    out[decoder.classes] = -decoder.log_prior
+    return out
 
 
 @torch.no_grad()
@@ -123,10 +138,13 @@ def a0_optimisation(
     max_sequences: int | None = 32,
     batch_size: int = 16,
     max_cells: int = 2**23,
+    prior: str = "auto",
 ) -> list[AttackResult]:
     """A0 by optimisation on (a random subset of) ``observation``; one result per threat model.
 
     ``generator`` (default seed 0) picks the attacked texts; the optimisation itself is deterministic."""
+    if prior not in ("auto", "frequency", "none"):
+        raise ValueError(f"prior must be 'auto', 'frequency' or 'none', got {prior!r}")
     if likelihood not in ("auto", "plain", "mechanism") or init not in ("auto", "uniform", "bayes"):
         raise ValueError(
             f"likelihood must be auto/plain/mechanism and init auto/uniform/bayes, got {likelihood!r}, {init!r}"
@@ -151,6 +169,8 @@ def a0_optimisation(
             scale_all[real] = kit.exposure_detector().predict_scale(obs.hidden[real].float()).cpu()
             floor = 1e-4 * float(obs.hidden[real].float().norm(dim=-1).median()) if bool(real.any()) else 1e-6
             scale_all = scale_all.clamp_min(max(floor, 1e-12))
+        use_prior = (form == "mechanism") if prior == "auto" else prior == "frequency"
+        nlp = _neg_log_prior(kit).to(device) if use_prior and form == "mechanism" else None
         predicted, hit = torch.zeros_like(obs.input_ids), []
         for s in range(0, obs.n, per_batch):
             rows = slice(s, s + per_batch)
@@ -164,14 +184,14 @@ def a0_optimisation(
                     z0 = z0.gather(-1, cand)
             else:
                 z0 = torch.zeros(*mask.shape, width, device=device)
-            ids = _invert_batch(hidden, mask, kit, adaptive, cand, z0, scale, steps, lr, temperature)
+            ids = _invert_batch(hidden, mask, kit, adaptive, cand, z0, scale, steps, lr, temperature, nlp)
             predicted[rows] = ids.cpu()
             if cand is not None:
                 truth = obs.input_ids[rows].to(device)
                 hit.append((cand == truth.unsqueeze(-1)).any(dim=-1)[obs.scored[rows].to(device)].cpu())
         details = {
             "steps": steps, "lr": lr, "temperature": temperature, "shortlist": None if full else k,
-            "likelihood": form, "init": start, "sequences": obs.n,
+            "likelihood": form, "init": start, "prior": nlp is not None, "sequences": obs.n,
             "shortlist_hit": float(torch.cat(hit).float().mean()) if hit else 1.0,
             "seconds": round(time.perf_counter() - started, 3),
         }  # fmt: skip

