@@ -12,8 +12,10 @@ classes (as a soft token embedding); its logits are the Bayes log-posterior (``L
 restricted to the output classes) plus a learned correction that starts at zero, so training starts
 at the Bayes decoder and only moves away where context helps. Output classes: the ``max_classes``
 most frequent public tokens seen at least twice, plus "other"; a position predicted "other" falls back
-to the full-vocabulary Bayes decoder. 10% of the public texts (fresh noise) decide between the trained
-model and the plain Bayes decoder (``details["selected"]``; the attacker's own choice on public data).
+to the full-vocabulary Bayes decoder. ``holdout`` (10%, at most ``max_holdout``) of the public texts,
+under fresh noise, pick the best checkpoint (checked ten times over ``max_epochs``, and at the time cap)
+and then decide between it and the plain Bayes decoder (``details["selected"]``, ties to Bayes: the
+attacker's own choice on public data).
 
 Naive: trained on the clean public states with no noise feature. Cost is capped by ``max_seconds``
 of training per threat model (and ``max_epochs``); ``details`` report epochs, steps and seconds.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +42,24 @@ __all__ = ["ContextDecoder", "a0_context"]
 
 
 class ContextDecoder(nn.Module):
-    """Per-position token logits over ``classes + 1`` outputs (the last is "other") from a sequence of
-    whitened states (B, T, d), their Bayes log-posterior (B, T, C + 1) and a noise-level feature (B, T, 1).
-    The correction head starts at zero: at initialisation the logits are the Bayes log-posterior."""
+    """Per-position token logits over ``classes + 1`` outputs (the last is "other").
+
+    Inputs per position: the whitened state (B, T, d), the Bayes posterior as sparse candidates (output
+    class ``index`` and ``logp`` (B, T, k), every other class at ``_FLOOR``), a noise-level feature
+    (B, T, 1). The model adds each position's soft token (its posterior's mean class embedding), the
+    text's mean soft token (a bag of its words) and a learned position; a 2-layer transformer mixes the
+    sequence. Logits = ``mix`` x the Bayes log-posterior + a correction that starts at zero, so at
+    initialisation the model is the Bayes decoder."""
 
     def __init__(
         self, dim: int, classes: int, max_len: int, width: int = 128, layers: int = 2, heads: int = 4,
         dropout: float = 0.1,
     ) -> None:  # fmt: skip
         super().__init__()
+        self.classes = classes
         self.state = nn.Linear(dim, width)
-        self.soft = nn.Linear(classes + 1, width, bias=False)
-        self.bag = nn.Linear(classes + 1, width, bias=False)
+        self.soft = nn.Embedding(classes + 1, width)
+        self.bag = nn.Linear(width, width, bias=False)
         self.level = nn.Linear(1, width)
         self.position = nn.Embedding(max_len, width)
         self.drop = nn.Dropout(dropout)
@@ -58,51 +67,67 @@ class ContextDecoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, classes + 1)
+        nn.init.normal_(self.soft.weight, std=width**-0.5)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.mix = nn.Parameter(torch.ones(()))
 
     def forward(
-        self, whitened: torch.Tensor, bayes: torch.Tensor, level: torch.Tensor, pad: torch.Tensor
+        self, whitened: torch.Tensor, index: torch.Tensor, logp: torch.Tensor, level: torch.Tensor, pad: torch.Tensor
     ) -> torch.Tensor:
-        """(B, T, C + 1) logits; ``pad`` (B, T) True at padding. Inputs per position: the whitened state,
-        its Bayes posterior as a soft token, the text's mean soft token (a bag of its words), the level."""
+        """(B, T, C + 1) logits; ``pad`` (B, T) True at padding."""
         t = whitened.shape[1]
-        real = (~pad).unsqueeze(-1).to(bayes.dtype)  # (b, t, 1)
-        soft = bayes.exp() * real  # (b, t, c + 1)
-        bag = soft.sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True).clamp_min(1.0)  # (b, 1, c + 1)
-        h = self.state(whitened) + self.soft(soft) + self.bag(bag) + self.level(level) + self.position.weight[:t]
+        real = (~pad).unsqueeze(-1).to(whitened.dtype)  # (b, t, 1)
+        soft = (self.soft(index) * logp.exp().unsqueeze(-1)).sum(dim=-2) * real  # (b, t, w)
+        bag = soft.sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True).clamp_min(1.0)  # (b, 1, w)
+        h = self.state(whitened) + soft + self.bag(bag) + self.level(level) + self.position.weight[:t]
         h = self.encoder(self.drop(h), src_key_padding_mask=pad)  # (b, t, w)
+        bayes = torch.full((*index.shape[:2], self.classes + 1), _FLOOR, dtype=logp.dtype).scatter(-1, index, logp)
         return self.mix * bayes + self.out(self.norm(h))
 
 
+_FLOOR = -30.0  # log-posterior of the output classes outside a position's candidates
+
+
 class _Features:
-    """The decoder-derived inputs of the context model: whitened states and the Bayes log-posterior over
-    the output classes (the top ``k`` candidates of the decoder restricted to them, Laplace re-ranked
-    for Laplace noise; the other classes at a floor; "other" at its prior)."""
+    """The decoder-derived inputs of the context model: whitened states and the Bayes posterior over the
+    output classes as sparse candidates: the top ``k`` of the decoder restricted to them (Laplace
+    re-ranked for Laplace noise) plus "other" at its prior, renormalised."""
 
     def __init__(
-        self, decoder: LevelBayesDecoder, class_index: torch.Tensor, other_log_prior: float, form: str, k: int = 32
-    ):
+        self, decoder: LevelBayesDecoder, class_index: torch.Tensor, other_log_prior: float, form: str, k: int = 16
+    ) -> None:
         self.decoder = decoder
         self.sub = decoder.subset(class_index)  # the output classes only
         self.classes = int(class_index.numel())
         self.other, self.form, self.k = other_log_prior, form, min(k, self.classes)
-        self.pooled = decoder.pooled  # (d,)
 
     @torch.no_grad()
-    def __call__(self, rows: torch.Tensor, scale: torch.Tensor | None, views=1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(whitened (m, d), log-posterior (m, c + 1)) for rows ``rows`` (m, d) at noise ``scale`` (m,) or None."""
+    def __call__(self, rows: torch.Tensor, scale: torch.Tensor | None, views=1) -> tuple[torch.Tensor, ...]:
+        """(whitened (m, d), index (m, k + 1), logp (m, k + 1)) for ``rows`` (m, d) at ``scale`` (m,) or None."""
         nv = self.decoder.row_variance(rows.shape[0], scale, views)  # (m,)
-        whitened = self.decoder.rotate(rows) / torch.sqrt(self.pooled + nv.unsqueeze(1))  # (m, d)
+        whitened = self.decoder.rotate(rows) / torch.sqrt(self.decoder.pooled + nv.unsqueeze(1))  # (m, d)
         index, logp = self.sub.top_candidates(rows, scale, views=views, k=self.k, likelihood=self.form)  # (m, k)
-        out = torch.full((rows.shape[0], self.classes + 1), _FLOOR)
-        out.scatter_(1, index, logp + math.log1p(-math.exp(self.other)))
-        out[:, -1] = self.other
-        return whitened, out.log_softmax(dim=-1)
+        other = torch.full((rows.shape[0], 1), self.other)
+        logp = torch.cat([logp + math.log1p(-math.exp(self.other)), other], dim=1).log_softmax(dim=1)
+        index = torch.cat([index, torch.full((rows.shape[0], 1), self.classes, dtype=torch.long)], dim=1)
+        return whitened, index, logp
 
 
-_FLOOR = -30.0  # log-posterior of the output classes outside a position's top candidates
+@dataclass
+class _Inputs:
+    """The context model's inputs for texts (n, t): ``whitened`` (n, t, d), sparse Bayes candidates
+    ``index`` / ``logp`` (n, t, k + 1), ``level`` (n, t, 1); ``scale`` (m,): the detected noise scale of
+    the real positions (None without one)."""
+
+    whitened: torch.Tensor
+    index: torch.Tensor
+    logp: torch.Tensor
+    level: torch.Tensor
+    scale: torch.Tensor | None
+
+    def batch(self, rows, t: int) -> tuple[torch.Tensor, ...]:
+        return self.whitened[rows, :t], self.index[rows, :t], self.logp[rows, :t], self.level[rows, :t]
 
 
 def _level_feature(scale: torch.Tensor | None, n: int, centre: float) -> torch.Tensor:
@@ -115,48 +140,36 @@ def _level_feature(scale: torch.Tensor | None, n: int, centre: float) -> torch.T
 @torch.no_grad()
 def _inputs(
     hidden: torch.Tensor, mask: torch.Tensor, kit: AttackKit, model: str, features: _Features, centre: float, views=1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-position inputs of texts ``hidden`` (n, t, d) with ``mask`` (n, t): whitened (n, t, d), Bayes
-    log-posterior (n, t, c + 1), level (n, t, 1), detected scale of the real positions (m,) or None."""
+) -> _Inputs:
+    """The context model's inputs for texts ``hidden`` (n, t, d) with ``mask`` (n, t)."""
     real = mask.bool()
     rows = hidden[real].float()  # (m, d)
     scale = None
     if model == "adaptive" and kit.known.noise != "none":
         scale = kit.exposure_detector().predict_scale(rows).cpu()
-    whitened_rows, bayes_rows = features(rows, scale, views)
+    whitened_rows, index_rows, logp_rows = features(rows, scale, views)
     n, t, d = hidden.shape
-    whitened = torch.zeros(n, t, d)
-    bayes = torch.full((n, t, features.classes + 1), _FLOOR)
-    level = torch.zeros(n, t, 1)
-    whitened[real], bayes[real] = whitened_rows, bayes_rows
-    level[real] = _level_feature(scale, rows.shape[0], centre)
-    return whitened, bayes, level, scale
+    k = index_rows.shape[1]
+    out = _Inputs(
+        torch.zeros(n, t, d), torch.full((n, t, k), features.classes, dtype=torch.long), torch.zeros(n, t, k),
+        torch.zeros(n, t, 1), scale,
+    )  # fmt: skip
+    out.logp[..., :-1] = _FLOOR
+    out.whitened[real], out.index[real], out.logp[real] = whitened_rows, index_rows, logp_rows
+    out.level[real] = _level_feature(scale, rows.shape[0], centre)
+    return out
 
 
-def _predict(
-    net: ContextDecoder, inputs: tuple[torch.Tensor, ...], mask: torch.Tensor, batch: int = 64
-) -> torch.Tensor:
+def _predict(net: ContextDecoder, inputs: _Inputs, mask: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """(n, t) argmax output class per position (eval mode, batched)."""
-    whitened, bayes, level = inputs[:3]
     net.eval()
     out = torch.zeros(mask.shape, dtype=torch.long)
     with torch.no_grad():
         for s in range(0, mask.shape[0], batch):
             rows = slice(s, s + batch)
             t = max(int(mask[rows].sum(dim=1).max()), 1)
-            logits = net(whitened[rows, :t], bayes[rows, :t], level[rows, :t], ~mask[rows, :t].bool())
-            out[rows, :t] = logits.argmax(dim=-1)
+            out[rows, :t] = net(*inputs.batch(rows, t), ~mask[rows, :t].bool()).argmax(dim=-1)
     return out
-
-
-def _to_tokens(
-    predicted: torch.Tensor, classes: torch.Tensor, rows: torch.Tensor, fallback: torch.Tensor, positions: torch.Tensor
-) -> torch.Tensor:
-    """Token ids (m,) at ``positions`` (n, t) bool from output classes ``predicted`` (n, t): class c ->
-    ``classes[c]``, "other" -> the full decoder's guess ``fallback`` (m,)."""
-    pick = predicted[positions]  # (m,)
-    other = pick == classes.shape[0]
-    return torch.where(other, fallback, classes[pick.clamp(max=classes.shape[0] - 1)])
 
 
 def a0_context(
@@ -173,6 +186,7 @@ def a0_context(
     batch_size: int = 32,
     lr: float = 3e-3,
     holdout: float = 0.1,
+    max_holdout: int = 96,
     use_views: bool = False,
 ) -> list[AttackResult]:
     """A0-context on every scored token of ``observation``; one result per threat model.
@@ -197,6 +211,7 @@ def a0_context(
             predicted, details = _run(
                 target, observation.input_ids, kit, model, seed, max_seconds=max_seconds, max_epochs=max_epochs,
                 max_classes=max_classes, width=width, layers=layers, batch_size=batch_size, lr=lr, holdout=holdout,
+                max_holdout=max_holdout,
             )  # fmt: skip
         classes = details.pop("_classes")
         details["coverage"] = float(torch.isin(truth, classes).float().mean()) if truth.numel() else 0.0
@@ -225,9 +240,9 @@ class _Prepared:
         real, positions = target.mask.bool(), target.positions
         rows = target.hidden[positions].float()  # (m, d)
         scale = None
-        if self.inputs[3] is not None:
+        if self.inputs.scale is not None:
             full = torch.zeros(real.shape)
-            full[real] = self.inputs[3]
+            full[real] = self.inputs.scale
             scale = full[positions]
         views = target.views[positions].float() if torch.is_tensor(target.views) else target.views
         self.bayes = bayes_decode(kit, model, rows, scale, views=views)[0]  # (m,)
@@ -261,6 +276,7 @@ def _output_classes(public: Observation, max_classes: int) -> tuple[torch.Tensor
 def _run(
     target: _Target, input_ids: torch.Tensor, kit: AttackKit, model: str, seed: int, *, max_seconds: float,
     max_epochs: int, max_classes: int, width: int, layers: int, batch_size: int, lr: float, holdout: float,
+    max_holdout: int,
 ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Train the context model for one threat model and decode ``target``: ((n, t) token ids, details)."""
     started = time.perf_counter()
@@ -279,10 +295,10 @@ def _run(
         centre = float(torch.log(kit.public_noise_scale()[public.attention_mask.bool()].clamp_min(1e-12)).mean())
 
     perm = torch.randperm(public.n, generator=g)
-    n_val = min(max(min(32, public.n // 2), int(holdout * public.n)), 256) if public.n > 1 else 0
+    n_val = min(max(min(32, public.n // 2), int(holdout * public.n)), max_holdout) if public.n > 1 else 0
     val, train = perm[:n_val], perm[n_val:]
-    holdout_sets = []  # the public held-out texts, under two fresh noise draws: the attacker's model selection
-    for _ in range((2 if noisy else 1) if n_val else 0):
+    holdout_sets = []  # the public held-out texts under fresh noise: the attacker's model selection
+    for _ in range(1 if n_val else 0):
         sub = (kit.sample_public(g) if noisy else public).subset(val)
         holdout_sets.append(
             (
@@ -312,13 +328,13 @@ def _run(
     check_every = max(1, max_epochs // 10)
     while epochs < max_epochs and not budget_over() and train.numel():
         sample = kit.sample_public(g) if noisy else public  # fresh noise every epoch
-        whitened, bayes, level, _ = _inputs(sample.hidden, sample.attention_mask, kit, model, features, centre)
+        inputs = _inputs(sample.hidden, sample.attention_mask, kit, model, features, centre)
         net.train()
         for s in range(0, train.numel(), batch_size):
             rows = train[s : s + batch_size]
             mask = sample.attention_mask[rows]
             t = int(mask.sum(dim=1).max())
-            logits = net(whitened[rows, :t], bayes[rows, :t], level[rows, :t], ~mask[:, :t].bool())  # (b, t, c + 1)
+            logits = net(*inputs.batch(rows, t), ~mask[:, :t].bool())  # (b, t, c + 1)
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels[rows, :t].reshape(-1), ignore_index=-100
             )

@@ -8,8 +8,9 @@ noise) count once (``distinct_views``). The level of each position is read from 
 views averaged.
 
 ``asr`` is the figure with all K views; ``details["asr_by_views"]``: the ASR with the first k views
-for k = 1..K, and ``details["distinct_views"]`` the mean number of distinct views per text (K).
-Needs ``observation.views`` (else ``AttackUnavailable``).
+for k = 1..K (for the threat models outside ``full_curve`` only k = 1 and K, None between: each k
+costs a full-vocabulary decode), and ``details["distinct_views"]`` the mean number of distinct views
+per text. Needs ``observation.views`` (else ``AttackUnavailable``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def a0_multiview(
     likelihood: str = "auto",
     max_views: int | None = None,
     confidence: float = 0.9,
+    full_curve: Sequence[str] = ("adaptive",),
 ) -> list[AttackResult]:
     """A0-multiview on every scored token, with k = 1..K linked views; one result per threat model.
 
@@ -54,7 +56,12 @@ def a0_multiview(
     for model in check_threat_models(threat_models):
         started = time.perf_counter()
         curve, counts = [], []
-        for k in range(1, views.shape[0] + 1):
+        last = views.shape[0]
+        for k in range(1, last + 1):
+            if model not in full_curve and 1 < k < last:
+                curve.append(None)
+                counts.append(None)
+                continue
             first = views[:k]
             rows_k = first[:, scored].float()  # (k, m, d)
             distinct = distinct_views(first)[text_of]  # (m,)
