@@ -74,7 +74,8 @@ QUICK_BASE = ExperimentConfig(n_train=1024, n_public=500, n_test=200, n_attack=6
 #: the headline rows run over HEADLINE_SEEDS: (mechanism, eta, params); extend with the best alternatives
 HEADLINE_MECHANISMS: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
     ("none", None, ()),
-    ("privtune", ETA_REF, ()),  # the shipped default
+    ("privtune", ETA_REF, (("importance_score", "token_class"),)),  # the shipped default (DEFAULT_PARAMS)
+    ("privtune", ETA_REF, (("importance_score", "information"), ("noise_floor", 0.0), ("view_noise", "fresh"))),
 )
 HEADLINE_SEEDS = (0, 1, 2)
 #: grids of the default list that the quick grid leaves out unless they are named (its time budget)
@@ -192,35 +193,50 @@ def _labels_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -
     return [replace(base, mechanism="none"), replace(base, mechanism="privtune", eta=ETA_REF)]
 
 
-#: the candidates for the default (issue 10): the paper-form default, the floors, the data-independent map
+#: the shipped default's importance, named explicitly so that rows keep their meaning if defaults move
+DEFAULT_PARAMS: tuple[tuple[str, object], ...] = (("importance_score", "token_class"),)
+#: before issue 10: label-informative words exposed nearly clean, fresh noise on every send
+PAPER_FORM_PARAMS: tuple[tuple[str, object], ...] = (
+    ("importance_score", "information"), ("noise_floor", 0.0), ("view_noise", "fresh"),
+)
+#: the candidates for the default (issue 10), under every attack and over every view
 CHOICE_CANDIDATES: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
     ("none", None, ()),
-    ("privtune", ETA_REF, (("noise_floor", 0.0), ("view_noise", "fresh"))),  # before issue 10
-    ("privtune", ETA_REF, (("noise_floor", 0.0),)),  # per-text noise alone
-    ("privtune", ETA_REF, ()),  # floor 1 (the config default)
-    ("privtune", ETA_REF, (("noise_floor", 3.0),)),
-    ("privtune", ETA_REF, (("noise_floor", 6.0),)),
-    ("privtune", ETA_REF, (("importance_score", "token_class"),)),
+    ("privtune", ETA_REF, PAPER_FORM_PARAMS),
+    ("privtune", ETA_REF, (("importance_score", "information"), ("noise_floor", 0.0))),  # per-text noise alone
+    ("privtune", ETA_REF, (("importance_score", "information"),)),  # + the floor (1)
+    ("privtune", ETA_REF, (("importance_score", "information"), ("noise_floor", 3.0))),
+    ("privtune", ETA_REF, (("importance_score", "information"), ("noise_floor", 6.0))),
+    ("privtune", ETA_REF, DEFAULT_PARAMS),  # the data-independent map (floor 1)
     ("dchi", 5.0, ()),
+)
+#: the full-setting subset (DEFAULTS_BASE: 2,000 texts, 3 epochs) of CHOICE_CANDIDATES, plus eta 20
+CHOICE_FULL: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
+    CHOICE_CANDIDATES[0], CHOICE_CANDIDATES[1], CHOICE_CANDIDATES[3], CHOICE_CANDIDATES[6],
+    ("privtune", 20.0, DEFAULT_PARAMS), CHOICE_CANDIDATES[7],
 )
 LABEL_EPSILONS = (1.0, 3.0)
 
 
 def _choice_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
-    """The default chosen by measurement: CHOICE_CANDIDATES on vader-movie, l=3, under every attack."""
-    at = replace(base, dataset="vader-movie", split_layer=3)
-    return [replace(at, mechanism=m, eta=_noise(m, eta), params=params) for m, eta, params in CHOICE_CANDIDATES]
+    """The default chosen by measurement: CHOICE_CANDIDATES on the quick base, CHOICE_FULL on
+    DEFAULTS_BASE, vader-movie, l=3, under every attack."""
+    at = replace(base if quick else DEFAULTS_BASE, dataset="vader-movie", split_layer=3)
+    candidates = CHOICE_CANDIDATES if quick else CHOICE_FULL
+    return [replace(at, mechanism=m, eta=_noise(m, eta), params=params) for m, eta, params in candidates]
 
 
 def _label_dp_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     """Accuracy against label-attack success: the default mechanism with label DP at LABEL_EPSILONS."""
-    at = replace(base, dataset="vader-movie", split_layer=3, mechanism="privtune", eta=ETA_REF)
+    at = replace(base if quick else DEFAULTS_BASE, dataset="vader-movie", split_layer=3, mechanism="privtune",
+                 eta=ETA_REF, params=DEFAULT_PARAMS)  # fmt: skip
     return [at, *(replace(at, label_epsilon=eps) for eps in LABEL_EPSILONS)]
 
 
 def _headline_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
-    """The headline rows (HEADLINE_MECHANISMS) on vader-movie, l=3, for every seed of HEADLINE_SEEDS."""
-    at = replace(base, dataset="vader-movie", split_layer=3)
+    """The headline rows (HEADLINE_MECHANISMS) on vader-movie, l=3, for every seed of HEADLINE_SEEDS
+    (full grid: on DEFAULTS_BASE, 2,000 texts and 3 epochs with the quick attack budget)."""
+    at = replace(base if quick else DEFAULTS_BASE, dataset="vader-movie", split_layer=3)
     return [
         replace(at, mechanism=m, eta=_noise(m, eta), params=params, seed=seed)
         for seed in HEADLINE_SEEDS
@@ -230,9 +246,8 @@ def _headline_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool)
 
 def _medicine_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -> list[ExperimentConfig]:
     """``multiemo-medicine``: the victim's medical reviews, the attacker's public text from other domains."""
-    return [
-        replace(base, dataset="multiemo-medicine", mechanism=m, eta=_noise(m, ETA_REF)) for m in ("none", "privtune")
-    ]
+    at = replace(base if quick else DEFAULTS_BASE, dataset="multiemo-medicine")
+    return [replace(at, mechanism="none"), replace(at, mechanism="privtune", eta=ETA_REF, params=DEFAULT_PARAMS)]
 
 
 GRIDS: dict[str, Callable[[ExperimentConfig, tuple[float, ...], bool], list[ExperimentConfig]]] = {
