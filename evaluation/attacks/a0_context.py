@@ -180,6 +180,7 @@ def a0_context(
     *,
     max_seconds: float = 45.0,
     max_epochs: int = 100,
+    max_steps: int | None = None,
     max_classes: int = 2048,
     width: int = 128,
     layers: int = 2,
@@ -193,7 +194,8 @@ def a0_context(
 
     ``generator`` (default seed 0) draws the split, the initialisation and the training noise.
     ``max_seconds``: the training budget per threat model (the held-out checks and the final decode
-    come on top). ``use_views``: decode the average of ``observation.views`` (noise variance / the
+    come on top); a time cap makes the result depend on the machine's speed, so ``max_steps`` (with a
+    generous ``max_seconds``) gives a reproducible budget instead. ``use_views``: decode the average of ``observation.views`` (noise variance / the
     number of distinct views) instead of view 0."""
     seed = int(torch.randint(0, 2**62, (1,), generator=default_generator(generator)))
     scored = observation.scored  # (n, t)
@@ -210,6 +212,7 @@ def a0_context(
             torch.manual_seed(seed)
             predicted, details = _run(
                 target, observation.input_ids, kit, model, seed, max_seconds=max_seconds, max_epochs=max_epochs,
+                max_steps=max_steps,
                 max_classes=max_classes, width=width, layers=layers, batch_size=batch_size, lr=lr, holdout=holdout,
                 max_holdout=max_holdout,
             )  # fmt: skip
@@ -275,8 +278,8 @@ def _output_classes(public: Observation, max_classes: int) -> tuple[torch.Tensor
 
 def _run(
     target: _Target, input_ids: torch.Tensor, kit: AttackKit, model: str, seed: int, *, max_seconds: float,
-    max_epochs: int, max_classes: int, width: int, layers: int, batch_size: int, lr: float, holdout: float,
-    max_holdout: int,
+    max_epochs: int, max_steps: int | None, max_classes: int, width: int, layers: int, batch_size: int, lr: float,
+    holdout: float, max_holdout: int,
 ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Train the context model for one threat model and decode ``target``: ((n, t) token ids, details)."""
     started = time.perf_counter()
@@ -324,7 +327,8 @@ def _run(
         best_val, best_state = holdout_asr(), {k: v.clone() for k, v in net.state_dict().items()}
         curve.append(round(best_val, 4))
     epochs = steps = 0
-    budget_over = lambda: time.perf_counter() - started > max_seconds
+    out_of_steps = lambda: max_steps is not None and steps >= max_steps
+    budget_over = lambda: time.perf_counter() - started > max_seconds or out_of_steps()
     check_every = max(1, max_epochs // 10)
     while epochs < max_epochs and not budget_over() and train.numel():
         sample = kit.sample_public(g) if noisy else public  # fresh noise every epoch
