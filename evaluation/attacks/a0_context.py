@@ -18,7 +18,7 @@ and then decide between it and the plain Bayes decoder (``details["selected"]``,
 attacker's own choice on public data).
 
 Naive: trained on the clean public states with no noise feature. Cost is capped by ``max_seconds``
-of training per threat model (and ``max_epochs``); ``details`` report epochs, steps and seconds.
+of training per threat model (and ``max_epochs``, ``max_steps``); ``details`` report epochs, steps and seconds.
 """
 
 from __future__ import annotations
