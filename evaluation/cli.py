@@ -32,7 +32,7 @@ GRID_NAMES = (
     "medicine",
 )  # evaluation.sweep.DEFAULT_GRIDS (not imported: no torch here)
 FULL_ONLY_GRIDS = ("headline", "medicine")  # evaluation.sweep.FULL_ONLY_GRIDS: --quick runs them only when named
-OTHER_GRIDS = ("defaults", "labels")  # evaluation.sweep.GRIDS beyond the default list
+OTHER_GRIDS = ("defaults", "labels", "choice", "label-dp")  # evaluation.sweep.GRIDS beyond the default list
 QUICK_BUDGET_MIN = 16.0  # no new experiment starts after this (the longest quick one: ~3 min): < 20 min in all
 
 

@@ -90,16 +90,18 @@ class DChiOptions(MechanismConfig):
 class ImportanceOptions(MechanismConfig):
     """Token importance I^ -> noise-scale factor w (method.md section 4, [R]).
 
-    Defaults (measured, docs/RESULTS.md and docs/PRIVACY.md): the 'information' score and the
-    'top_fraction' map, 8% of token occurrences at w_max = 16, the rest at w_min = 0.25. method.md's
-    reconstruction (eq. 21 log-ratio, w = 2 sigmoid(I^)) stays available ('log_ratio', 'sigmoid'); it
-    spends its lowest noise on frequent words and needs the noise of a useless model for ASR <= 10%.
+    Defaults (measured against the best-response attacker, docs/RESULTS.md and docs/PRIVACY.md): the
+    data-independent 'token_class' score (function words and punctuation less noised, content words and
+    special tokens more) with the 'top_fraction' map's two levels w_max = 16 / w_min = 0.25, every token
+    raised to the noise floor (noise/signal >= 1). The label-informed 'information' score (the
+    pre-issue-10 default, which exposes the most label-informative words: the sensitive ones) and
+    method.md's reconstruction (eq. 21 log-ratio, w = 2 sigmoid(I^)) stay available by name.
     """
 
     uses_importance: ClassVar[bool] = True
 
     importance_score: str = option(
-        "information",
+        "token_class",
         "Classification importance (method.md eq. 21, [R] form): 'log_ratio' = the class log-ratio weighted "
         "by p_c(t) (grows with token frequency); 'log_odds_z' = weighted log-odds z-score (Monroe et al. "
         "2008), high for frequent class-skewed words, low for neutral and rare ones; 'information' = the class "

@@ -44,7 +44,7 @@ def test_no_noise_warns_and_says_so_before_training(artifact, tmp_path, capsys):
 
 
 def test_the_record_accounts_every_view_and_keeps_the_sensitive_terms_on_the_device(artifact, tmp_path, capsys):
-    privacy = PrivacyConfig(mechanism="dchi_importance", params={"sensitive_terms": ["w7", "w11"]}, seed=0,
+    privacy = PrivacyConfig(mechanism="dchi_importance", params={"sensitive_terms": ["w7", "w11"], "importance_score": "information"}, seed=0,
                             label_epsilon=1.0)  # fmt: skip
     job, fake = run(artifact, tmp_path, privacy, progress=True)
     declared = fake.created["method"]["privtune"]["privacy"]

@@ -128,7 +128,7 @@ def test_fit_then_privatize(parts, name):
 
 def test_classification_importance_table_comes_from_labels(parts):
     bottom, tokenizer = parts
-    priv = Privatizer(bottom, tokenizer, small("dchi_importance", importance_to_scale="sigmoid")).fit(TEXTS, LABELS)
+    priv = Privatizer(bottom, tokenizer, small("dchi_importance", importance_to_scale="sigmoid", importance_score="information")).fit(TEXTS, LABELS)
     table = priv.state.importance_table
     vocab = tokenizer.get_vocab()
     assert table[vocab["good"]] > table[vocab["movie"]] and table[vocab["bad"]] > table[vocab["the"]]
@@ -140,7 +140,7 @@ def test_classification_importance_table_comes_from_labels(parts):
 
 def test_top_fraction_table_marks_the_top_share_of_occurrences(parts):
     bottom, tokenizer = parts
-    priv = Privatizer(bottom, tokenizer, small("dchi_importance", top_fraction=0.3)).fit(TEXTS, LABELS)
+    priv = Privatizer(bottom, tokenizer, small("dchi_importance", top_fraction=0.3, importance_score="information")).fit(TEXTS, LABELS)
     table, vocab = priv.state.importance_table, tokenizer.get_vocab()
     ids, mask = priv.encode(TEXTS)
     real = mask.bool() & ~torch.isin(ids, torch.tensor(priv.special_ids))
@@ -153,7 +153,7 @@ def test_top_fraction_table_marks_the_top_share_of_occurrences(parts):
 def test_generation_importance_uses_attentions(parts):
     tokenizer = parts[1]
     bottom = FakeBottom(len(tokenizer), causal=True)
-    priv = Privatizer(bottom, tokenizer, small("privtune")).fit(TEXTS)  # no labels: attention importance
+    priv = Privatizer(bottom, tokenizer, small("privtune", importance_score="information")).fit(TEXTS)  # no labels: attention importance
     assert priv.state.importance_table is None
     bottom.calls.clear()
     sent = priv.privatize(TEXTS[:2], generator=torch.Generator().manual_seed(0))

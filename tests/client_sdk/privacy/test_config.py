@@ -48,8 +48,11 @@ def test_method_md_defaults():
 
 def test_measured_importance_defaults_and_method_md_form_stays_available():
     cfg = PrivTuneConfig()  # chosen by the evaluation (docs/RESULTS.md), not by method.md
-    assert (cfg.eta, cfg.importance_score, cfg.importance_to_scale) == (10.0, "information", "top_fraction")
+    assert (cfg.eta, cfg.importance_score, cfg.importance_to_scale) == (10.0, "token_class", "top_fraction")
     assert (cfg.top_fraction, cfg.w_min, cfg.w_max) == (0.08, 0.25, 16.0)
+    assert (cfg.noise_floor, cfg.view_noise, cfg.sensitive_terms) == (1.0, "per_text", ())
+    before = PrivTuneConfig(importance_score="information", noise_floor=0.0, view_noise="fresh")  # pre-issue-10
+    assert PrivTuneConfig.from_dict(before.to_dict()) == before
     literal = PrivTuneConfig(importance_score="log_ratio", importance_to_scale="sigmoid")
     assert PrivTuneConfig.from_dict(literal.to_dict()) == literal
 

@@ -15,7 +15,8 @@ from tests.client_sdk.test_privatizer import LABELS, TEXTS, FakeBottom, make_tok
 
 def privatizer(name="dchi_importance", causal=False, labels=True, **params):
     if name != "none":
-        params = {"top_fraction": 0.3, **params}  # the toy vocabulary: a few tokens cover 30% of occurrences
+        # the label-informed map (the toy vocabulary: a few tokens cover 30% of occurrences) unless named
+        params = {"top_fraction": 0.3, "importance_score": "information", **params}
     tokenizer = make_tokenizer()
     bottom = FakeBottom(len(tokenizer), causal=causal)
     priv = Privatizer(bottom, tokenizer, get_config(name, **params), max_length=8)
