@@ -118,6 +118,8 @@ def test_render_has_the_new_sections_and_old_rows_render_without_them(tmp_path):
     rendered = 0
     for path in RESULTS:  # the stored rows of older harness versions: no new sections, no error
         version = json.loads(path.read_text().splitlines()[0])["harness_version"]
+        if version >= 5:  # rows of this harness carry the new details
+            continue
         old = load_rows([path], version=version)
         if not old:
             continue

@@ -123,7 +123,8 @@ def test_exposure_truth_rule():
 
 
 def test_exposure_truth_on_a_two_level_mechanism(tiny, data_dir, tmp_path):
-    trained = _observe(_config(tiny), data_dir, tmp_path)
+    informed = (("importance_score", "information"),)  # the label-informed map: two levels on any vocabulary
+    trained = _observe(_config(tiny, params=informed), data_dir, tmp_path)
     obs, privatizer = trained.observed.observation, trained.privatizer
     if not hasattr(privatizer, "token_noise_scale"):
         pytest.skip("Privatizer.token_noise_scale (the mechanism's contract) has not landed")
