@@ -25,6 +25,13 @@ Scores:
   (centred over the public texts): the observed texts of one cluster share a label, so their mean
   representation sits near that label's public mean when the top's representation carries the
   label (it is what the device's head classifies). None without a top or public labels in the kit.
+- ``details["features_matched_asr"]``: the same k-means matching on the server's own pooled features
+  (the top's output for the received states) instead of the gradients: the partition without any
+  returned gradient.
+- ``details["features_classifier_asr"]``: labels predicted from the top's pooled features by a
+  logistic regression the attacker fits on up to ``classifier_examples`` public labelled texts passed
+  through the same path: inference of the label *from the text*, which no label-DP of the gradients
+  can hide (it is what the fine-tuned model is for); the figure to read next to label DP.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ def a1_label_clustering(
     iters: int = 50,
     public_examples: int = 32,
     shuffles: int = 20,
+    classifier_examples: int = 512,
 ) -> list[AttackResult]:
     """A1-label on every text of ``observation`` (see the module doc); one result per threat model.
 
@@ -151,23 +159,54 @@ def a1_label_clustering(
         m = len(kit.public_texts)
         pick = torch.randperm(m, generator=g)[: min(public_examples, m)].sort().values  # (K,)
         observed_rep = top_output(kit.top, observation.hidden, observation.attention_mask)  # (n, d)
+        feature_unit = F.normalize(observed_rep.double().cpu(), dim=-1)
+        feature_cluster = torch.cdist(feature_unit, best_kmeans(feature_unit, k, g, restarts, iters)).argmin(dim=1)
     details = {
         "k": k, "restarts": restarts, "row_dim": int(rows.shape[1]),
         "matched_chance": sum(shuffled) / max(len(shuffled), 1),
         "cluster_sizes": torch.bincount(cluster, minlength=k).tolist(),
         "public_examples": 0 if pick is None else int(pick.numel()),
+        "features_matched_asr": None if pick is None else matched_accuracy(feature_cluster, truth, k, c)[0],
     }  # fmt: skip
     clustering_s = time.perf_counter() - started
     results = []
     for model in check_threat_models(threat_models):
         t0 = time.perf_counter()
-        named = None
+        named = classified = None
         if pick is not None:
+            classified = _feature_classifier(kit, model, observed_rep, truth, c, classifier_examples, g)
             shadow = kit.public(model).subset(pick)
             public_rep = top_output(kit.top, shadow.hidden, shadow.attention_mask)  # (K, d)
             names = name_clusters(cluster, k, observed_rep, public_rep, kit.public_labels[pick].long(), c)  # (k,)
             named = float((names[cluster] == truth).double().mean())
         seconds = round(clustering_s + time.perf_counter() - t0, 3)
-        entry = {**details, "named_asr": named, "seconds": seconds}
+        entry = {**details, "named_asr": named, "features_classifier_asr": classified, "seconds": seconds}
         results.append(AttackResult("A1-label", asr, majority_rate(truth), model, observation.n, entry))
     return results
+
+
+def _feature_classifier(
+    kit: AttackKit, model: str, observed: torch.Tensor, truth: torch.Tensor, c: int, examples: int, g: torch.Generator
+) -> float:
+    """Accuracy of a logistic regression on the top's pooled features, fitted on public labelled texts."""
+    m = len(kit.public_texts)
+    pick = torch.randperm(m, generator=g)[: min(examples, m)].sort().values
+    shadow = kit.public(model).subset(pick)
+    x = top_output(kit.top, shadow.hidden, shadow.attention_mask).double().cpu()  # (K, d)
+    y = kit.public_labels[pick].long().cpu()
+    mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    w = torch.zeros(x.shape[1], c, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+    z = (x - mean) / std
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + 1e-3 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        predicted = (((observed.double().cpu() - mean) / std) @ w + b).argmax(dim=1)
+    return float((predicted == truth).double().mean())

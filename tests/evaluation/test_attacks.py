@@ -209,6 +209,9 @@ def test_a1_label_through_the_protocol_ignores_the_noise_on_the_states(setup, to
             assert result.details["public_examples"] == 32 and 0.0 <= result.details["named_asr"] <= 1.0
     clean = _by_model(a1_label_clustering(*setup("none")))  # the top's representation carries the label
     assert clean["naive"].details["named_asr"] >= 0.9, clean["naive"]
+    # without any gradient: the partition of the top's features, and a public classifier on them
+    assert 0.0 <= clean["naive"].details["features_matched_asr"] <= 1.0
+    assert clean["naive"].details["features_classifier_asr"] >= 0.9, clean["naive"]
     with pytest.raises(AttackUnavailable):
         a1_label_clustering(observe(kit.known.privatizer, ["w1 w2"], labels=[0]))
 
