@@ -42,10 +42,14 @@ def a0_multiview(
     max_views: int | None = None,
     confidence: float = 0.9,
     full_curve: Sequence[str] = ("adaptive",),
+    atol: float = 0.05,
 ) -> list[AttackResult]:
     """A0-multiview on every scored token, with k = 1..K linked views; one result per threat model.
 
-    ``max_views`` caps K (None: all). Deterministic (``generator`` is unused)."""
+    ``max_views`` caps K (None: all). ``atol``: views of a text within this max-abs difference are one
+    view re-sent (the wire's float16 rounding and the bottom's padding-dependent float error are
+    ~1e-3; the noise is orders of magnitude larger), so per-text noise is not mistaken for K
+    independent draws. Deterministic (``generator`` is unused)."""
     if observation.views is None:
         raise AttackUnavailable("A0-multiview needs every view of the attacked texts (observation.views)")
     views = observation.views if max_views is None else observation.views[:max_views]  # (K, n, t, d)
@@ -64,8 +68,8 @@ def a0_multiview(
                 continue
             first = views[:k]
             rows_k = first[:, scored].float()  # (k, m, d)
-            distinct = distinct_views(first)[text_of]  # (m,)
-            mean = average_views(first, dedupe=True)[scored]  # (m, d)
+            distinct = distinct_views(first, atol=atol)[text_of]  # (m,)
+            mean = average_views(first, dedupe=True, atol=atol)[scored]  # (m, d)
             scale = detected_scale(kit, model, rows_k)
             ids, conf, form = bayes_decode(
                 kit, model, mean, scale, views=1 if bool((distinct == 1).all()) else distinct.float(),
