@@ -133,8 +133,8 @@ class ExperimentConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def baseline(self) -> ExperimentConfig:
-        """The same experiment with mechanism ``none`` (plain split learning): the undefended row."""
-        return replace(self, mechanism="none", eta=None, hops=None, params=(), noise_aware=None)
+        """The same experiment with mechanism ``none`` and no label DP (plain split learning): the undefended row."""
+        return replace(self, mechanism="none", eta=None, hops=None, params=(), noise_aware=None, label_epsilon=None)
 
     def top_noise_aware(self) -> bool:
         """Whether the top model is noise-aware (``noise_aware``, or the SDK's choice when None)."""
