@@ -38,8 +38,9 @@ METHOD_TEXT = """\
 training texts, train through the service's own split code in one process (`DeviceTrainer` posting
 the real wire payloads to the worker's `StepServer` -> `TopTrainer`, LoRA r=8 on the top blocks, which
 return the pooled representation; the classification head is the device's own `ClassifierHead`,
-trained there with the job's optimiser; every step privatizes its batch again, so every epoch sees
-fresh noise), then:
+trained there with the job's optimiser; every step privatizes its batch again: with the default
+per-text noise each epoch re-sends the same view of a text, with `view_noise='fresh'` each epoch is
+a new draw), then:
 
 - **Top model**: as the service configures it: for mechanisms that add noise the top is noise-aware
   (each received state's precision is estimated from its norm and weights its attention key and its
