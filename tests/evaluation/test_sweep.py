@@ -37,3 +37,16 @@ def test_views_in_the_grid_configs():
     for c in grid(quick=True):
         assert (c.validation_views, c.inference_views) == (2, 0) and c.views() == c.epochs + 2
     assert ExperimentConfig().views() == 3 + 2
+
+
+def test_choice_and_label_dp_grids_name_their_settings():
+    from evaluation.sweep import CHOICE_CANDIDATES, CHOICE_FULL, DEFAULTS_BASE, LABEL_EPSILONS
+
+    quick, full = grid(quick=True, names=["choice"]), grid(names=["choice"])
+    assert len(quick) == len(CHOICE_CANDIDATES) and len(full) == len(CHOICE_FULL)
+    assert {(c.n_train, c.epochs) for c in full} == {(DEFAULTS_BASE.n_train, DEFAULTS_BASE.epochs)}
+    assert any(c.params == DEFAULT_PARAMS for c in full) and any(c.mechanism == "none" for c in full)
+    dp = grid(names=["label-dp"])
+    assert [c.label_epsilon for c in dp] == [None, *LABEL_EPSILONS]
+    assert all(c.params == DEFAULT_PARAMS for c in dp)
+    assert {c.baseline().label_epsilon for c in dp} == {None}  # the undefended row has no label DP either
