@@ -125,7 +125,8 @@ def pick(
     defaults: bool = False,
 ) -> list[ResultRow]:
     """Rows whose config has every given value (``ANY``: not filtered). ``defaults`` keeps only rows
-    with the default options: no mechanism ``params`` and no explicit top-model ``noise_aware``."""
+    with the default options (``options`` empty: params equal to the current defaults, no explicit
+    top-model ``noise_aware``, no label DP)."""
 
     def matches(c: ExperimentConfig) -> bool:
         pairs = (
@@ -139,7 +140,22 @@ def pick(
 
     out = [r for r in rows if matches(r.config)]
     if defaults:
-        out = [r for r in out if not r.config.params and r.config.noise_aware is None]
+        out = [r for r in out if not is_variant(r)]
+    return out
+
+
+def options(config: ExperimentConfig) -> dict[str, Any]:
+    """The row's non-default settings: mechanism params that differ from the mechanism's current
+    defaults (grids name the default's params explicitly, so their rows keep their meaning), an
+    explicit top-model choice and label DP."""
+    from client_sdk.privacy import get_config
+
+    defaults = get_config(config.mechanism).to_dict()
+    out = {k: v for k, v in sorted(dict(config.params).items()) if defaults.get(k, object()) != v}
+    if config.noise_aware is not None:
+        out["noise_aware top"] = config.noise_aware
+    if getattr(config, "label_epsilon", None) is not None:
+        out["label_epsilon"] = config.label_epsilon
     return out
 
 
@@ -149,8 +165,8 @@ def first(rows: Iterable[ResultRow]) -> ResultRow | None:
 
 
 def is_variant(row: ResultRow) -> bool:
-    """A row with non-default mechanism options or an explicit top-model choice."""
-    return bool(row.config.params) or row.config.noise_aware is not None
+    """A row with non-default mechanism options, an explicit top-model choice or label DP (``options``)."""
+    return bool(options(row.config))
 
 
 def accuracy(row: ResultRow | None) -> float | None:

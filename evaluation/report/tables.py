@@ -24,6 +24,7 @@ from evaluation.report.queries import (
     pick,
     strongest,
 )
+from evaluation.report.queries import options as queries_options
 from evaluation.rows import ResultRow
 
 __all__ = [
@@ -221,9 +222,7 @@ def variants_table(rows: list[ResultRow], dataset: str) -> list[str]:
     body = []
     for r in chosen:
         c = r.config
-        options = [f"{k}={v}" for k, v in sorted(dict(c.params).items())]
-        if c.noise_aware is not None:
-            options.append(f"noise_aware top={c.noise_aware}")
+        options = [f"{k}={v}" for k, v in queries_options(c).items()]
         eta = "" if c.eta is None else f"{c.eta:g}"
         body.append(
             [c.mechanism, eta, ", ".join(options), *utility_cells(r, base), *_asr_cells(r, ["A0-learned", "A2"])]
