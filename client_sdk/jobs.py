@@ -184,7 +184,9 @@ class FineTuneJob(FineTuningJob):
         if progress:
             print(session.privacy_summary(), file=sys.stderr)
         before = trainer.evaluate(session.valid) if session.valid else {}
-        desc = f"fine-tuning, NO noise (mechanism={session.privacy.mechanism!r})" if noiseless else "private fine-tuning"
+        desc = (
+            f"fine-tuning, NO noise (mechanism={session.privacy.mechanism!r})" if noiseless else "private fine-tuning"
+        )
         bar = _ProgressBar(session.total_steps, 1, desc) if progress else None
         try:
             report = trainer.train(start_step=1, progress=bar.update if bar else None)

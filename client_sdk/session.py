@@ -82,7 +82,9 @@ class DeviceSession:
         self.label_secret = None
         if self.privacy.label_epsilon is not None:
             if task != "classification":
-                raise JobSpecError("label_epsilon applies to task='classification' (generation has no labels)", "privacy.label_epsilon")
+                raise JobSpecError(
+                    "label_epsilon applies to task='classification' (generation has no labels)", "privacy.label_epsilon"
+                )
             self.label_secret = _secret(self.privacy.seed)
             self.train = self._randomized_labels(self.train)
         self.hp = hp.resolved(len(self.train), task)

@@ -197,7 +197,9 @@ def _labels_grid(base: ExperimentConfig, etas: tuple[float, ...], quick: bool) -
 DEFAULT_PARAMS: tuple[tuple[str, object], ...] = (("importance_score", "token_class"),)
 #: before issue 10: label-informative words exposed nearly clean, fresh noise on every send
 PAPER_FORM_PARAMS: tuple[tuple[str, object], ...] = (
-    ("importance_score", "information"), ("noise_floor", 0.0), ("view_noise", "fresh"),
+    ("importance_score", "information"),
+    ("noise_floor", 0.0),
+    ("view_noise", "fresh"),
 )
 #: the candidates for the default (issue 10), under every attack and over every view
 CHOICE_CANDIDATES: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
@@ -212,8 +214,12 @@ CHOICE_CANDIDATES: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]
 )
 #: the full-setting subset (DEFAULTS_BASE: 2,000 texts, 3 epochs) of CHOICE_CANDIDATES, plus eta 20
 CHOICE_FULL: tuple[tuple[str, float | None, tuple[tuple[str, object], ...]], ...] = (
-    CHOICE_CANDIDATES[0], CHOICE_CANDIDATES[1], CHOICE_CANDIDATES[3], CHOICE_CANDIDATES[6],
-    ("privtune", 20.0, DEFAULT_PARAMS), CHOICE_CANDIDATES[7],
+    CHOICE_CANDIDATES[0],
+    CHOICE_CANDIDATES[1],
+    CHOICE_CANDIDATES[3],
+    CHOICE_CANDIDATES[6],
+    ("privtune", 20.0, DEFAULT_PARAMS),
+    CHOICE_CANDIDATES[7],
 )
 LABEL_EPSILONS = (1.0, 3.0)
 

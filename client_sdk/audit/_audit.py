@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from ..privatizer import Privatizer
 from ..privacy.token_classes import CONTENT, FUNCTION, PUNCTUATION, token_class_table
+from ..privatizer import Privatizer
 from ._attacks import TokenDiscriminant, majority_rate, nearest_prototype
 from ._best_response import ExposureDetector, LevelBayesDecoder
 from ._expected import expected_lone_tokens, expected_privatizer
@@ -111,7 +111,9 @@ def _token_rows(
     device = first.device if first is not None else torch.device("cpu")
     special = torch.tensor(privatizer.special_ids, dtype=torch.long)
     twin = expected_privatizer(privatizer) if expected else None
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", "sent", "expected", "ids", "scale", "classes", "distinct")}
+    parts: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("clean", "sent", "expected", "ids", "scale", "classes", "distinct")
+    }
     table = token_class_table(privatizer.tokenizer, int(getattr(bottom, "vocab_size", 0)) or None)
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
@@ -178,7 +180,9 @@ def _bayes(privatizer: Privatizer, pub: _Rows, target: _Rows, fallback: Any) -> 
         means, pub.ids, noise=kind, fallback_ids=ids, fallback_means=fallback.get("adaptive") if fallback else None
     )
     predicted, _ = decoder.predict(target.sent, scale, views=target.distinct.float())
-    clean = LevelBayesDecoder.fit(pub.clean, pub.ids, fallback_ids=ids, fallback_means=fallback.get("clean") if fallback else None)
+    clean = LevelBayesDecoder.fit(
+        pub.clean, pub.ids, fallback_ids=ids, fallback_means=fallback.get("clean") if fallback else None
+    )
     return predicted, clean.predict(target.clean)[0]
 
 
@@ -247,7 +251,9 @@ def privacy_audit(
     def score(name: str, pred: torch.Tensor, clean: torch.Tensor, details: dict[str, Any]) -> AttackScore:
         hits = pred.cpu() == ids
         undefended = float((clean.cpu() == ids).float().mean())
-        return AttackScore(name, float(hits.float().mean()), chance, undefended, int(ids.numel()), details, _groups(hits, target))
+        return AttackScore(
+            name, float(hits.float().mean()), chance, undefended, int(ids.numel()), details, _groups(hits, target)
+        )
 
     a2 = score("A2-nearest-prototype", nearest_prototype(target.sent, prototypes),
                nearest_prototype(target.clean, prototypes), {"vocabulary": int(prototypes.shape[0])})  # fmt: skip
@@ -263,6 +269,11 @@ def privacy_audit(
     )  # fmt: skip
     means = {"fallback_ids": vocab, "adaptive": lone, "clean": prototypes} if fallback else None
     bayes, bayes_clean = _bayes(privatizer, pub, target, means)
-    a0_bayes = score("A0-bayes-adaptive", bayes, bayes_clean, {"views": views, "distinct_views": float(target.distinct.float().mean())})
+    a0_bayes = score(
+        "A0-bayes-adaptive",
+        bayes,
+        bayes_clean,
+        {"views": views, "distinct_views": float(target.distinct.float().mean())},
+    )
     mechanism = privatizer.mechanism.config.to_dict()
     return AuditReport(mechanism, (a2, a0, a0_bayes), len(private), len(public), source)

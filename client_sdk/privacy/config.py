@@ -122,8 +122,10 @@ class ImportanceOptions(MechanismConfig):
     )
     beta: float = option(0.5, "Slope of the 'linear' importance-to-scale map (> 0).", gt=0.0)
     w_min: float = option(
-        0.25, "Lower clip of the 'linear' map, the factor of the other tokens for 'top_fraction' (> 0, < w_max).",
-        gt=0.0, lt_field="w_max",
+        0.25,
+        "Lower clip of the 'linear' map, the factor of the other tokens for 'top_fraction' (> 0, < w_max).",
+        gt=0.0,
+        lt_field="w_max",
     )
     w_max: float = option(
         16.0, "Upper clip of the 'linear' map, the factor of the top tokens for 'top_fraction' (> w_min).", gt=0.0

@@ -22,7 +22,6 @@ Importance mechanisms raise every scale to the config's ``noise_floor`` and give
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -146,7 +145,9 @@ class Mechanism:
         scale = self._scale(mask, context, d)
         if context.noise_seeds is not None:
             if context.noise_seeds.shape != (n,):
-                raise PrivacyStateError(f"noise_seeds must be one per real token ({n}), got {tuple(context.noise_seeds.shape)}")
+                raise PrivacyStateError(
+                    f"noise_seeds must be one per real token ({n}), got {tuple(context.noise_seeds.shape)}"
+                )
             return keyed_noise(self._sampler(), context.noise_seeds, d, scale, h.device)
         scale = scale.to(generator.device) if torch.is_tensor(scale) else scale
         return self._sampler()((n,), d, scale, generator).to(h.device)

@@ -201,4 +201,6 @@ def test_linked_fresh_views_are_averaged_and_per_text_views_add_nothing(bottom, 
     rate = lambda r: {a.name: a for a in r.attacks}["A0-bayes-adaptive"]
     assert rate(many).details["distinct_views"] == 8 and rate(many).asr > rate(once).asr
     keyed = _privatizer(bottom, "dchi", eta=4.0)
-    assert rate(privacy_audit(keyed, TEXTS, sample_size=48, prototypes=prototypes, views=8)).details["distinct_views"] == 1
+    assert (
+        rate(privacy_audit(keyed, TEXTS, sample_size=48, prototypes=prototypes, views=8)).details["distinct_views"] == 1
+    )

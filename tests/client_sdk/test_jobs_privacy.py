@@ -66,7 +66,9 @@ def test_fresh_noise_is_charged_for_every_view(artifact, tmp_path):
     privacy = PrivacyConfig(mechanism="dchi", params={"view_noise": "fresh"}, seed=0)
     _, fake = run(artifact, tmp_path, privacy)
     accounting = fake.created["method"]["privtune"]["privacy"]["record"]["accounting"]
-    assert accounting["views_charged"] == accounting["views_total"] == 3  # a validation text: before, 1 epoch end, after
+    assert (
+        accounting["views_charged"] == accounting["views_total"] == 3
+    )  # a validation text: before, 1 epoch end, after
     assert any("average them" in note for note in accounting["notes"])
 
 

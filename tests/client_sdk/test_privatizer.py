@@ -128,7 +128,9 @@ def test_fit_then_privatize(parts, name):
 
 def test_classification_importance_table_comes_from_labels(parts):
     bottom, tokenizer = parts
-    priv = Privatizer(bottom, tokenizer, small("dchi_importance", importance_to_scale="sigmoid", importance_score="information")).fit(TEXTS, LABELS)
+    priv = Privatizer(
+        bottom, tokenizer, small("dchi_importance", importance_to_scale="sigmoid", importance_score="information")
+    ).fit(TEXTS, LABELS)
     table = priv.state.importance_table
     vocab = tokenizer.get_vocab()
     assert table[vocab["good"]] > table[vocab["movie"]] and table[vocab["bad"]] > table[vocab["the"]]
@@ -140,7 +142,9 @@ def test_classification_importance_table_comes_from_labels(parts):
 
 def test_top_fraction_table_marks_the_top_share_of_occurrences(parts):
     bottom, tokenizer = parts
-    priv = Privatizer(bottom, tokenizer, small("dchi_importance", top_fraction=0.3, importance_score="information")).fit(TEXTS, LABELS)
+    priv = Privatizer(
+        bottom, tokenizer, small("dchi_importance", top_fraction=0.3, importance_score="information")
+    ).fit(TEXTS, LABELS)
     table, vocab = priv.state.importance_table, tokenizer.get_vocab()
     ids, mask = priv.encode(TEXTS)
     real = mask.bool() & ~torch.isin(ids, torch.tensor(priv.special_ids))
@@ -153,7 +157,9 @@ def test_top_fraction_table_marks_the_top_share_of_occurrences(parts):
 def test_generation_importance_uses_attentions(parts):
     tokenizer = parts[1]
     bottom = FakeBottom(len(tokenizer), causal=True)
-    priv = Privatizer(bottom, tokenizer, small("privtune", importance_score="information")).fit(TEXTS)  # no labels: attention importance
+    priv = Privatizer(bottom, tokenizer, small("privtune", importance_score="information")).fit(
+        TEXTS
+    )  # no labels: attention importance
     assert priv.state.importance_table is None
     bottom.calls.clear()
     sent = priv.privatize(TEXTS[:2], generator=torch.Generator().manual_seed(0))
@@ -176,7 +182,9 @@ def test_fit_uses_given_prototypes_instead_of_recomputing_them(parts, monkeypatc
     seeded = lambda: torch.Generator().manual_seed(0)  # a seeded fit derives its noise secret from the seed
     reference = Privatizer(bottom, tokenizer, small("privtune")).fit(TEXTS, LABELS, generator=seeded())
     monkeypatch.setattr(bottom, "token_prototypes", lambda *a, **k: pytest.fail("prototypes recomputed"))
-    given = Privatizer(bottom, tokenizer, small("privtune")).fit(TEXTS, LABELS, prototypes=prototypes, generator=seeded())
+    given = Privatizer(bottom, tokenizer, small("privtune")).fit(
+        TEXTS, LABELS, prototypes=prototypes, generator=seeded()
+    )
     sent = [p.privatize(TEXTS[:4], generator=torch.Generator().manual_seed(3))["hidden"] for p in (reference, given)]
     assert torch.equal(sent[0], sent[1])
 

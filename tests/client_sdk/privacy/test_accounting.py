@@ -4,12 +4,11 @@ import math
 from collections import Counter
 
 import pytest
+import torch
 
 from client_sdk.privacy import get_config, prepare_state
 from client_sdk.privacy.accounting import account, label_keep_probability, summary
 from client_sdk.privacy.label_dp import randomized_response
-
-import torch
 
 
 def record(name="dchi", scale=(0.5, 2.0), **params):
@@ -35,7 +34,9 @@ def test_fresh_noise_composes_over_views_and_gaussian_and_l2_bounds():
     l2, state = record(metric="l2")
     assert l2["per_token_one_view"]["least_noised"] == pytest.approx(state.sensitivity / 0.5)
     gauss, state = record("gaussian", scale=(1.0, 1.0))
-    assert gauss["per_token_one_view"]["least_noised"] == pytest.approx(state.sensitivity * math.sqrt(2 * math.log(1.25e5)))
+    assert gauss["per_token_one_view"]["least_noised"] == pytest.approx(
+        state.sensitivity * math.sqrt(2 * math.log(1.25e5))
+    )
 
 
 def test_no_noise_and_unprotected_labels_are_said_in_plain_words():
@@ -49,9 +50,9 @@ def test_randomized_response_keeps_the_label_at_its_rate_and_is_stable():
     texts = [f"text {i}" for i in range(4000)]
     labels = [i % 3 for i in range(4000)]
     noisy = randomized_response(labels, texts, 3, 1.0, "ab" * 32)
-    kept = sum(a == b for a, b in zip(labels, noisy)) / len(labels)
+    kept = sum(a == b for a, b in zip(labels, noisy, strict=True)) / len(labels)
     assert kept == pytest.approx(label_keep_probability(1.0, 3), abs=0.03)
-    flips = Counter((a, b) for a, b in zip(labels, noisy) if a != b)
+    flips = Counter((a, b) for a, b in zip(labels, noisy, strict=True) if a != b)
     assert set(flips) == {(a, b) for a in range(3) for b in range(3) if a != b}  # every other label reachable
     assert noisy == randomized_response(labels, texts, 3, 1.0, "ab" * 32)
     assert noisy != randomized_response(labels, texts, 3, 1.0, "cd" * 32)

@@ -80,8 +80,11 @@ def test_noise_floor_bounds_the_least_noise_of_every_token():
     with torch.no_grad():
         clean = priv.bottom(ids, mask).hidden
     sent = priv.privatize_ids(ids, mask, generator=torch.Generator().manual_seed(0))["hidden"]
-    ratio = (sent - torch.nn.functional.normalize(clean, dim=-1) * clean.norm(dim=-1, keepdim=True).clamp(
-        max=priv.state.clip_norm)).norm(dim=-1)[mask.bool()] / priv.state.clip_norm
+    ratio = (
+        sent
+        - torch.nn.functional.normalize(clean, dim=-1)
+        * clean.norm(dim=-1, keepdim=True).clamp(max=priv.state.clip_norm)
+    ).norm(dim=-1)[mask.bool()] / priv.state.clip_norm
     assert float(ratio.min()) > 1.0  # measured noise-to-signal of every token, not only its scale
 
 
@@ -117,8 +120,8 @@ def test_token_class_importance_needs_no_labels_and_exposes_function_words_only(
 
 
 def test_token_classes_of_a_wordpiece_vocabulary():
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(["[PAD]", "[CLS]", "the", "##the", "movie", ",", "...", "Ġof", "Ġcat"])}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[PAD]")),
