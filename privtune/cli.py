@@ -84,10 +84,42 @@ def _keys_create(args: argparse.Namespace) -> int:
     from service.db.session import make_engine
     from service.settings import get_settings
 
-    with sessionmaker(make_engine(get_settings().database_url)).begin() as session:
+    url = get_settings().database_url
+    problem = _missing_schema(url)
+    if problem:
+        print(
+            f"privtune keys create: {problem}. Run it where the service keeps its data (the directory of "
+            "`privtune up`, or set PRIVTUNE_DATA_DIR / PRIVTUNE_DATABASE_URL to the service's database); "
+            "`privtune serve --migrate` creates the schema of a new database.",
+            file=sys.stderr,
+        )
+        return 2
+    with sessionmaker(make_engine(url)).begin() as session:
         key, org_id = create_api_key(session, args.org)
     print(json.dumps({"organization_id": org_id, "api_key": key}))
     return 0
+
+
+def _missing_schema(url: str) -> str | None:
+    """Why ``url`` is not a PrivTune database (None when it is); creates nothing (a SQLite file that
+    does not exist is not opened, so no empty file is left behind)."""
+    from pathlib import Path
+
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if on_disk and not Path(parsed.database).is_file():
+        return f"no database at {Path(parsed.database).resolve()}"
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if "api_keys" not in tables:
+        return f"the database at {parsed.render_as_string(hide_password=True)} has no PrivTune schema"
+    return None
 
 
 def _models_export(args: argparse.Namespace) -> int:
