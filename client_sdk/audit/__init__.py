@@ -43,7 +43,7 @@ Modules (private; everything public is re-exported here):
 
 - ``_attacks``: the attack math (``majority_rate``, ``prototype_shortlist``, ``nearest_prototype``,
   ``TokenDiscriminant``), pure functions on tensors;
-- ``_best_response``: the best-response math (``NOISE_KINDS``, ``noise_variance``, ``average_views``,
+- ``_best_response``: the best-response math (``NOISE_KINDS``, ``noise_kind``, ``noise_variance``, ``average_views``,
   ``distinct_views``, ``ExposureDetector``, ``LevelBayesDecoder``), pure functions on tensors;
 - ``_expected``: the mechanism's deterministic part (``noiseless_mechanism``, ``expected_privatizer``,
   ``expected_lone_tokens``);
@@ -59,6 +59,7 @@ from ._best_response import (
     LevelBayesDecoder,
     average_views,
     distinct_views,
+    noise_kind,
     noise_variance,
 )
 from ._eta import DEFAULT_ETAS, EtaPoint, EtaSearchResult, search_eta
@@ -80,6 +81,7 @@ __all__ = [
     "expected_privatizer",
     "majority_rate",
     "nearest_prototype",
+    "noise_kind",
     "noise_variance",
     "noiseless_mechanism",
     "privacy_audit",

@@ -22,7 +22,7 @@ import torch
 from ..privacy.token_classes import CONTENT, FUNCTION, PUNCTUATION, token_class_table
 from ..privatizer import Privatizer
 from ._attacks import TokenDiscriminant, majority_rate, nearest_prototype
-from ._best_response import ExposureDetector, LevelBayesDecoder
+from ._best_response import ExposureDetector, LevelBayesDecoder, noise_kind
 from ._expected import expected_lone_tokens, expected_privatizer
 
 __all__ = ["AttackScore", "AuditReport", "privacy_audit"]
@@ -158,18 +158,9 @@ def _groups(hits: torch.Tensor, rows: _Rows) -> dict[str, dict[str, float]]:
     return out
 
 
-def _noise_kind(privatizer: Privatizer) -> str:
-    mechanism = privatizer.mechanism
-    if not mechanism.uses_noise:
-        return "none"
-    if mechanism.name == "gaussian":
-        return "gaussian"
-    return "laplace" if mechanism.config.metric == "l1" else "l2"
-
-
 def _bayes(privatizer: Privatizer, pub: _Rows, target: _Rows, fallback: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A0-bayes predictions on the sent and on the clean target rows: (ids (n,), undefended ids (n,))."""
-    kind = _noise_kind(privatizer)
+    kind = noise_kind(privatizer.mechanism)
     ids = fallback["fallback_ids"] if fallback else None
     scale = None
     if kind != "none" and pub.scale.numel() and float(pub.scale.max()) > 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,11 +35,22 @@ __all__ = [
     "LevelBayesDecoder",
     "average_views",
     "distinct_views",
+    "noise_kind",
     "noise_variance",
 ]
 
 NOISE_KINDS = ("none", "gaussian", "laplace", "l2")
 _TINY = 1e-30
+
+
+def noise_kind(mechanism: Any) -> str:
+    """The kind of noise a ``client_sdk.privacy`` mechanism adds, as ``noise_variance`` takes it:
+    'none', 'gaussian', 'laplace' (d_chi, metric l1) or 'l2' (d_chi, metric l2)."""
+    if not mechanism.uses_noise:
+        return "none"
+    if mechanism.name == "gaussian":
+        return "gaussian"
+    return "laplace" if mechanism.config.metric == "l1" else "l2"
 
 
 def noise_variance(scale: torch.Tensor | float, noise: str, dim: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from client_sdk.audit import (
     LevelBayesDecoder,
     expected_lone_tokens,
     expected_privatizer,
+    noise_kind,
     noiseless_mechanism,
 )
 from client_sdk.privacy import PerturbContext, PreparedState, clip_by_norm
@@ -163,12 +164,7 @@ class KnownMechanism:
         self.clip_norm = self.state.clip_norm if isinstance(mech.config, ClipOptions) else None
         self.has_shift = bool(mech.uses_opt3)
         self._shift_needs_importance = mech.uses_importance and not mech.uses_noise  # opt3_importance
-        if not mech.uses_noise:
-            self.noise = "none"
-        elif mech.name == "gaussian":
-            self.noise = "gaussian"
-        else:
-            self.noise = "laplace" if mech.config.metric == "l1" else "l2"
+        self.noise = noise_kind(mech)
 
     def clip(self, hidden: torch.Tensor) -> torch.Tensor:
         """Clip to C along the last axis (differentiable); identity without a clip norm."""

@@ -12,6 +12,18 @@ import pytest
 from tests.helpers import WORDS, make_tiny_bert
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine two torch threads spin-wait
+    (simple ops ~40x slower): every evaluation test module runs with one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> str:
     """A random 4-layer BERT (d=32) with a WordPiece vocabulary over ``tests.helpers.WORDS``."""

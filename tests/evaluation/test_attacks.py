@@ -58,15 +58,6 @@ def corpus(n: int, seed: int) -> list[tuple[str, int, int]]:
 PRIVATE, PUBLIC = corpus(48, 1), corpus(150, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and an oversubscribed CPU makes OpenMP barriers very slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("attacks") / "tiny"))

@@ -30,15 +30,6 @@ TWO_LEVELS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors gain nothing from threads, and an oversubscribed CPU makes OpenMP barriers very slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bottom(tiny):
     return build_bottom(tiny, SPLIT)

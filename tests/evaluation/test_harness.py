@@ -14,17 +14,6 @@ from evaluation.rows import ResultRow
 from evaluation.sweep import MECHANISMS, ResultStore, Runner, grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is ~50x faster than two on a busy 2-core machine (no spin-waiting)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config(tiny: str, **kw) -> ExperimentConfig:
     base = dict(
         dataset="vader-mixed", model=tiny, mechanism="privtune", eta=20.0, split_layer=2, n_train=96, n_public=48,

@@ -17,24 +17,7 @@ from evaluation.harness import (
     tracked_positions,
     train_and_observe,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread (no spin-waiting on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _config(tiny: str, **kw) -> ExperimentConfig:
-    base = dict(
-        dataset="vader-mixed", model=tiny, mechanism="privtune", eta=20.0, split_layer=2, n_train=96, n_public=48,
-        n_test=30, n_attack=24, epochs=2, batch_size=16, learning_rate=1e-2, max_length=16, attack_budget="smoke",
-    )  # fmt: skip
-    base.update(kw)
-    return ExperimentConfig(**base)
+from tests.evaluation.test_harness import _config
 
 
 def _observe(config: ExperimentConfig, data_dir: Path, tmp_path: Path):
