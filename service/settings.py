@@ -54,6 +54,51 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(30.0, ge=0, description="Seconds between lease reaper runs; 0 disables it.")
     export_guard_ttl_s: int = Field(600, gt=0, description="How long one bottom-model export request is remembered.")
 
+    # ---- limits before work (issue 11) -------------------------------------------------------------
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request body that sends nothing for this long is refused (408)."
+    )
+    rate_limit_requests_per_minute: int = Field(
+        6000, ge=0, description="Requests per API key per minute (token bucket in Redis; 0: no limit)."
+    )
+    max_concurrent_requests_per_key: int = Field(
+        64, ge=0, description="Requests of one API key in flight at once (0: no limit)."
+    )
+    max_active_jobs_per_org: int = Field(
+        32, ge=0, description="Queued + running jobs one organization may have; a create beyond is 429 (0: no cap)."
+    )
+    max_running_jobs_per_org: int = Field(
+        4, ge=0, description="Jobs of one organization that workers train at once; more wait queued (0: no cap)."
+    )
+    first_step_timeout_s: float = Field(
+        300.0, gt=0, description="A claimed job whose device sends no first step for this long is paused."
+    )
+
+    # ---- faults and durable state -------------------------------------------------------------------
+    max_attempts: int = Field(5, gt=0, description="Claims of one job (worker crashes, re-queues) before it fails.")
+    infra_retry_s: float = Field(
+        60.0, gt=0, description="How long a worker retries a Redis or database error before it re-queues the job."
+    )
+    checkpoint_keep: int = Field(3, gt=0, description="Checkpoints kept per job (older ones are deleted).")
+    queued_requeue_s: float = Field(
+        120.0, gt=0, description="A job queued this long since its last enqueue is sent to the GPU queue again."
+    )
+    redis_key_ttl_s: int = Field(3600, gt=0, description="Expiry of every per-job and per-request Redis key.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM a worker checkpoints and releases within this.")
+    idempotency_ttl_s: int = Field(24 * 3600, gt=0, description="How long an Idempotency-Key's response is kept.")
+    retention_days: float = Field(
+        0.0, ge=0, description="Artifacts of jobs finished longer ago are deleted, with the job's model (0: kept)."
+    )
+    sweep_interval_s: float = Field(
+        60.0, ge=0, description="Seconds between the gateway's sweeps (queued jobs, retention, idempotency; 0: off)."
+    )
+
+    # ---- observability ------------------------------------------------------------------------------
+    log_format: str = Field("json", pattern="^(json|text)$", description="Log lines: one JSON object, or text.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="How long one webhook delivery waits for its endpoint.")
+    webhook_max_attempts: int = Field(8, gt=0, description="Delivery attempts (exponential backoff) before giving up.")
+    webhook_interval_s: float = Field(2.0, ge=0, description="Seconds between webhook dispatcher passes (0: off).")
+
     torch_threads: int | None = Field(
         None,
         gt=0,

@@ -15,7 +15,10 @@ from service.db.models import Base
 from service.db.session import make_engine, make_session_factory, session_scope
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TABLES = {"organizations", "api_keys", "jobs", "job_events", "job_checkpoints", "files", "alembic_version"}
+TABLES = {
+    "organizations", "api_keys", "jobs", "job_events", "job_checkpoints", "files", "alembic_version",
+    "idempotency_keys", "webhook_endpoints", "webhook_deliveries",
+}  # fmt: skip
 
 
 def _diff(url: str) -> list:
