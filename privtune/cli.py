@@ -3,7 +3,7 @@
 privtune up        embedded default: SQLite + embedded Redis + gateway + workers; prints URL and key
 privtune serve     production gateway (PRIVTUNE_DATABASE_URL, PRIVTUNE_REDIS_URL, ...)
 privtune worker    production Celery worker (solo pool: one process per GPU)
-privtune keys create --org NAME
+privtune keys create --org NAME [--name N] [--expires-in DAYS] | list [--json] | revoke ID   (--data-dir DIR)
 privtune models export MODEL --split-layer L
 privtune inference-worker   serve fine-tuned models (inference sessions; one process per GPU)
 privtune demo [--json] [--task generation]   the README's main job (or private chat fine-tuning)
@@ -88,26 +88,94 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_create(args: argparse.Namespace) -> int:
-    from sqlalchemy.orm import sessionmaker
+def _keys_database(args: argparse.Namespace) -> str | None:
+    """The database URL the key commands use: ``--data-dir`` (its ``privtune.sqlite3``) when given,
+    else the environment (``PRIVTUNE_DATABASE_URL``, ``PRIVTUNE_DATA_DIR``, default ``.privtune``).
+    None (after a message on stderr) when that is no PrivTune database; nothing is created."""
+    from service.settings import Settings, get_settings
 
-    from service.db.keys import create_api_key
-    from service.db.session import make_engine
-    from service.settings import get_settings
-
-    url = get_settings().database_url
+    url = (
+        Settings(data_dir=args.data_dir, database_url="").database_url if args.data_dir else get_settings().database_url
+    )
     problem = _missing_schema(url)
     if problem:
         print(
-            f"privtune keys create: {problem}. Run it where the service keeps its data (the directory of "
-            "`privtune up`, or set PRIVTUNE_DATA_DIR / PRIVTUNE_DATABASE_URL to the service's database); "
-            "`privtune serve --migrate` creates the schema of a new database.",
+            f"privtune keys {args.keys_command}: {problem}. Point at the service's data with --data-dir DIR "
+            "(the directory of `privtune up`) or set PRIVTUNE_DATA_DIR / PRIVTUNE_DATABASE_URL to the service's "
+            "database; `privtune serve --migrate` creates the schema of a new database.",
             file=sys.stderr,
         )
+        return None
+    return url
+
+
+def _keys_session(url: str):
+    from sqlalchemy.orm import sessionmaker
+
+    from service.db.session import make_engine
+
+    return sessionmaker(make_engine(url)).begin()
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    import time
+
+    from service.db.keys import create_api_key
+
+    if args.expires_in is not None and args.expires_in <= 0:
+        print("privtune keys create: --expires-in must be a positive number of days", file=sys.stderr)
         return 2
-    with sessionmaker(make_engine(url)).begin() as session:
-        key, org_id = create_api_key(session, args.org)
-    print(json.dumps({"organization_id": org_id, "api_key": key}))
+    url = _keys_database(args)
+    if url is None:
+        return 2
+    expires_at = None if args.expires_in is None else int(time.time() + args.expires_in * 86400)
+    with _keys_session(url) as session:
+        key, org_id = create_api_key(session, args.org, args.name, expires_at=expires_at)
+    print(json.dumps({"organization_id": org_id, "api_key": key, "expires_at": expires_at}))
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from service.db.keys import list_api_keys
+
+    url = _keys_database(args)
+    if url is None:
+        return 2
+    with _keys_session(url) as session:
+        keys = list_api_keys(session, args.org)
+    if args.json:
+        print(json.dumps(keys))
+        return 0
+    columns = ("id", "name", "organization", "key", "created_at", "expires_at", "last_used_at", "revoked_at")
+    rows = [[_key_cell(k[c], c) for c in columns] for k in keys]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for row in [list(columns), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _key_cell(value: Any, column: str) -> str:
+    import time
+
+    if column.endswith("_at"):
+        return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value))
+    return str(value) if value else "-"
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from service.db.errors import ObjectNotFound
+    from service.db.keys import revoke_api_key_by_id
+
+    url = _keys_database(args)
+    if url is None:
+        return 2
+    try:
+        with _keys_session(url) as session:
+            key = revoke_api_key_by_id(session, args.key_id)
+    except ObjectNotFound:
+        print(f"privtune keys revoke: no key with id {args.key_id!r} (see `privtune keys list`)", file=sys.stderr)
+        return 2
+    print(json.dumps(key))
     return 0
 
 
@@ -231,6 +299,15 @@ def _command(sub: Any, name: str, help: str, func: Any) -> argparse.ArgumentPars
     return parser
 
 
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="the service's data directory, as given to `privtune up` (None: PRIVTUNE_DATABASE_URL / "
+        "PRIVTUNE_DATA_DIR, else .privtune)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privtune", description=__doc__, formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -255,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     p = _command(keys_sub, "create", "create an organization's API key (printed once, stored hashed)", _keys_create)
     p.add_argument("--org", required=True, help="the organization's name (created if new)")
+    p.add_argument("--name", default="", help="a label for the key (shown by `keys list`)")
+    p.add_argument("--expires-in", type=float, default=None, help="days until the key expires (None: never)")
+    _data_dir_option(p)
+    p = _command(keys_sub, "list", "list API keys, redacted (never the secret or its hash)", _keys_list)
+    p.add_argument("--org", default=None, help="only this organization's keys (None: every organization)")
+    p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    _data_dir_option(p)
+    p = _command(keys_sub, "revoke", "revoke an API key by its id (from `keys list`)", _keys_revoke)
+    p.add_argument("key_id", help="the key's id, key-...")
+    _data_dir_option(p)
 
     models = sub.add_parser("models", help="base models", formatter_class=_Help)
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

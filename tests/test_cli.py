@@ -80,3 +80,81 @@ def test_keys_create_on_the_services_database(tmp_path, monkeypatch, capsys):
         assert out["api_key"].startswith("sk-") and out["organization_id"]
     finally:
         get_settings.cache_clear()
+
+
+def _clear_env(monkeypatch):
+    from service.settings import get_settings
+
+    for name in ("PRIVTUNE_DATA_DIR", "PRIVTUNE_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+
+
+def test_keys_list_revoke_and_expiry_from_another_directory(tmp_path, monkeypatch, capsys):
+    """--data-dir points at the service's data from anywhere; the listing is redacted (never the secret
+    or its hash); revoke by id; --expires-in sets the expiry; --json prints one array."""
+    from privtune.cli import main
+    from service.db.migrate import upgrade_to_head
+    from service.db.models import ApiKey
+    from service.db.session import make_engine
+
+    data = tmp_path / "service-data"
+    upgrade_to_head(f"sqlite:///{data / 'privtune.sqlite3'}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _clear_env(monkeypatch)
+    assert main(["keys", "create", "--org", "acme", "--name", "ci", "--expires-in", "30", "--data-dir", str(data)]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert main(["keys", "create", "--org", "globex", "--data-dir", str(data)]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert created["expires_at"] > 29 * 86400 and other["expires_at"] is None
+
+    assert main(["keys", "list", "--json", "--data-dir", str(data)]) == 0
+    text = capsys.readouterr().out
+    listing = json.loads(text)
+    with make_engine(f"sqlite:///{data / 'privtune.sqlite3'}").connect() as conn:
+        hashes = [row.key_hash for row in conn.execute(ApiKey.__table__.select())]
+    for secret in (created["api_key"], other["api_key"], *hashes):
+        assert secret not in text and secret.rsplit("-", 1)[-1] not in text
+    acme = next(k for k in listing if k["organization"] == "acme")
+    prefix = created["api_key"].split("-")[2]
+    assert acme["key"] == f"sk-pt-{prefix}-…" and acme["name"] == "ci"
+    assert acme["expires_at"] == created["expires_at"] and acme["revoked_at"] is None and acme["last_used_at"] is None
+    assert set(acme) >= {"id", "created_at"}
+
+    assert main(["keys", "list", "--org", "globex", "--data-dir", str(data)]) == 0
+    table = capsys.readouterr().out
+    assert "globex" in table and "acme" not in table and other["api_key"] not in table and "last_used_at" in table
+
+    assert main(["keys", "revoke", acme["id"], "--data-dir", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked_at"] is not None
+    assert main(["keys", "revoke", "key-nope", "--data-dir", str(data)]) == 2
+    assert "no key with id" in capsys.readouterr().err
+    assert main(["keys", "list", "--json", "--data-dir", str(data)]) == 0
+    revoked = {k["id"]: k["revoked_at"] for k in json.loads(capsys.readouterr().out)}
+    assert revoked[acme["id"]] is not None and all(v is None for k, v in revoked.items() if k != acme["id"])
+
+
+def test_keys_commands_use_the_environment_and_refuse_without_a_database(tmp_path, monkeypatch, capsys):
+    from privtune.cli import main
+    from service.db.migrate import upgrade_to_head
+    from service.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    _clear_env(monkeypatch)
+    try:
+        for argv in (["keys", "list"], ["keys", "revoke", "key-x"], ["keys", "list", "--data-dir", "nowhere"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "no database at" in err and "--data-dir" in err, argv
+        assert not any(tmp_path.rglob("*.sqlite3"))
+        upgrade_to_head(f"sqlite:///{tmp_path / 'svc' / 'privtune.sqlite3'}")
+        monkeypatch.setenv("PRIVTUNE_DATA_DIR", str(tmp_path / "svc"))
+        get_settings.cache_clear()
+        assert main(["keys", "create", "--org", "acme"]) == 0
+        capsys.readouterr()
+        assert main(["keys", "list", "--json"]) == 0
+        assert [k["organization"] for k in json.loads(capsys.readouterr().out)] == ["acme"]
+    finally:
+        get_settings.cache_clear()

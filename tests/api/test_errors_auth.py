@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from api import deps
-from service.db import repo
 from api.main import create_app
+from service.db import repo
 from tests.api.conftest import job_body
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
@@ -112,3 +112,31 @@ def test_openapi_document_has_tags(env):
         "application/octet-stream"
         in spec["paths"]["/v1/fine_tuning/jobs/{fine_tuning_job_id}/steps"]["post"]["requestBody"]["content"]
     )
+
+
+def test_expired_key_is_401_and_last_use_is_recorded_once_a_minute(env):
+    import time
+
+    from service.db.models import ApiKey
+    from service.db.repo.keys import LAST_USED_RESOLUTION_S
+
+    with env.session() as s:
+        expired, _ = repo.create_api_key(s, "acme", expires_at=int(time.time()) - 1)
+        valid, _ = repo.create_api_key(s, "acme", expires_at=int(time.time()) + 3600)
+    _assert_envelope(env.client.get("/v1/models", headers=env.headers(expired)), 401)
+    assert env.client.get("/v1/models", headers=env.headers(valid)).status_code == 200
+
+    def last_used() -> int | None:
+        with env.session() as s:
+            return s.query(ApiKey).filter(ApiKey.prefix == valid.split("-")[2]).one().last_used_at
+
+    first = last_used()
+    assert first is not None and abs(first - time.time()) < 5
+    with env.session() as s:  # within the resolution: no write
+        assert repo.authenticate(s, valid, now=first + LAST_USED_RESOLUTION_S - 1) is not None
+    assert last_used() == first
+    with env.session() as s:  # a minute later: recorded again
+        assert repo.authenticate(s, valid, now=first + LAST_USED_RESOLUTION_S) is not None
+    assert last_used() == first + LAST_USED_RESOLUTION_S
+    with env.session() as s:  # the expiry is exclusive
+        assert repo.authenticate(s, valid, now=int(time.time()) + 3600) is None
