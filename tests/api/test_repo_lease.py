@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlalchemy import update
 
 from service.db import repo
+from service.db.models import Job
 from api.reaper import reap_once
 
 
@@ -127,3 +129,90 @@ def test_reaper_requeues_dead_workers_jobs_and_enqueues_them(env, job_id):
         assert "restarted" in events[0]["message"] and events[0]["data"]["previous_worker"] == "w-dead"
         assert repo.reap_expired(s, time.time()) == []  # nothing left; the live job is untouched
     assert _job(env, live)["status"] == "running"
+
+
+def test_leases_use_the_database_clock_not_the_workers(env, job_id, monkeypatch):
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)  # this worker's clock is an hour behind
+    with env.session() as s:
+        claimed = repo.claim_job(s, job_id, "w-skewed", 60)
+    monkeypatch.setattr(time, "time", real)
+    assert abs(claimed["lease_expires_at"] - (real() + 60)) < 5  # the database's now + 60 s
+    with env.session() as s:
+        assert abs(repo.db_now(s) - real()) < 5
+        assert repo.reap_expired(s) == []  # the lease is live by the database's clock
+
+
+def test_db_now_on_postgresql():
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.session import make_engine, make_session_factory
+
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        with make_session_factory(engine).begin() as s:
+            now = repo.db_now(s)
+    except OperationalError:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    finally:
+        engine.dispose()
+    assert abs(now - time.time()) < 5
+
+
+def test_claim_respects_the_per_organization_running_cap(env):
+    first, second = env.create_job()["id"], env.create_job()["id"]
+    env.run_job(first, "w1")
+    with env.session() as s:
+        assert repo.org_running_jobs(s, second) == 1
+        assert repo.claim_job(s, second, "w2", 60, max_running_per_org=1) is None
+    assert _job(env, second)["status"] == "queued" and _job(env, second)["attempt"] == 0
+    with env.session() as s:
+        assert repo.claim_job(s, first, "w1", 60, max_running_per_org=1) is not None  # itself is not counted
+        assert repo.claim_job(s, second, "w2", 60, max_running_per_org=2)["lease_owner"] == "w2"
+
+
+def test_a_clean_release_does_not_count_as_an_attempt_and_sets_enqueued_at(env, job_id):
+    env.run_job(job_id, "w1")
+    with env.session() as s:
+        assert repo.release_job(s, job_id, "w1", "queued")
+    job = _job(env, job_id)
+    assert job["attempt"] == 0 and abs(job["enqueued_at"] - time.time()) < 5
+    assert env.run_job(job_id, "w2")["attempt"] == 1
+
+
+def test_reaper_sets_enqueued_at(env, job_id):
+    with env.session() as s:
+        repo.claim_job(s, job_id, "w-dead", -1)
+        assert repo.reap_expired(s) == [job_id]
+    assert abs(_job(env, job_id)["enqueued_at"] - time.time()) < 5
+
+
+def test_stale_queued_jobs_are_taken_once(env, job_id):
+    fresh = env.create_job()["id"]
+    with env.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None, created_at=int(time.time()) - 600))
+        s.execute(update(Job).where(Job.id == fresh).values(enqueued_at=time.time()))
+    with env.session() as s:
+        assert repo.requeue_stale_queued(s, 120) == [job_id]
+        assert repo.requeue_stale_queued(s, 120) == []  # its enqueued_at is now
+    assert abs(_job(env, job_id)["enqueued_at"] - time.time()) < 5
+
+
+def test_a_checkpoint_is_registered_only_by_the_lease_holder(env, job_id):
+    env.run_job(job_id, "w1")
+    with env.session() as s:
+        row = repo.add_checkpoint(s, job_id, 2, {}, "/a", sha256="ab" * 32, lease_owner="w1")
+    assert row["sha256"] == "ab" * 32
+    with env.session() as s, pytest.raises(repo.LeaseLost):
+        repo.add_checkpoint(s, job_id, 4, {}, "/b", lease_owner="w-stale")
+    with env.session() as s:
+        assert [c["step_number"] for c in repo.recent_checkpoints(s, job_id)] == [2]
+
+
+def test_prune_keeps_the_newest_checkpoints(env, job_id):
+    with env.session() as s:
+        for step in (1, 2, 3, 4):
+            repo.add_checkpoint(s, job_id, step, {}, f"/ckpt/{step}")
+        assert sorted(repo.prune_checkpoints(s, job_id, keep=2)) == ["/ckpt/1", "/ckpt/2"]
+        assert [c["step_number"] for c in repo.recent_checkpoints(s, job_id)] == [4, 3]
+        assert repo.prune_checkpoints(s, job_id, keep=2) == []

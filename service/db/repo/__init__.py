@@ -3,12 +3,21 @@ transaction (``session_scope`` commits) and return plain dicts: no ORM object es
 
 Worker-facing: :func:`claim_job`, :func:`heartbeat`, :func:`release_job`, :func:`finish_job`,
 :func:`add_event`, :func:`add_checkpoint`, :func:`latest_checkpoint`, :func:`get_job`,
-:func:`get_file`; gateway reaper: :func:`reap_expired`.
+:func:`get_file`, :func:`recent_checkpoints`, :func:`prune_checkpoints`; gateway reaper:
+:func:`reap_expired`, :func:`requeue_stale_queued`. Lease times are the database's clock (:func:`db_now`).
 """
 
 from service.db.errors import InvalidCursor, InvalidTransition, LeaseLost, ObjectNotFound, RepoError
 from service.db.repo import status
-from service.db.repo.events import add_checkpoint, add_event, latest_checkpoint, list_checkpoints, list_events
+from service.db.repo.events import (
+    add_checkpoint,
+    add_event,
+    latest_checkpoint,
+    list_checkpoints,
+    list_events,
+    prune_checkpoints,
+    recent_checkpoints,
+)
 from service.db.repo.files import create_file, delete_file, get_file, list_files, new_file_id, require_file
 from service.db.repo.jobs import (
     cancel_job,
@@ -23,7 +32,17 @@ from service.db.repo.jobs import (
     resume_job,
 )
 from service.db.repo.keys import Principal, authenticate, create_api_key, get_or_create_organization, revoke_api_key
-from service.db.repo.lease import check_control, claim_job, finish_job, heartbeat, reap_expired, release_job
+from service.db.repo.lease import (
+    check_control,
+    claim_job,
+    db_now,
+    finish_job,
+    heartbeat,
+    org_running_jobs,
+    reap_expired,
+    release_job,
+    requeue_stale_queued,
+)
 from service.db.repo.naming import default_model_name
 
 __all__ = [
@@ -42,6 +61,7 @@ __all__ = [
     "create_api_key",
     "create_file",
     "create_job",
+    "db_now",
     "default_model_name",
     "delete_file",
     "fail_job",
@@ -58,9 +78,13 @@ __all__ = [
     "list_files",
     "list_jobs",
     "new_file_id",
+    "org_running_jobs",
     "pause_job",
+    "prune_checkpoints",
     "reap_expired",
+    "recent_checkpoints",
     "release_job",
+    "requeue_stale_queued",
     "require_file",
     "require_job",
     "resume_job",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import new_id, now_s
-from service.db.models import Checkpoint, Event
+from service.db.errors import LeaseLost
+from service.db.models import Checkpoint, Event, Job
 from service.db.repo._common import paginate, snapshot
 from service.db.repo.naming import default_model_name
 
@@ -52,12 +53,24 @@ def add_checkpoint(
     metrics: dict[str, Any],
     path: str,
     fine_tuned_model_checkpoint: str | None = None,
+    *,
+    sha256: str | None = None,
+    lease_owner: str | None = None,
 ) -> dict[str, Any]:
     """Record a checkpoint the worker has already written atomically at ``path``.
 
     ``metrics`` gets ``step`` filled in; ``fine_tuned_model_checkpoint`` defaults to
-    ``ft:<base>:<org>:<suffix>:<job id>:ckpt-step-<n>``. Returns the checkpoint's snapshot.
+    ``ft:<base>:<org>:<suffix>:<job id>:ckpt-step-<n>``; ``sha256`` is that of the checkpoint's
+    manifest. With ``lease_owner`` the row is written only while that worker holds the job's lease
+    (the job's row is locked by a conditional UPDATE in the same transaction, so a reaper cannot take
+    the job in between); otherwise :class:`LeaseLost` is raised and nothing is written.
+    Returns the checkpoint's snapshot.
     """
+    if lease_owner is not None:
+        owned = update(Job).where(Job.id == job_id, Job.lease_owner == lease_owner).values(lease_owner=lease_owner)
+        if session.execute(owned.execution_options(synchronize_session=False)).rowcount != 1:  # type: ignore[attr-defined]
+            row = session.execute(select(Job.lease_owner, Job.status).where(Job.id == job_id)).one_or_none()
+            raise LeaseLost(job_id, lease_owner, *(row or (None, None)))
     name = fine_tuned_model_checkpoint or default_model_name(session, job_id, checkpoint_step=step_number)
     checkpoint = Checkpoint(
         id=new_id("ftckpt_"),
@@ -67,21 +80,44 @@ def add_checkpoint(
         path=str(path),
         fine_tuned_model_checkpoint=name,
         created_at=now_s(),
+        sha256=sha256,
     )
     session.add(checkpoint)
     session.flush()
     return snapshot(checkpoint)
 
 
-def latest_checkpoint(session: Session, job_id: str) -> dict[str, Any] | None:
-    """The job's checkpoint with the highest step (the newest among equals), or None."""
-    stmt = (
+def _newest_first(job_id: str):
+    return (
         select(Checkpoint)
         .where(Checkpoint.job_id == job_id)
         .order_by(Checkpoint.step_number.desc(), Checkpoint.seq.desc())
-        .limit(1)
     )
-    row = session.scalars(stmt).first()
+
+
+def recent_checkpoints(session: Session, job_id: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The job's ``limit`` checkpoints with the highest steps, highest first (the newest among equals):
+    the order in which a resuming worker tries them."""
+    return [snapshot(r) for r in session.scalars(_newest_first(job_id).limit(limit))]
+
+
+def prune_checkpoints(session: Session, job_id: str, keep: int) -> list[str]:
+    """Delete the rows of all but the job's ``keep`` newest checkpoints (by step); returns the paths of
+    the deleted rows that no kept row shares, for the caller to remove from disk after the commit."""
+    rows = list(session.scalars(_newest_first(job_id)))
+    kept = {r.path for r in rows[:keep]}
+    paths = []
+    for row in rows[keep:]:
+        session.delete(row)
+        if row.path not in kept:
+            paths.append(row.path)
+    session.flush()
+    return paths
+
+
+def latest_checkpoint(session: Session, job_id: str) -> dict[str, Any] | None:
+    """The job's checkpoint with the highest step (the newest among equals), or None."""
+    row = session.scalars(_newest_first(job_id).limit(1)).first()
     return None if row is None else snapshot(row)
 
 
