@@ -1,15 +1,27 @@
 """One training job on one worker: claim, resume, serve steps from Redis, checkpoint, finish.
 
 The database is the source of truth: the job's status is the control flag (cancel and pause are
-seen at the next step or within a second while idle), and the lease, renewed at every step, lets
-the reaper hand a dead worker's job to another one, which resumes from the last checkpoint.
+seen at the next step or within a second while idle), and the lease, renewed from the claim on (by a
+background thread during model setup, then by the serve loop), lets the reaper hand a dead worker's
+job to another one, which resumes from the last valid checkpoint (``worker.checkpoints``).
+
+Faults: an infrastructure error (``worker.infra.is_infra``: Redis, the database, the broker, a full
+checkpoint disk) is retried with backoff while the lease holds, for at most ``infra_retry_s``; if it
+lasts longer the job goes back to ``queued`` with its checkpoints and is enqueued again (or, with
+the database unreachable, the lease simply expires and the reaper re-queues it). Any other error
+fails the job with a generic message and an error reference that the worker's log carries with the
+traceback. A job claimed more than ``max_attempts`` times fails with ``max_attempts_exceeded``. On
+SIGTERM (``drain``) the job is checkpointed, released to ``queued`` and enqueued for another worker.
 See ``client_sdk/protocol.py`` for the step protocol and its numbering.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +31,41 @@ from client_sdk.models.catalog import describe_model
 from service.db import repo
 from service.errors import StepRejected
 from service.relay import WorkerChannel
+from worker import checkpoints
+from worker.infra import Backoff, InfraUnavailable, is_disk_fault, is_infra
+from worker.lease_keeper import LeaseKeeper
 from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
 from worker.upload_source import UploadSource
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a job refused by the per-organization running cap is offered to a worker again.
+ORG_CAP_COUNTDOWN_S = 10.0
+#: Called to send ``worker.run_job(job_id)`` again, after ``countdown`` seconds (None: at once).
+Enqueue = Callable[[str, "float | None"], None]
+
+
+def internal_error(job_id: str) -> dict[str, Any]:
+    """The job error shown to a tenant for an unexpected worker exception: a generic message and a
+    fresh reference (``err_<hex>``) the caller logs with the traceback; never the exception's text."""
+    ref = f"err_{secrets.token_hex(8)}"
+    message = (
+        "The worker hit an internal error and the job cannot continue. "
+        f"Quote error reference {ref} to the service's operator; the job's checkpoints are kept."
+    )
+    return {"code": "worker_error", "message": message, "param": None, "ref": ref}
+
+
+def attempts_error(attempts: int) -> dict[str, Any]:
+    """The job error when a job was claimed more than ``max_attempts`` times."""
+    message = (
+        f"The job was started {attempts} times; each time its worker stopped before finishing (a crash, "
+        "a restart or an out-of-memory kill), so it is not retried again. Its checkpoints are kept: check "
+        "the job's events, then create a new job (a smaller batch_size or max_tokens often helps) or "
+        "contact the service's operator if it happens again."
+    )
+    return {"code": "max_attempts_exceeded", "message": message, "param": None}
 
 
 class JobRunner:
@@ -37,50 +79,149 @@ class JobRunner:
         redis_client: Any,
         worker_id: str,
         device: str | None = None,
+        enqueue: Enqueue | None = None,
+        drain: threading.Event | None = None,
+        backoff: Backoff | None = None,
     ):
+        """``enqueue`` re-sends the job (release after a fault or a drain, the per-organization cap);
+        ``drain`` is set when the worker process is shutting down; ``backoff`` paces infrastructure
+        retries."""
         self.job_id, self.settings, self.sessionmaker = job_id, settings, sessionmaker
         self.worker_id = worker_id
         self.channel = WorkerChannel(redis_client, job_id)
         self.device = pick_device(device)
         self.limits = wire.WireLimits(max_payload_bytes=settings.max_step_bytes)
+        self.enqueue, self.drain = enqueue, drain or threading.Event()
+        self.backoff = backoff or Backoff()
         self.trainer: TopTrainer | None = None
         self.outcome = "succeeded"  # what _finish recorded (another status if the job ended first)
         self.last_checkpoint_step = 0
         self._train_loss: float | None = None  # the device's latest reported running mean
         self._last_heartbeat = float("-inf")
+        self._lease_until = float("-inf")  # time.monotonic() by which our lease surely still holds
+        self._claimed_at = time.monotonic()
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
 
-    # ---- database helpers ---------------------------------------------------------------------
+    # ---- infrastructure helpers -----------------------------------------------------------------
+    def _retry(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with infrastructure faults retried while the lease holds (at most ``infra_retry_s``)."""
+        budget = min(float(self.settings.infra_retry_s), self._lease_until - time.monotonic() - 1.0)
+
+        def told(exc: BaseException, attempt: int) -> None:
+            log.warning("job %s: %s (retry %d)", self.job_id, type(exc).__name__, attempt + 1)
+
+        return self.backoff.call(lambda: fn(*args, **kwargs), budget, on_retry=told)
+
+    def _lease_renewed(self, at: float | None = None) -> None:
+        self._lease_until = (time.monotonic() if at is None else at) + float(self.settings.lease_seconds)
+
     def _db(self, fn, *args, **kwargs):
-        with self.sessionmaker.begin() as session:
-            return fn(session, self.job_id, *args, **kwargs)
+        def once():
+            with self.sessionmaker.begin() as session:
+                return fn(session, self.job_id, *args, **kwargs)
+
+        return self._retry(once)
 
     def _event(self, message: str, level: str = "info", type: str = "message", data: dict | None = None) -> None:
         self._db(repo.add_event, message, level=level, type=type, data=data)
 
+    def _send_again(self, countdown: float | None = None) -> None:
+        """Enqueue the job again; if the broker is down the gateway's queued sweep sends it later."""
+        if self.enqueue is None:
+            log.warning("job %s: no enqueuer; the queued sweep will send it again", self.job_id)
+            return
+        try:
+            self.enqueue(self.job_id, countdown)
+        except Exception as exc:
+            if not is_infra(exc):
+                raise
+            log.warning("job %s: re-enqueue failed (%s); the queued sweep will send it", self.job_id, exc)
+
     # ---- lifecycle ------------------------------------------------------------------------------
     def run(self) -> str:
-        job = self._db(repo.claim_job, self.worker_id, self.settings.lease_seconds)
-        if job is None:
-            log.info("job %s is not claimable; nothing to do", self.job_id)
-            return "skipped"
+        """Claim the job and run it to an end state; returns it (``succeeded``, ``cancelled``, ``paused``,
+        ``failed``), or ``released`` (back to the queue), ``deferred`` (organization at its running cap),
+        ``skipped`` (not claimable), ``lease_lost`` or ``infra_unavailable`` (nothing written)."""
+        self._lease_renewed()  # the claim is what grants it; until then, retries may use a full lease
         try:
+            job = self._claim()
+        except InfraUnavailable:
+            log.warning("job %s: cannot claim, infrastructure unavailable; the queued sweep re-sends it", self.job_id)
+            return "infra_unavailable"
+        if job is None or isinstance(job, str):
+            return job or "skipped"
+        try:
+            if job["attempt"] > self.settings.max_attempts:
+                return self._fail(attempts_error(job["attempt"] - 1), "max attempts exceeded")
             return self._run(job)
         except repo.LeaseLost:
             log.warning("job %s: lease lost to another worker; stopping without writing", self.job_id)
             return "lease_lost"
-        except Exception as exc:  # the job fails with a clear event; the task does not crash-loop
-            log.exception("job %s failed", self.job_id)
-            error = {"code": "worker_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
-            self._event(f"Job failed: {error['message']}", level="error")
-            self._db(repo.finish_job, self.worker_id, "failed", error=error)
-            return "failed"
+        except Exception as exc:
+            if is_infra(exc):
+                return self._give_back(exc)
+            error = internal_error(self.job_id)
+            log.exception("job %s failed (error reference %s)", self.job_id, error["ref"])
+            return self._fail(error, f"internal error {error['ref']}")
         finally:
             if self.trainer is not None:
                 self.trainer.close()
                 self.trainer = None
 
-    def _run(self, job: dict[str, Any]) -> str:
+    def _claim(self) -> dict[str, Any] | str | None:
+        """The claimed job, ``"deferred"`` when its organization is at its running cap (the job is sent
+        again after a countdown), or None when it is not claimable."""
+        cap = int(self.settings.max_running_jobs_per_org)
+        if cap > 0 and self._db(repo.org_running_jobs) >= cap:
+            log.info("job %s: its organization runs %d jobs already; sent again later", self.job_id, cap)
+            self._send_again(ORG_CAP_COUNTDOWN_S)
+            return "deferred"
+        self._claimed_at = time.monotonic()
+        job = self._db(repo.claim_job, self.worker_id, self.settings.lease_seconds, max_running_per_org=cap)
+        if job is None:
+            log.info("job %s is not claimable; nothing to do", self.job_id)
+            return None
+        self._lease_renewed(self._claimed_at)
+        return job
+
+    def _fail(self, error: dict[str, Any], reason: str) -> str:
+        """End the job ``failed`` with ``error`` (its ``ref``, if any, is kept out of the stored error)."""
+        public = {k: error[k] for k in ("code", "message", "param")}
+        try:
+            self._event(f"Job failed: {public['message']}", level="error", data={"kind": "job_failed", **public})
+            self._db(repo.finish_job, self.worker_id, "failed", error=public)
+        except Exception:
+            log.exception("job %s: could not record its failure (%s)", self.job_id, reason)
+        return "failed"
+
+    def _give_back(self, exc: BaseException) -> str:
+        """An infrastructure fault outlasted its retries: release the job to ``queued`` (its checkpoints
+        kept) and enqueue it again; with the database unreachable too, just stop (the lease expires)."""
+        cause = exc.__cause__ if isinstance(exc, InfraUnavailable) and exc.__cause__ else exc
+        what = "the checkpoint disk" if is_disk_fault(cause) else "Redis or the database"
+        log.warning("job %s: giving the job back after an infrastructure fault (%r)", self.job_id, cause)
+        step = self.last_checkpoint_step
+        try:
+            with self.sessionmaker.begin() as session:
+                if not repo.release_job(session, self.job_id, self.worker_id, "queued"):
+                    return "lease_lost"
+                repo.add_event(
+                    session,
+                    self.job_id,
+                    f"Worker {self.worker_id} could not reach {what}; job released to the queue, it resumes "
+                    f"from the checkpoint at step {step}",
+                    level="warn",
+                    data={"kind": "job_released", "reason": "infrastructure", "step": step},
+                )
+        except Exception:
+            log.warning("job %s: the database is unreachable too; the lease will expire", self.job_id, exc_info=True)
+            return "infra_unavailable"
+        self._send_again()
+        return "released"
+
+    def _setup(self, job: dict[str, Any]) -> UploadSource | None:
+        """Build the job's trainer and step server and restore its last valid checkpoint; returns the
+        upload source of an upload-mode job (None: an interactive job)."""
         spec = TrainSpec.from_job(job)
         info = describe_model(spec.model)
         source = None
@@ -102,17 +243,39 @@ class JobRunner:
             checkpoint_step=lambda: self.last_checkpoint_step,
             on_metrics=self._device_metrics,
         )
-        checkpoint = self._db(repo.latest_checkpoint)
-        if checkpoint:
-            step = self.trainer.load(checkpoint["path"])
-            self.last_checkpoint_step = step
+        rows = self._db(repo.recent_checkpoints, limit=int(self.settings.checkpoint_keep) + 2)
+        loaded = checkpoints.load_valid(self.trainer, rows)
+        for row, _reason in loaded.skipped:
             self._event(
-                f"Job restarted on {self.worker_id}; resumed from checkpoint at step {step}",
-                data={"step": step, "kind": "job_restarted"},
+                f"Checkpoint at step {row['step_number']} is unusable (missing, or its files do not match their "
+                "checksums); trying the previous one",
+                level="warn",
+                data={"kind": "checkpoint_skipped", "step": row["step_number"]},
+            )
+        if loaded.row is not None:
+            self.last_checkpoint_step = loaded.step
+            self._event(
+                f"Job restarted on {self.worker_id}; resumed from checkpoint at step {loaded.step}",
+                data={"step": loaded.step, "kind": "job_restarted"},
             )
         else:
+            if rows:
+                self._event("No usable checkpoint; training restarts from step 0", level="warn")
             self._event(f"Training started on {self.device.type} ({self.worker_id})", data={"kind": "job_started"})
             self._privacy_event(spec.method.privacy)
+        return source
+
+    def _run(self, job: dict[str, Any]) -> str:
+        keeper = LeaseKeeper(
+            self.sessionmaker, self.job_id, self.worker_id, self.settings.lease_seconds, self.settings.heartbeat_seconds
+        )
+        with keeper:  # setup may outlast the lease: renew it meanwhile
+            source = self._setup(job)
+        keeper.raise_if_lost()
+        if keeper.renewed_at is not None:
+            self._lease_renewed(keeper.renewed_at)
+        if self.drain.is_set():
+            return self._drain()
         if source is not None:
             self._event(
                 "Upload mode: the classification head trains here, on the server, with the uploaded labels "
@@ -136,8 +299,11 @@ class JobRunner:
         self._event(message, data=data)
 
     def _db_file(self, file_id: str) -> dict[str, Any]:
-        with self.sessionmaker.begin() as session:
-            row = repo.get_file(session, file_id)
+        def once():
+            with self.sessionmaker.begin() as session:
+                return repo.get_file(session, file_id)
+
+        row = self._retry(once)
         if row is None:
             raise ValueError(f"training file {file_id} no longer exists")
         return row
@@ -160,7 +326,7 @@ class JobRunner:
         outcome: list[str] = []
 
         def should_stop() -> bool:
-            end = self._stop_requested(self._control())
+            end = self._drain() if self.drain.is_set() else self._stop_requested(self._control())
             if end:
                 outcome.append(end)
             return end is not None
@@ -170,24 +336,36 @@ class JobRunner:
         return self.outcome
 
     def _serve(self) -> str:
-        idle_limit = float(getattr(self.settings, "device_idle_timeout_s", 900))
-        last_seen = time.monotonic()
+        idle_limit = float(self.settings.device_idle_timeout_s)
+        first_limit = float(self.settings.first_step_timeout_s)
+        last_seen, seen_any = time.monotonic(), False
         while True:
+            if self.drain.is_set():
+                return self._drain()
             end = self._stop_requested(self._control())
             if end:
                 return end
-            message = self.channel.receive(timeout_s=1.0)
+            message = self._retry(self.channel.receive, timeout_s=1.0)
             if message is None:
-                if time.monotonic() - last_seen > idle_limit:
+                now = time.monotonic()
+                if not seen_any and now - self._claimed_at > first_limit:
+                    return self._pause(
+                        f"No first step from the device within {first_limit:.0f} s of the job starting; job "
+                        "paused to free the worker",
+                        idle=True,
+                        reason="first_step_timeout",
+                    )
+                if now - last_seen > idle_limit:
                     return self._pause(f"No step from the device for {idle_limit:.0f} s; job paused", idle=True)
                 continue
-            last_seen = time.monotonic()
+            last_seen, seen_any = time.monotonic(), True
             try:
                 reply = self.server.handle(message.payload)
             except StepRejected as rejection:
-                self.channel.reject(message.request_id, rejection)
+                self._retry(self.channel.reject, message.request_id, rejection)
                 continue
-            self.channel.reply(message.request_id, reply)
+            # a reply that cannot be sent is lost, not re-applied: the device's retry gets the stored reply
+            self._retry(self.channel.reply, message.request_id, reply)
             if self.server.finished:
                 return self.outcome
 
@@ -195,23 +373,43 @@ class JobRunner:
         """The job's status, read before every step; the lease is renewed every ``heartbeat_seconds``."""
         now = time.monotonic()
         if now - self._last_heartbeat >= float(self.settings.heartbeat_seconds):
-            self._last_heartbeat = now
-            return self._db(
+            status = self._db(
                 repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied
             )
+            self._last_heartbeat = now
+            self._lease_renewed(now)
+            return status
         return self._db(repo.check_control, self.worker_id)
 
-    def _pause(self, message: str, idle: bool = False) -> str:
+    def _pause(self, message: str, idle: bool = False, reason: str | None = None) -> str:
         if self.trainer.steps_applied > self.last_checkpoint_step:
             self._checkpoint()
         self.trainer.drop_pending()
         self._db(repo.release_job, self.worker_id, "paused")
+        data = {"kind": "job_paused", "step": self.last_checkpoint_step, **({"reason": reason} if reason else {})}
         self._event(
-            f"{message} at step {self.trainer.steps_applied}; resume continues from there",
+            f"{message} at step {self.last_checkpoint_step}; resume continues from there",
             level="warn" if idle else "info",
-            data={"kind": "job_paused", "step": self.trainer.steps_applied},
+            data=data,
         )
         return "paused"
+
+    def _drain(self) -> str:
+        """The worker is shutting down: checkpoint, release the job to ``queued`` and send it again, so
+        another worker resumes it."""
+        if self.trainer.steps_applied > self.last_checkpoint_step:
+            self._checkpoint()
+        self.trainer.drop_pending()
+        if not self._db(repo.release_job, self.worker_id, "queued"):
+            return "lease_lost"
+        step = self.last_checkpoint_step
+        self._event(
+            f"Worker shutting down; job released at step {step}, another worker resumes it",
+            level="warn",
+            data={"kind": "job_released", "reason": "worker_shutdown", "step": step},
+        )
+        self._send_again()
+        return "released"
 
     def _device_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Aggregates the device chose to report (``protocol.METRICS``): the running training loss is kept
@@ -255,18 +453,50 @@ class JobRunner:
         suffix = self.job.get("suffix") or "privtune"
         return f"ft:{self.job['model']}:{self.job['organization_id']}:{suffix}:{self.job_id}"
 
-    def _checkpoint(self, metrics: dict | None = None) -> None:
+    def _checkpoint(self, metrics: dict | None = None, required: bool = False) -> bool:
+        """Write, register and prune: a durable checkpoint of the applied steps, registered only while
+        this worker holds the lease, then all but the newest ``checkpoint_keep`` removed. A full or
+        failing disk leaves the previous checkpoint valid: unless ``required``, an event says so and
+        training goes on (returns False); a lost lease raises ``LeaseLost`` with nothing registered."""
         step = self.trainer.steps_applied
-        path = self.trainer.save(self._job_dir() / "checkpoints" / f"step-{step}", metrics)
-        self._db(
-            repo.add_checkpoint, step, metrics or {"step": step}, str(path), f"{self._model_name()}:ckpt-step-{step}"
-        )
+        root = self._job_dir() / "checkpoints"
+        try:
+            written = checkpoints.write_checkpoint(
+                self.trainer, root, step, metrics, check_lease=lambda: self._db(repo.check_control, self.worker_id)
+            )
+        except OSError as exc:
+            if required or not is_disk_fault(exc):
+                raise
+            log.warning("job %s: checkpoint at step %d not written: %r", self.job_id, step, exc)
+            self._event(
+                f"Checkpoint at step {step} could not be written (the worker's checkpoint disk is full or failing); "
+                f"the checkpoint at step {self.last_checkpoint_step} stays valid and training continues",
+                level="warn",
+                data={"kind": "checkpoint_failed", "step": step, "kept_step": self.last_checkpoint_step},
+            )
+            return False
+        name = f"{self._model_name()}:ckpt-step-{step}"
+        try:
+            self._db(
+                repo.add_checkpoint,
+                step,
+                metrics or {"step": step},
+                str(written.path),
+                name,
+                sha256=written.sha256,
+                lease_owner=self.worker_id,
+            )
+        except repo.LeaseLost:
+            checkpoints.remove_directories([str(written.path)])
+            raise
         self.last_checkpoint_step = step
+        checkpoints.remove_directories(self._db(repo.prune_checkpoints, int(self.settings.checkpoint_keep)))
         self._event(f"Checkpoint saved at step {step}", data={"kind": "checkpoint_saved", "step": step})
+        return True
 
     def _finish(self) -> None:
         if self.trainer.steps_applied > self.last_checkpoint_step:
-            self._checkpoint()
+            self._checkpoint(required=True)
         self.trainer.save(self._job_dir() / "final")
         self._db(
             repo.heartbeat, self.worker_id, self.settings.lease_seconds, steps_completed=self.trainer.steps_applied

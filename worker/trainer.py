@@ -167,22 +167,30 @@ class TopTrainer:
         self._pending = None
 
     # ---- checkpoints -----------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike, metrics: dict[str, Any] | None = None) -> Path:
-        """Write adapter, optimizer, scheduler and step to ``directory`` atomically (temp dir + rename)."""
-        final = Path(directory)
-        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, tmp / ADAPTER_FILE)
+    def write_files(self, directory: str | os.PathLike, metrics: dict[str, Any] | None = None) -> list[str]:
+        """Write adapter, optimizer, scheduler and step into the existing ``directory``; returns the file
+        names. Not durable by itself: ``worker.checkpoints.write_checkpoint`` fsyncs, checksums and
+        switches the directory into place."""
+        directory = Path(directory)
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, directory / ADAPTER_FILE)
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "steps_applied": self.steps_applied,
             },
-            tmp / STATE_FILE,
+            directory / STATE_FILE,
         )
         meta = {"step": self.steps_applied, "spec": self.spec.to_dict(), "metrics": metrics or {}}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        return [ADAPTER_FILE, STATE_FILE, META_FILE]
+
+    def save(self, directory: str | os.PathLike, metrics: dict[str, Any] | None = None) -> Path:
+        """Write adapter, optimizer, scheduler and step to ``directory`` atomically (temp dir + rename)."""
+        final = Path(directory)
+        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        self.write_files(tmp, metrics)
         _fsync_dir(tmp)
         if final.exists():  # a re-run of the same step after a crash: replace the old copy
             shutil.rmtree(final)
