@@ -44,7 +44,7 @@ _OUTAGES: tuple[tuple[tuple[type[Exception], ...], str, str], ...] = (
     ((RedisConnectionError, RedisTimeoutError), "Redis is unavailable; retry shortly.", "redis_unavailable"),
     ((BrokerError,), "The job queue is unavailable; retry shortly.", "queue_unavailable"),
 )
-_HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {400: "invalid_request", 404: "unknown_url", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def to_service_error(exc: BaseException) -> ServiceError:
@@ -95,9 +95,12 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> ServiceError:
         message = f"Unknown request URL: {request.method} {request.url.path}."
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
+    elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's own words
+        message = "The request body could not be parsed (nested too deeply, or a number too long?)."
     else:
         message = str(exc.detail)
-    err = ServiceError(message, code=_HTTP_CODES.get(exc.status_code), headers=dict(exc.headers or {}))
+    code = _HTTP_CODES.get(exc.status_code) or ("invalid_request" if exc.status_code < 500 else None)
+    err = ServiceError(message, code=code, headers=dict(exc.headers or {}))
     err.status_code = exc.status_code
     return err
 

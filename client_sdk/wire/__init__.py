@@ -12,11 +12,14 @@ Four small modules, re-exported here:
   ``encode(..., float_dtype="q8")`` sends floating tensors as int8 codes plus float16 block scales.
 - ``q8``: that layout (two safetensors entries per tensor, metadata key ``q8``) and its header checks;
   :func:`inspect` reports a q8 tensor once, with its logical shape and the logical dtype ``"Q8"``.
+- ``bounded_json``: :func:`load_json`, JSON from a peer with depth and integer-length limits (a
+  ``WireError``, never ``RecursionError`` or a bare ``ValueError``).
 - ``errors``: the ``WireError`` tree (a ``ValueError``; each error names its ``param`` and has a ``code``).
 """
 
 from __future__ import annotations
 
+from .bounded_json import load_json
 from .codec import decode, encode
 from .errors import (
     DtypeRejected,
@@ -48,6 +51,7 @@ from .q8 import Q8
 from .q8 import SCALE_SUFFIX as Q8_SCALE_SUFFIX
 
 __all__ = [
+    "load_json",
     "DEFAULT_LIMITS",
     "DTYPE_SIZES",
     "FLOAT_DTYPES",

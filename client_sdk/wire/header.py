@@ -9,7 +9,6 @@ reported as one :class:`TensorInfo` of logical dtype ``"Q8"`` and its logical sh
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import q8
+from .bounded_json import load_json
 from .errors import DtypeRejected, NotSafetensors, SchemaError, ShapeRejected, SizeLimitExceeded, TruncatedPayload
 
 SCHEMA = "privtune.wire"
@@ -192,10 +192,7 @@ def inspect(
         raise SizeLimitExceeded(
             f"declared header length {header_len} exceeds the limit of {limits.max_header_bytes} bytes"
         )
-    try:
-        header = json.loads(bytes(view[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotSafetensors(f"header is not valid JSON: {exc}") from None
+    header = load_json(view[8 : 8 + header_len], what="header")  # NotSafetensors: depth, integer length
     if not isinstance(header, dict):
         raise NotSafetensors("header must be a JSON object")
 

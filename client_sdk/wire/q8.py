@@ -25,11 +25,11 @@ allow no I8 entry) rather than misreading it, so the schema version is unchanged
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .bounded_json import load_json
 from .errors import DtypeRejected, SchemaError, ShapeRejected
 
 if TYPE_CHECKING:
@@ -84,10 +84,11 @@ def parse_meta(meta: Mapping[str, Any]) -> dict[str, int]:
     text = meta.get(META_KEY)
     if text is None:
         return {}
-    try:
-        blocks = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        blocks = None
+    blocks = (
+        load_json(text, what=f"metadata {META_KEY!r}", error=SchemaError, param=META_KEY, max_depth=1)
+        if isinstance(text, str)
+        else None
+    )
     if not isinstance(blocks, dict) or not blocks:
         raise SchemaError(f"metadata {META_KEY!r} must be a JSON object {{tensor name: block size}}", param=META_KEY)
     for name, block in blocks.items():

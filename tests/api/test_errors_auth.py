@@ -140,3 +140,54 @@ def test_expired_key_is_401_and_last_use_is_recorded_once_a_minute(env):
     assert last_used() == first + LAST_USED_RESOLUTION_S
     with env.session() as s:  # the expiry is exclusive
         assert repo.authenticate(s, valid, now=int(time.time()) + 3600) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [job_body()],  # an array where an object is expected
+        {**job_body(), "method": ["privtune"]},
+        {**job_body(), "metadata": ["a", "b"]},
+        {**job_body(), "seed": 10**30},
+        {**job_body(), "suffix": {"a": 1}},
+        {**job_body(), "hyperparameters": {"n_epochs": 10**30}},
+    ],
+    ids=["array body", "array method", "array metadata", "huge seed", "object suffix", "huge epochs"],
+)
+def test_wrong_json_types_are_400(env, body):
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    _assert_envelope(r, 400)
+    assert env.enqueuer.jobs == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "minilm-l6", "seed": ' + "9" * 5000 + "}",  # beyond Python's integer digit limit
+        '{"model": "minilm-l6", "metadata": {"a": ' + "[" * 5000 + "]" * 5000 + "}}",  # beyond the recursion limit
+        '{"model": "minilm-l6", "metadata": {"a": ' + "[" * 50 + "]" * 50 + "}}",
+    ],
+    ids=["huge integer", "deeply nested", "nested metadata value"],
+)
+def test_hostile_json_bodies_are_400_without_internals(env, raw):
+    headers = {**env.headers(), "content-type": "application/json"}
+    r = env.client.post("/v1/fine_tuning/jobs", content=raw, headers=headers)
+    _assert_envelope(r, 400)
+    assert r.json()["error"]["code"] in ("invalid_request", "invalid_value")
+    text = r.text.lower()
+    assert "traceback" not in text and "recursion" not in text and "sys.set_int_max_str_digits" not in text
+
+
+def test_a_nested_wire_header_on_a_step_is_400(env):
+    import struct
+
+    job = env.create_job()
+    env.run_job(job["id"])
+    head = ("[" * 5000 + "]" * 5000).encode()
+    r = env.client.post(
+        f"/v1/fine_tuning/jobs/{job['id']}/steps",
+        content=struct.pack("<Q", len(head)) + head,
+        headers={**env.headers(), "content-type": "application/octet-stream"},
+    )
+    _assert_envelope(r, 400)
+    assert r.json()["error"]["code"] == "not_safetensors" and env.relay.calls == []

@@ -283,3 +283,42 @@ def test_sdk_job_body_is_accepted_and_privacy_recorded_as_declared(env):
     r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
     assert r.status_code == 200, r.text
     assert r.json()["method"]["privtune"]["privacy"] == declared and r.json()["seed"] == 1
+
+
+@pytest.mark.parametrize("key", ["team'", 'te"am', "a') OR 1=1 --", "x" * 65, "t$[0]", "ключ"])
+def test_metadata_filter_keys_outside_the_rule_are_400_before_sql(env, key):
+    """A quote in a filter key reached SQLite's JSON path (a 503 the client retried): now a 400."""
+    from urllib.parse import quote
+
+    env.create_job()
+    r = env.client.get(f"/v1/fine_tuning/jobs?metadata[{quote(key)}]=a", headers=env.headers())
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_metadata_key"
+    assert r.json()["error"]["param"].startswith("metadata[")
+    ok = env.client.get("/v1/fine_tuning/jobs?metadata[team.name-1_x]=a", headers=env.headers())
+    assert ok.status_code == 200 and ok.json()["data"] == []
+
+
+def test_job_metadata_keys_follow_the_same_rule(env):
+    body = job_body()
+    body["metadata"] = {"bad key'": "v"}
+    r = env.client.post("/v1/fine_tuning/jobs", json=body, headers=env.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "metadata"
+    assert r.json()["error"]["code"] == "invalid_metadata_key" and env.enqueuer.jobs == []
+
+
+def test_create_and_resume_record_the_enqueue_time(env):
+    import time
+
+    job = env.create_job()
+    with env.session() as s:
+        first = repo.get_job(s, job["id"])["enqueued_at"]
+    assert first is not None and abs(first - time.time()) < 5
+    env.run_job(job["id"])
+    env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause", headers=env.headers())
+    with env.session() as s:
+        assert repo.release_job(s, job["id"], "worker-1", "paused")
+    time.sleep(0.01)
+    assert env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume", headers=env.headers()).status_code == 200
+    with env.session() as s:
+        assert repo.get_job(s, job["id"])["enqueued_at"] > first

@@ -176,3 +176,71 @@ def test_a_header_length_that_starts_like_a_pickle_marker_is_still_safetensors()
         raise AssertionError("no header length with a pickle-like prefix was produced")
     assert wire.inspect(payload)[0].job_id == header.job_id
     assert wire.decode(payload)[0].job_id == header.job_id
+
+
+def _raw_text(header: str, data: bytes = b"") -> bytes:
+    head = header.encode()
+    return struct.pack("<Q", len(head)) + head + data
+
+
+NESTED = "[" * 5000 + "]" * 5000  # deeper than the interpreter's recursion limit
+
+
+def _with_meta(rest: str) -> str:
+    """A header text: the valid metadata, then ``rest`` (raw JSON members)."""
+    return '{"__metadata__": ' + json.dumps(META) + ", " + rest + "}"
+
+
+def _entry(shape: str, offsets: str = "[0, 4]") -> str:
+    return _with_meta('"t": {"dtype": "F32", "shape": ' + shape + ', "data_offsets": ' + offsets + "}")
+
+
+HOSTILE_HEADERS = {
+    "nested header": NESTED,
+    "nested tensor entry": _entry(NESTED),
+    "nested just past the limit": _with_meta('"x": ' + "[" * 8 + "]" * 8),
+    "huge integer offset": _entry("[1]", "[0, " + "9" * 5000 + "]"),
+    "huge integer shape": _entry("[" + "1" * 25 + "]"),
+    "NaN": _with_meta('"t": NaN'),
+}
+
+
+@pytest.mark.parametrize("header", HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS.keys())
+def test_nested_or_huge_integer_headers_are_wire_errors(header):
+    """Every parser escape (RecursionError, Python's integer digit limit, NaN) is a 400-class WireError."""
+    from service.errors import wire_status
+
+    with pytest.raises(wire.NotSafetensors) as err:
+        wire.inspect(_raw_text(header, b"\0" * 4))
+    assert wire_status(err.value) == 400
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {**META, "step": "9" * 5000},
+        {**META, "q8": "[" * 5000 + "]" * 5000},
+        {**META, "q8": '{"t": %s}' % ("1" * 5000)},
+        {**META, "q8": '{"t": {"a": 1}}'},
+    ],
+    ids=["huge step", "nested q8", "huge q8 block", "q8 nested object"],
+)
+def test_hostile_metadata_values_are_schema_errors(meta):
+    with pytest.raises(wire.SchemaError):
+        wire.inspect(_raw({"__metadata__": meta}))
+
+
+def test_strings_with_brackets_do_not_count_as_nesting():
+    """A metadata value may hold brackets (the q8 key holds JSON text): only structure counts."""
+    tensors = {"hidden": torch.ones(2, 64)}
+    payload = wire.encode(tensors, _header(extra={"note": '[[[[[[[[[[[[{{{{{{{{\\"]'}), float_dtype="q8")
+    header, infos = wire.inspect(payload)
+    assert header.extra["note"].startswith("[[[[") and infos["hidden"].dtype == "Q8"
+
+
+def test_load_json_bounds():
+    assert wire.load_json(b'{"a": [1, -20, 1.5]}') == {"a": [1, -20, 1.5]}
+    with pytest.raises(wire.SchemaError, match="deeper than 2"):
+        wire.load_json("[[[1]]]", error=wire.SchemaError, max_depth=2)
+    with pytest.raises(wire.NotSafetensors, match="UTF-8"):
+        wire.load_json(b"\xff")

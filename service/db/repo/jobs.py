@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +15,23 @@ from service.db.models import Job
 from service.db.repo import status as st
 from service.db.repo._common import paginate, snapshot
 from service.db.repo.events import add_event
+from service.errors import BadRequest
 
 JOB_ID_PREFIX = "ftjob-"
+#: What a metadata key may be, in a job and in a ``metadata[key]`` filter (it becomes a JSON path in SQL).
+METADATA_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MAX_METADATA_VALUE = 512
+
+
+def check_metadata_key(key: str, param: str) -> None:
+    """Raise :class:`BadRequest` (``param``, code ``invalid_metadata_key``) unless ``key`` matches
+    :data:`METADATA_KEY_PATTERN`: letters, digits, ``_ . -``, 1 to 64 characters."""
+    if not isinstance(key, str) or not METADATA_KEY_PATTERN.match(key):
+        raise BadRequest(
+            f"Invalid metadata key {str(key)[:64]!r}: use 1 to 64 letters, digits, '_', '.' or '-'.",
+            param=param,
+            code="invalid_metadata_key",
+        )
 
 
 def create_job(
@@ -32,7 +48,11 @@ def create_job(
     metadata: dict[str, str] | None = None,
     suffix: str | None = None,
 ) -> dict[str, Any]:
-    """Insert a ``queued`` job with a "Job created" event and return its snapshot (not committed)."""
+    """Insert a ``queued`` job with a "Job created" event and return its snapshot (not committed);
+    ``enqueued_at`` is now (the caller sends it to the GPU queue). Raises :class:`BadRequest` for a
+    metadata key outside :data:`METADATA_KEY_PATTERN`."""
+    for key in metadata or {}:
+        check_metadata_key(key, "metadata")
     job = Job(
         id=new_id(JOB_ID_PREFIX),
         organization_id=organization_id,
@@ -49,6 +69,7 @@ def create_job(
         steps_completed=0,
         total_steps=total_steps,
         attempt=0,
+        enqueued_at=now_f(),
     )
     session.add(job)
     session.flush()
@@ -86,9 +107,15 @@ def list_jobs(
     limit: int = 20,
     metadata: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The organization's jobs newest first, after the cursor, matching every ``metadata`` pair."""
+    """The organization's jobs newest first, after the cursor, matching every ``metadata`` pair.
+    Raises :class:`BadRequest` (``param`` ``metadata[<key>]``) for a key outside
+    :data:`METADATA_KEY_PATTERN` or a value over :data:`MAX_METADATA_VALUE` characters, before any SQL."""
     filters = [Job.organization_id == organization_id]
     for key, value in (metadata or {}).items():
+        param = f"metadata[{key[:64]}]"
+        check_metadata_key(key, param)
+        if len(value) > MAX_METADATA_VALUE:
+            raise BadRequest(f"A metadata value has at most {MAX_METADATA_VALUE} characters.", param=param)
         filters.append(Job.user_metadata[key].as_string() == value)
     rows, has_more = paginate(session, Job, filters, after, limit)
     return [snapshot(r) for r in rows], has_more
@@ -129,7 +156,7 @@ def pause_job(session: Session, organization_id: str, job_id: str) -> dict[str, 
 
 
 def resume_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
-    """Set a paused job back to ``queued`` (the caller enqueues it). Raises a retryable
+    """Set a paused job back to ``queued`` with ``enqueued_at`` now (the caller enqueues it). Raises a retryable
     :class:`InvalidTransition` while the pausing worker still holds a live lease."""
     job = require_job(session, job_id, organization_id)
     if job["status"] != st.PAUSED:
@@ -145,7 +172,7 @@ def resume_job(session: Session, organization_id: str, job_id: str) -> dict[str,
         job_id,
         frozenset({st.PAUSED}),
         "resumed",
-        {"status": st.QUEUED, "lease_owner": None, "lease_expires_at": None},
+        {"status": st.QUEUED, "lease_owner": None, "lease_expires_at": None, "enqueued_at": now_f()},
     )
     add_event(session, job_id, "Job resumed", data={"step": job["steps_completed"]})
     return job
