@@ -59,9 +59,10 @@ def make_celery(settings: Settings, name: str = "privtune") -> Celery:
     return app
 
 
-def enqueue_job(celery: Celery, job_id: str) -> str:
-    """Send ``worker.run_job(job_id)`` to the ``gpu`` queue; returns the Celery task id."""
-    return celery.send_task(RUN_JOB_TASK, args=[job_id], queue=GPU_QUEUE).id
+def enqueue_job(celery: Celery, job_id: str, countdown: float | None = None) -> str:
+    """Send ``worker.run_job(job_id)`` to the ``gpu`` queue, to run no sooner than ``countdown`` seconds
+    from now if given; returns the Celery task id."""
+    return celery.send_task(RUN_JOB_TASK, args=[job_id], queue=GPU_QUEUE, countdown=countdown).id
 
 
 def enqueue_export(celery: Celery, model: str, split_layer: int, tail_layers: int = 0) -> str:

@@ -7,9 +7,9 @@ import time
 import pytest
 from sqlalchemy import update
 
+from api.reaper import reap_once
 from service.db import repo
 from service.db.models import Job
-from api.reaper import reap_once
 
 
 @pytest.fixture
