@@ -6,8 +6,12 @@ channel and changes nothing, an unclaimable job is skipped."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import re
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,19 +20,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from redis.exceptions import ConnectionError as RedisConnectionError
 from safetensors.torch import load_file
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from client_sdk import protocol, wire
 from client_sdk.jobspec import PrivtuneMethod
 from service.db import repo
 from service.db.migrate import upgrade_to_head
+from service.db.models import Job as JobRow
 from service.db.session import make_engine, make_session_factory
 from service.errors import StepRejected
 from service.relay import StepMessage
 from service.settings import Settings
 from tests.helpers import make_tiny_bert
 from tests.worker.test_upload_source import write_privatized
+from worker.infra import Backoff
 from worker.runner import JobRunner
+from worker.trainer import TopTrainer
 
 MODEL, HIDDEN, LABELS, BATCH, TOKENS, TOTAL = "tiny-bert", 32, 2, 2, 5, 4
 G = (BATCH, HIDDEN)  # interactive classification: the pooled representation and its gradient (the head is the device's)
@@ -141,6 +151,7 @@ class Env:
         )
         self.engine = make_engine(url)
         self.factory = make_session_factory(self.engine)
+        self.enqueued: list[tuple[str, float | None]] = []
         with self.factory.begin() as s:
             _, self.org = repo.create_api_key(s, "acme")
 
@@ -169,9 +180,29 @@ class Env:
             )
         return Job(job["id"])
 
-    def run(self, job_id: str, script: list, worker: str = "worker-1", **settings) -> tuple[str, FakeChannel]:
-        runner = JobRunner(job_id, self.settings.model_copy(update=settings), self.factory, None, worker, "cpu")
-        runner.channel = channel = FakeChannel(script)
+    def run(
+        self,
+        job_id: str,
+        script: list,
+        worker: str = "worker-1",
+        channel: FakeChannel | None = None,
+        sessions=None,
+        drain: threading.Event | None = None,
+        **settings,
+    ) -> tuple[str, FakeChannel]:
+        """Run ``job_id`` to its end over ``script`` (or ``channel``); re-sends land in ``self.enqueued``."""
+        runner = JobRunner(
+            job_id,
+            self.settings.model_copy(update=settings),
+            sessions or self.factory,
+            None,
+            worker,
+            "cpu",
+            enqueue=lambda job, countdown=None: self.enqueued.append((job, countdown)),
+            drain=drain,
+            backoff=Backoff(base_s=0.001, cap_s=0.01),
+        )
+        runner.channel = channel = channel or FakeChannel(script)
         return runner.run(), channel
 
     def do(self, fn, *args, **kwargs):
@@ -233,7 +264,9 @@ def test_a_job_runs_to_succeeded(env):
     assert "0.2000 (device running mean)" in metrics[0]["message"]
     assert [c["metrics"] for c in checkpoints] == [{"step": 2, "train_loss": 0.3}, {"step": 4, "train_loss": 0.5}]
     valid = [e for e in metrics if "train_loss" not in e["data"]]  # the validation sent with the completion
-    assert [e["data"] for e in valid] == [{"step": TOTAL, **validation}] and "valid_accuracy=0.7500" in valid[0]["message"]
+    assert [e["data"] for e in valid] == [{"step": TOTAL, **validation}] and "valid_accuracy=0.7500" in valid[0][
+        "message"
+    ]
     assert env.events(job.id).index(valid[0]) < env.events(job.id).index(env.of_kind(job.id, "job_succeeded")[0])
 
 
@@ -375,3 +408,240 @@ def test_an_upload_job_trains_from_its_file_to_succeeded(env, tmp_path):
     assert meta["spec"]["server_head"] is True  # the server-side head: logits, its weights checkpointed
     adapter = load_file(Path(checkpoints[-1]["path"]) / "adapter.safetensors")
     assert adapter["classifier.weight"].shape == (LABELS, HIDDEN) and "classifier.bias" in adapter
+
+
+# ---- faults, durability, drain, limits (issue 11) -------------------------------------------------
+
+
+class FlakySessions:
+    """A sessionmaker whose next ``fail`` transactions raise ``OperationalError`` (the database away)."""
+
+    def __init__(self, factory):
+        self.factory, self.fail, self.failed = factory, 0, 0
+
+    def begin(self):
+        if self.fail:
+            self.fail -= 1
+            self.failed += 1
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return self.factory.begin()
+
+
+class FlakyChannel(FakeChannel):
+    """A FakeChannel whose next ``fail_receive`` receives and ``fail_reply`` replies raise a Redis
+    ``ConnectionError`` (``fail_receive`` < 0: every receive from now on)."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.fail_receive = self.fail_reply = 0
+
+    def receive(self, timeout_s: float = 1.0):
+        if self.fail_receive:
+            self.fail_receive -= 1 if self.fail_receive > 0 else 0
+            raise RedisConnectionError("Connection reset by peer")
+        return super().receive(timeout_s)
+
+    def reply(self, request_id: str, payload: bytes) -> None:
+        if self.fail_reply:
+            self.fail_reply -= 1
+            raise RedisConnectionError("Connection reset by peer")
+        super().reply(request_id, payload)
+
+
+def test_brief_database_and_redis_faults_are_retried_and_the_job_succeeds(env):
+    job = env.job()
+    sessions = FlakySessions(env.factory)
+    channel = FlakyChannel([])
+
+    def db_down():
+        sessions.fail = 3
+
+    def redis_down():
+        channel.fail_receive, channel.fail_reply = 2, 2
+
+    channel.script.extend(
+        [job.step(1), db_down, job.step(2, grad=True), redis_down, job.step(3, grad=True)]
+        + [(db_down, job.step(4, grad=True)), job.step(5, True, False), job.final()]
+    )
+    result, _ = env.run(job.id, [], channel=channel, sessions=sessions)
+    assert result == "succeeded" and sessions.failed == 6
+    row = env.get(job.id)
+    assert (row["status"], row["steps_completed"], row["error"]) == ("succeeded", TOTAL, None)
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2, 4]  # each step applied once
+    assert len(channel.answers) == 6 and channel.rejections() == []
+
+
+def test_a_redis_outage_longer_than_the_retry_budget_releases_the_job_with_its_checkpoint(env):
+    job = env.job()
+    channel = FlakyChannel([])
+
+    def redis_gone():
+        channel.fail_receive = -1
+
+    channel.script.extend([job.step(1), job.step(2, grad=True), job.step(3, grad=True), redis_gone])
+    result, _ = env.run(job.id, [], channel=channel, infra_retry_s=0.3)
+    assert result == "released"
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"], row["error"]) == ("queued", None, None)
+    assert env.enqueued == [(job.id, None)]
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2]
+    released = env.of_kind(job.id, "job_released")
+    assert [(e["level"], e["data"]["reason"], e["data"]["step"]) for e in released] == [("warn", "infrastructure", 2)]
+    # another worker resumes from the kept checkpoint: the device is asked for step 3 again, none lost
+    script = [job.step(3), job.step(4, grad=True), job.step(5, True, False), job.final()]
+    result, channel = env.run(job.id, script, worker="worker-2")
+    assert result == "succeeded" and env.get(job.id)["steps_completed"] == TOTAL
+
+
+def test_with_the_database_unreachable_the_worker_just_stops_and_the_lease_expires(env):
+    job = env.job()
+    sessions = FlakySessions(env.factory)
+
+    def db_gone():
+        sessions.fail = 10**6
+
+    result, _ = env.run(job.id, [job.step(1), db_gone], sessions=sessions, infra_retry_s=0.3)
+    assert result == "infra_unavailable"
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"], row["error"]) == ("running", "worker-1", None)  # the reaper's turn
+    assert env.do(repo.reap_expired, time.time() + 3600) == [job.id]
+
+
+def test_a_full_disk_at_checkpoint_time_keeps_the_previous_checkpoint_and_training_goes_on(env, monkeypatch):
+    job = env.job()
+    real = TopTrainer.write_files
+    full = {"left": 1}
+
+    def write_files(self, directory, metrics=None):
+        if self.steps_applied == 4 and full["left"]:
+            full["left"] -= 1
+            (Path(directory) / "adapter.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, directory, metrics)
+
+    monkeypatch.setattr(TopTrainer, "write_files", write_files)
+    updates = [job.step(n, grad=True) for n in (2, 3, 4)]
+    result, _ = env.run(job.id, [job.step(1), *updates, job.step(5, True, False), job.final()])
+    assert result == "succeeded"
+    failed = env.of_kind(job.id, "checkpoint_failed")
+    assert [(e["level"], e["data"]["step"], e["data"]["kept_step"]) for e in failed] == [("warn", 4, 2)]
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2, 4]  # step 4 written again at the end
+    root = env.settings.artifact_dir / "jobs" / job.id / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2", "step-4"]  # no temporary directory left
+
+
+def test_the_lease_is_renewed_while_the_model_is_set_up(env, monkeypatch):
+    job = env.job()
+    real_init = TopTrainer.__init__
+    reaped: list[list[str]] = []
+
+    def slow_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        time.sleep(3.2)  # longer than the 2 s lease
+        reaped.append(env.do(repo.reap_expired))
+
+    monkeypatch.setattr(TopTrainer, "__init__", slow_init)
+    script = [job.step(1), *(job.step(n, grad=True) for n in (2, 3, 4)), job.step(5, True, False), job.final()]
+    result, _ = env.run(job.id, script, lease_seconds=2, heartbeat_seconds=1)
+    assert reaped == [[]] and result == "succeeded"
+
+
+def test_a_job_claimed_more_than_max_attempts_fails_with_a_clear_error(env):
+    job = env.job()
+    env.do(lambda s: s.execute(update(JobRow).where(JobRow.id == job.id).values(attempt=3)))
+    assert env.run(job.id, [], max_attempts=3)[0] == "failed"
+    row = env.get(job.id)
+    assert row["status"] == "failed" and row["error"]["code"] == "max_attempts_exceeded"
+    assert "started 3 times" in row["error"]["message"] and row["lease_owner"] is None
+
+
+def test_an_internal_error_shows_the_tenant_a_reference_not_the_exception(env, monkeypatch, caplog):
+    job = env.job()
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("secret /srv/models/internal detail")
+
+    monkeypatch.setattr(TopTrainer, "apply_gradient", boom)
+    result, _ = env.run(job.id, [job.step(1), job.step(2, grad=True)])
+    assert result == "failed"
+    error = env.get(job.id)["error"]
+    ref = re.search(r"err_[0-9a-f]{16}", error["message"]).group(0)
+    shown = error["message"] + " ".join(e["message"] for e in env.events(job.id))
+    assert error["code"] == "worker_error" and "secret" not in shown and "RuntimeError" not in shown
+    logged = [r for r in caplog.records if ref in r.getMessage()]
+    assert logged and logged[0].exc_info and "secret /srv/models" in str(logged[0].exc_info[1])
+
+
+def test_checkpoints_are_checksummed_pruned_and_a_corrupt_latest_falls_back_to_the_previous(env):
+    job = env.job(total_steps=8)
+    pause = lambda: env.do(repo.pause_job, env.org, job.id)
+    script = [job.step(1), *(job.step(n, grad=True) for n in range(2, 8)), pause]
+    assert env.run(job.id, script, checkpoint_every=2, checkpoint_keep=2)[0] == "paused"
+    checkpoints = env.checkpoints(job.id)
+    assert [c["step_number"] for c in checkpoints] == [4, 6]  # 2 pruned with its directory
+    root = env.settings.artifact_dir / "jobs" / job.id / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-4", "step-6"]
+    latest = Path(checkpoints[-1]["path"])
+    manifest = json.loads((latest / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"adapter.safetensors", "trainer_state.pt", "meta.json"}
+    assert checkpoints[-1]["sha256"] == hashlib.sha256((latest / "manifest.json").read_bytes()).hexdigest()
+
+    (latest / "adapter.safetensors").write_bytes(b"torn write")
+    env.do(repo.resume_job, env.org, job.id)
+    script = [job.step(5), job.step(6, grad=True), job.step(7, grad=True), job.step(8, grad=True)]
+    result, channel = env.run(job.id, [*script, job.step(9, True, False), job.final()], worker="worker-2")
+    assert result == "succeeded"
+    assert [e["data"]["step"] for e in env.of_kind(job.id, "checkpoint_skipped")] == [6]
+    assert [e["data"]["step"] for e in env.of_kind(job.id, "job_restarted")] == [4]
+
+
+def test_a_worker_that_lost_its_lease_writes_no_checkpoint(env):
+    job = env.job()
+    reap = lambda: env.do(repo.reap_expired, time.time() + 3600)
+    # the lease is lost after the step's control check: the checkpoint of step 2 must not be written
+    script = [job.step(1), job.step(2, grad=True), (reap, job.step(3, grad=True))]
+    assert env.run(job.id, script, checkpoint_every=2)[0] == "lease_lost"
+    assert env.checkpoints(job.id) == []
+    assert not (env.settings.artifact_dir / "jobs" / job.id / "checkpoints").exists()
+
+
+def test_sigterm_drains_checkpoints_releases_and_reenqueues_the_job(env):
+    job = env.job()
+    drain = threading.Event()
+    started = []
+
+    def sigterm():
+        drain.set()
+        started.append(time.monotonic())
+
+    script = [job.step(1), job.step(2, grad=True), job.step(3, grad=True), sigterm]
+    result, _ = env.run(job.id, script, drain=drain, checkpoint_every=100)
+    assert result == "released" and time.monotonic() - started[0] < env.settings.drain_timeout_s
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"]) == ("queued", None) and env.enqueued == [(job.id, None)]
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2]
+    released = env.of_kind(job.id, "job_released")
+    assert released[0]["message"].startswith("Worker shutting down; job released at step 2")
+    script = [job.step(3), job.step(4, grad=True), job.step(5, True, False), job.final()]
+    assert env.run(job.id, script, worker="worker-2")[0] == "succeeded"
+    assert [e["data"]["step"] for e in env.of_kind(job.id, "job_restarted")] == [2]
+
+
+def test_a_device_that_never_sends_a_first_step_pauses_the_job(env):
+    job = env.job()
+    silence = lambda: time.sleep(0.3)
+    assert env.run(job.id, [silence], first_step_timeout_s=0.2)[0] == "paused"
+    row = env.get(job.id)
+    assert (row["status"], row["lease_owner"]) == ("paused", None) and env.checkpoints(job.id) == []
+    paused = env.of_kind(job.id, "job_paused")
+    assert [(e["level"], e["data"]["reason"]) for e in paused] == [("warn", "first_step_timeout")]
+    assert "No first step" in paused[0]["message"]
+
+
+def test_an_organization_at_its_running_cap_waits_queued_and_is_sent_again_later(env):
+    running, waiting = env.job(), env.job()
+    env.do(repo.claim_job, running.id, "other-worker", 60)
+    assert env.run(waiting.id, [], max_running_jobs_per_org=1)[0] == "deferred"
+    row = env.get(waiting.id)
+    assert (row["status"], row["attempt"], row["lease_owner"]) == ("queued", 0, None)
+    assert env.enqueued == [(waiting.id, 10.0)]
