@@ -1,4 +1,4 @@
-"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel / pause / resume, events, checkpoints.
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel / pause / resume, delete, events, checkpoints.
 
 ``training_file`` is a required argument of the official client's ``create``; interactive
 PrivTune jobs (``method.type = "privtune"``) are created without one by our SDK or raw HTTP.
@@ -13,10 +13,12 @@ from fastapi import APIRouter, Query, Request
 
 from api.deps import EnqueuerDep, PrincipalDep, SessionDep, SettingsDep
 from api.job_spec import build_job
+from api.retention import delete_artifacts
 from api.schemas.jobs import JobCreate
 from api.schemas.objects import (
     FineTuningJob,
     JobCheckpoint,
+    JobDeleted,
     JobEvent,
     ListPage,
     checkpoint_object,
@@ -25,6 +27,7 @@ from api.schemas.objects import (
     page,
 )
 from service.db import repo
+from service.db.repo import jobs as job_repo
 from service.errors import ServiceUnavailable
 
 log = logging.getLogger("api.jobs")
@@ -108,6 +111,20 @@ def resume_job(fine_tuning_job_id: str, principal: PrincipalDep, session: Sessio
             "The job queue is unavailable; retry shortly.", code="queue_unavailable", retry_after=2
         ) from exc
     return job_object(job)
+
+
+@router.delete("/{fine_tuning_job_id}", response_model=JobDeleted, summary="Delete a finished fine-tuning job")
+def delete_job(fine_tuning_job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
+    """Delete a succeeded, failed or cancelled job with its events, checkpoints and every stored
+    artifact (its model is gone too). A job not yet finished is 409: cancel it first."""
+    job = repo.require_job(session, fine_tuning_job_id, principal.organization_id)
+    if job["status"] in repo.status.TERMINAL:  # unusable at once, even if removing the files fails below
+        job_repo.mark_artifacts_deleted(session, fine_tuning_job_id)
+        session.commit()
+    deleted = job_repo.delete_job(session, principal.organization_id, fine_tuning_job_id)
+    session.commit()
+    delete_artifacts(settings, fine_tuning_job_id, deleted["checkpoint_paths"])
+    return {"id": fine_tuning_job_id, "object": "fine_tuning.job", "deleted": True}
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListPage[JobEvent], summary="List a job's events")

@@ -1,4 +1,5 @@
-"""``/v1/models``: the base models (from the catalog) and the organization's fine-tuned models."""
+"""``/v1/models``: the base models (from the catalog) and the organization's fine-tuned models; a
+fine-tuned model can be deleted (its stored artifacts are removed), a base model cannot."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ from fastapi import APIRouter
 
 from api import catalog
 from api.deps import PrincipalDep, SessionDep, SettingsDep
-from api.schemas.objects import ModelList, ModelObject, model_object
+from api.retention import delete_model_artifacts
+from api.schemas.objects import ModelDeleted, ModelList, ModelObject, model_object
 from service.db import repo
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, ServiceError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 OWNER = "privtune"
+
+
+class BaseModelNotDeletable(ServiceError):
+    """403: base models belong to the service (OpenAI answers the same to deleting a base model).
+    Belongs in ``service.errors`` as ``PermissionDenied`` once that tree has a 403."""
+
+    status_code, default_code = 403, "model_not_deletable"
 
 
 def _fine_tuned(job: dict[str, Any]) -> dict[str, Any]:
@@ -49,3 +58,23 @@ def retrieve_model(model_id: str, principal: PrincipalDep, session: SessionDep, 
     if model_id not in catalog.base_model_names():
         raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
     return _base(model_id, settings)
+
+
+@router.delete("/{model_id}", response_model=ModelDeleted, summary="Delete a fine-tuned model")
+def delete_model(model_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
+    """Delete one of the organization's fine-tuned models: its stored adapter and checkpoints are
+    removed and from then on the model is 404 here, in ``/v1/models`` and for inference. The job
+    stays (with ``fine_tuned_model`` naming what it produced). A base model is 403; another
+    organization's model, or one already deleted, is 404."""
+    if not model_id.startswith("ft:"):
+        if model_id in catalog.base_model_names():
+            raise BaseModelNotDeletable(
+                f"The model {model_id!r} is a base model of this service; only fine-tuned models can be deleted.",
+                param="model",
+            )
+        raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+    job = repo.job_for_model(session, principal.organization_id, model_id)
+    if job is None:
+        raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
+    delete_model_artifacts(session, settings, job)
+    return {"id": model_id, "object": "model", "deleted": True}

@@ -83,6 +83,18 @@ class FileDeleted(BaseModel):
     deleted: bool
 
 
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
+class JobDeleted(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    deleted: bool
+
+
 class ModelObject(BaseModel):
     """A model; base models also carry ``privtune``: what this server accepts for jobs on them
     (``client_sdk.jobspec.ServerLimits``), so the SDK can refuse a bad job before any local work."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.base import new_id, now_s
 from service.db.errors import ObjectNotFound
-from service.db.models import File
+from service.db.models import File, Job
+from service.db.repo import status as st
 from service.db.repo._common import paginate, snapshot
 
 FILE_ID_PREFIX = "file-"
@@ -83,3 +84,13 @@ def delete_file(session: Session, file_id: str, organization_id: str) -> dict[st
     row = require_file(session, file_id, organization_id)
     session.execute(delete(File).where(File.id == file_id))
     return row
+
+
+def files_older_than(session: Session, created_before: int) -> list[dict[str, Any]]:
+    """Files (any organization) uploaded before ``created_before`` that no unfinished job uses."""
+    in_use = select(Job.id).where(
+        Job.status.not_in(st.TERMINAL),
+        or_(Job.training_file == File.id, Job.validation_file == File.id),
+    )
+    stmt = select(File).where(File.created_at < created_before, ~in_use.exists()).order_by(File.seq)
+    return [snapshot(r) for r in session.scalars(stmt)]

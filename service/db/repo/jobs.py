@@ -6,12 +6,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import new_id, now_f, now_s
 from service.db.errors import InvalidTransition, ObjectNotFound
-from service.db.models import Job
+from service.db.models import Checkpoint, Event, Job
 from service.db.repo import status as st
 from service.db.repo._common import paginate, snapshot
 from service.db.repo.events import add_event
@@ -190,21 +190,75 @@ def fail_job(session: Session, job_id: str, code: str, message: str) -> None:
 
 
 def fine_tuned_models(session: Session, organization_id: str) -> list[dict[str, Any]]:
-    """The organization's succeeded jobs that produced a model, newest first."""
+    """The organization's succeeded jobs that produced a model whose artifacts still exist, newest first."""
     stmt = (
         select(Job)
-        .where(Job.organization_id == organization_id, Job.status == st.SUCCEEDED, Job.fine_tuned_model.is_not(None))
+        .where(
+            Job.organization_id == organization_id,
+            Job.status == st.SUCCEEDED,
+            Job.fine_tuned_model.is_not(None),
+            Job.artifacts_deleted_at.is_(None),
+        )
         .order_by(Job.seq.desc())
     )
     return [snapshot(j) for j in session.scalars(stmt)]
 
 
 def job_for_model(session: Session, organization_id: str, fine_tuned_model: str) -> dict[str, Any] | None:
-    """The succeeded job that produced ``fine_tuned_model`` in this organization, if any."""
+    """The succeeded job that produced ``fine_tuned_model`` in this organization, if any and if its
+    artifacts were not deleted (a deleted model is gone: 404 everywhere)."""
     stmt = select(Job).where(
         Job.organization_id == organization_id,
         Job.fine_tuned_model == fine_tuned_model,
         Job.status == st.SUCCEEDED,
+        Job.artifacts_deleted_at.is_(None),
     )
     job = session.scalars(stmt).first()
     return None if job is None else snapshot(job)
+
+
+def checkpoint_paths(session: Session, job_id: str) -> list[str]:
+    """Where the job's checkpoints are stored (as recorded in their rows)."""
+    return list(session.scalars(select(Checkpoint.path).where(Checkpoint.job_id == job_id)))
+
+
+def mark_artifacts_deleted(session: Session, job_id: str, now: int | None = None) -> bool:
+    """Record that the job's stored artifacts are (being) deleted: its model leaves ``/v1/models`` and
+    cannot be used. True if this call marked it (False: already marked)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.artifacts_deleted_at.is_(None))
+        .values(artifacts_deleted_at=now_s() if now is None else now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def delete_job(session: Session, organization_id: str, job_id: str) -> dict[str, Any]:
+    """Delete a finished job (succeeded, failed or cancelled) with its events and checkpoint rows;
+    returns its last snapshot with ``checkpoint_paths`` (the caller removes the stored artifacts).
+    Raises :class:`ObjectNotFound` (absent or another organization's) or :class:`InvalidTransition`
+    (409: the job is not finished; cancel it first)."""
+    job = require_job(session, job_id, organization_id)
+    if job["status"] not in st.TERMINAL:
+        raise InvalidTransition(job_id, "deleted", job["status"], detail="Cancel it first, or wait until it ends.")
+    job["checkpoint_paths"] = checkpoint_paths(session, job_id)
+    session.execute(delete(Event).where(Event.job_id == job_id))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+    result = session.execute(
+        delete(Job).where(Job.id == job_id, Job.organization_id == organization_id, Job.status.in_(st.TERMINAL))
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # resumed or changed meanwhile
+        raise InvalidTransition(job_id, "deleted", require_job(session, job_id)["status"])
+    return job
+
+
+def jobs_past_retention(session: Session, finished_before: int) -> list[dict[str, Any]]:
+    """Finished jobs (any organization) that ended before ``finished_before`` and still have artifacts."""
+    stmt = select(Job).where(
+        Job.status.in_(st.TERMINAL),
+        Job.finished_at.is_not(None),
+        Job.finished_at < finished_before,
+        Job.artifacts_deleted_at.is_(None),
+    )
+    return [snapshot(j) for j in session.scalars(stmt.order_by(Job.seq))]
