@@ -42,6 +42,11 @@ def is_disk_fault(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
 
 
+def is_redis_fault(exc: BaseException) -> bool:
+    """True for a Redis connection or timeout error (the database and the disk may still be fine)."""
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+
+
 def is_infra(exc: BaseException) -> bool:
     """True when ``exc`` is an infrastructure fault worth retrying (see the module docstring)."""
     if isinstance(exc, InfraUnavailable):
@@ -64,7 +69,9 @@ class Backoff:
         """The wait before retry number ``attempt`` (0-based)."""
         return self.rng.uniform(0.0, min(self.cap_s, self.base_s * 2.0**attempt))
 
-    def call(self, fn: Callable[[], T], budget_s: float, on_retry: Callable[[BaseException, int], None] | None = None) -> T:
+    def call(
+        self, fn: Callable[[], T], budget_s: float, on_retry: Callable[[BaseException, int], None] | None = None
+    ) -> T:
         """``fn()``, retried on infrastructure faults for at most ``budget_s`` seconds; any other error
         propagates at once. Raises :class:`InfraUnavailable` (from the last fault) when the budget is
         spent; ``on_retry(exc, attempt)`` is told of each retry."""

@@ -32,7 +32,7 @@ from service.db import repo
 from service.errors import StepRejected
 from service.relay import WorkerChannel
 from worker import checkpoints
-from worker.infra import Backoff, InfraUnavailable, is_disk_fault, is_infra
+from worker.infra import Backoff, InfraUnavailable, is_disk_fault, is_infra, is_redis_fault
 from worker.lease_keeper import LeaseKeeper
 from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
@@ -200,6 +200,17 @@ class JobRunner:
         cause = exc.__cause__ if isinstance(exc, InfraUnavailable) and exc.__cause__ else exc
         what = "the checkpoint disk" if is_disk_fault(cause) else "Redis or the database"
         log.warning("job %s: giving the job back after an infrastructure fault (%r)", self.job_id, cause)
+        if (
+            is_redis_fault(cause)
+            and self.trainer is not None
+            and self.trainer.steps_applied > self.last_checkpoint_step
+        ):
+            try:  # Redis is what failed: the disk and the database may still take the applied steps
+                self._checkpoint()
+            except repo.LeaseLost:
+                return "lease_lost"
+            except Exception:
+                log.warning("job %s: no checkpoint before the release", self.job_id, exc_info=True)
         step = self.last_checkpoint_step
         try:
             with self.sessionmaker.begin() as session:

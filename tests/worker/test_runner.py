@@ -493,6 +493,19 @@ def test_a_redis_outage_longer_than_the_retry_budget_releases_the_job_with_its_c
     assert result == "succeeded" and env.get(job.id)["steps_completed"] == TOTAL
 
 
+def test_a_redis_outage_checkpoints_the_applied_steps_before_the_release(env):
+    job = env.job()
+    channel = FlakyChannel([])
+
+    def redis_gone():
+        channel.fail_receive = -1
+
+    channel.script.extend([job.step(1), job.step(2, grad=True), job.step(3, grad=True), redis_gone])
+    assert env.run(job.id, [], channel=channel, infra_retry_s=0.3, checkpoint_every=100)[0] == "released"
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2]  # no applied step is redone
+    assert env.of_kind(job.id, "job_released")[0]["data"]["step"] == 2
+
+
 def test_with_the_database_unreachable_the_worker_just_stops_and_the_lease_expires(env):
     job = env.job()
     sessions = FlakySessions(env.factory)
