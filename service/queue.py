@@ -62,7 +62,8 @@ def make_celery(settings: Settings, name: str = "privtune") -> Celery:
 def enqueue_job(celery: Celery, job_id: str, countdown: float | None = None) -> str:
     """Send ``worker.run_job(job_id)`` to the ``gpu`` queue, to run no sooner than ``countdown`` seconds
     from now if given; returns the Celery task id."""
-    return celery.send_task(RUN_JOB_TASK, args=[job_id], queue=GPU_QUEUE, countdown=countdown).id
+    delay = {} if countdown is None else {"countdown": countdown}
+    return celery.send_task(RUN_JOB_TASK, args=[job_id], queue=GPU_QUEUE, **delay).id
 
 
 def enqueue_export(celery: Celery, model: str, split_layer: int, tail_layers: int = 0) -> str:
