@@ -16,7 +16,8 @@ or label cross the wire. One round trip per step:
                                                 applies it and answers with an empty reply)
     device -> cloud   kind="infer", step=0     hidden + attention_mask: output only, no state change
                                                 (the device's validation during training)
-    device -> cloud   kind="step", extra final="1", no tensors: save the final adapter and finish
+    device -> cloud   kind="step", step=0,      no tensors, extra final="1" and last_step=T+1 (the number of
+                                                the flush): save the final adapter and finish
 
 ``grad_output`` is dL/d(output), computed by the device through its own end. The optional ``metrics``
 extra is a JSON object of aggregates the user lets the device report for the job's events (a running
@@ -26,7 +27,19 @@ sends none.
 Steps are numbered from 1. Step t may only follow step t-1; a retried step t gets the reply that
 was already computed, never a second optimizer step. After a worker restart the job resumes from
 its last checkpoint c, and the device is told (409, code ``step_out_of_order``, ``expected_step``
-= c + 1) to resend from there without a gradient; it restores its own end as saved at step c.
+= c + 1) to resend from there without a gradient; it restores its own end as saved at step c. The
+same answer (never a 400) meets a step whose gradient the worker cannot use: a gradient for a forward
+it never ran (it resumed from a checkpoint after that forward) is answered with ``expected_step`` =
+that step, to be resent without ``grad_output``.
+
+Completion names the last applied step: ``last_step`` (:data:`LAST_STEP`) is the number of the
+device's last step request, the flush that carried the gradient of step T = total_steps (so T + 1);
+it says "every gradient of steps 1..last_step-1 has been answered". The worker completes only when it
+has applied exactly ``last_step - 1`` gradients and holds no forward awaiting its gradient; otherwise
+it answers 409 ``step_out_of_order`` with ``expected_step`` = its applied steps + 1 (the step to resend
+from, as after a restart: a forward still awaiting its gradient is that step, whose reply is replayed),
+and the device trains from there, flushes and completes again. A completion without ``last_step`` is
+refused (400, ``param`` = ``last_step``), so no client can end a job without its last updates.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ GRAD_OUTPUT = "grad_output"
 OUTPUT = "output"
 
 FINAL = "final"  # extra key: "1" on the completion payload
+LAST_STEP = "last_step"  # completion extra key: the device's last step request, the flush (total_steps + 1)
 METRICS = "metrics"  # extra key: JSON object of device-side aggregates (train_loss, valid_loss, ...)
 CHECKPOINT = "checkpoint"  # reply extra key: the worker's latest checkpoint step
 RESET = "reset"  # inference request extra key: "1" drops the session's KV cache first
@@ -124,6 +138,27 @@ class StepRequest:
     kind: str
     step: int
     has_gradient: bool
+    last_step: int | None = None  # a completion's ``last_step`` (see the module doc)
+
+
+def completion_extra(last_step: int) -> dict[str, str]:
+    """The extra of a completion payload whose last step request was ``last_step`` (the flush: the
+    job's total_steps + 1): ``final="1"`` and ``last_step``."""
+    if isinstance(last_step, bool) or not isinstance(last_step, int) or last_step < 1:
+        raise ValueError(f"last_step must be an int >= 1, got {last_step!r}")
+    return {FINAL: "1", LAST_STEP: str(last_step)}
+
+
+def _last_step(extra: Mapping[str, str]) -> int:
+    text = extra.get(LAST_STEP)
+    if text is None:
+        raise SchemaError(
+            "the completion payload must carry extra last_step (the number of the last step request, the flush)",
+            param=LAST_STEP,
+        )
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 12 and int(text) >= 1):
+        raise SchemaError(f"extra last_step must be a decimal integer >= 1, got {text!r}", param=LAST_STEP)
+    return int(text)
 
 
 def check_request(
@@ -147,7 +182,7 @@ def check_request(
                 "the completion payload carries no tensors; send the last gradient first as a step with grad_output only",
                 param=sorted(infos)[0],
             )
-        return StepRequest("final", header.step, False)
+        return StepRequest("final", header.step, False, _last_step(header.extra))
     if header.kind == "step" and header.step < 1:
         raise SchemaError("steps are numbered from 1", param="step")
     has_grad = header.kind == "step" and GRAD_OUTPUT in infos

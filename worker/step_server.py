@@ -68,8 +68,9 @@ class StepServer:
             report()
             output = self.trainer.infer(tensors[protocol.HIDDEN], tensors[protocol.ATTENTION_MASK])
             return self._encode_output(output, header.step, "infer_reply")
-        if request.kind == "final":  # completion: idempotent, not numbered
+        if request.kind == "final":  # completion: idempotent once done, not numbered, names its last step
             if not self.finished:
+                self._check_complete(request.last_step)
                 report()
                 if self.on_finish:
                     self.on_finish()
@@ -87,7 +88,7 @@ class StepServer:
                 expected_step=expected,
             )
         grad = tensors.get(protocol.GRAD_OUTPUT)
-        self._check_gradient(grad)
+        self._check_gradient(grad, header.step)
         report()  # before the update, whose metrics event shows the device's running loss
         if grad is not None:
             grad_norm = self.trainer.apply_gradient(grad)
@@ -108,8 +109,28 @@ class StepServer:
         float_dtype = "float32" if self.shape.task == "classification" else "float16"
         return wire.encode({protocol.OUTPUT: output}, self._reply_header(step, kind), float_dtype=float_dtype)
 
-    def _check_gradient(self, grad: torch.Tensor | None) -> None:
-        """The gradient must answer the pending forward exactly (present, absent, its shape)."""
+    def _check_complete(self, last_step: int | None) -> None:
+        """Completion only when the device's last step request (``last_step``, the flush) matches what was
+        applied: exactly ``last_step - 1`` gradients and no forward awaiting one. Otherwise 409
+        ``step_out_of_order`` with ``expected_step`` = applied + 1, the step to resend from (a forward
+        still awaiting its gradient is that step; its reply is replayed)."""
+        applied, pending = self.trainer.steps_applied, self.trainer.has_pending
+        if last_step is not None and applied == last_step - 1 and not pending:
+            return
+        expected = applied + 1
+        raise StepRejected(
+            409,
+            "step_out_of_order",
+            f"cannot complete: {applied} steps applied{' and one awaiting its gradient' if pending else ''}, but the "
+            f"device's last step was {last_step}; resend from step {expected}",
+            param=protocol.LAST_STEP,
+            expected_step=expected,
+        )
+
+    def _check_gradient(self, grad: torch.Tensor | None, step: int) -> None:
+        """The gradient must answer the pending forward exactly (present, absent, its shape). A gradient
+        with no forward to answer (this worker resumed from a checkpoint after that forward) is a 409
+        ``step_out_of_order`` naming this step: resend it without ``grad_output``."""
         pending = self.trainer.pending_shape()
         if pending is not None and grad is None:
             raise StepRejected(
@@ -120,10 +141,12 @@ class StepServer:
             )
         if pending is None and grad is not None:
             raise StepRejected(
-                400,
-                "unexpected_gradient",
-                "no pending output: send this step without grad_output",
+                409,
+                "step_out_of_order",
+                f"no forward awaits this gradient (the worker resumed from step {self.trainer.steps_applied}): "
+                f"resend step {step} without grad_output",
                 param=protocol.GRAD_OUTPUT,
+                expected_step=step,
             )
         if grad is not None and tuple(grad.shape) != pending:
             raise StepRejected.from_wire(

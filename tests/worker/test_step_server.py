@@ -124,8 +124,9 @@ def payload(
     return wire.encode(tensors, header, float_dtype="float32")
 
 
-def final() -> bytes:
-    return wire.encode({}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1"}))
+def final(last_step: int = 2) -> bytes:
+    """The completion request of a device whose last step request (the flush) was ``last_step``."""
+    return wire.encode({}, wire.WireHeader(JOB, 0, "step", extra=protocol.completion_extra(last_step)))
 
 
 def output(reply: bytes, kind: str = "step_reply") -> torch.Tensor:
@@ -199,7 +200,7 @@ def test_the_metrics_extra_is_reported_once_before_the_update_it_travels_with(se
     server.handle(infer)
     assert rec.metrics[-1] == (0, {"valid_accuracy": 0.5}) and server.trainer.steps_applied == 2
     done = wire.encode(
-        {}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1", **METRICS})
+        {}, wire.WireHeader(JOB, 0, "step", extra={**protocol.completion_extra(4), **METRICS})
     )  # the final validation travels with the completion, reported before it is recorded
     server.handle(payload(4, grad=G, activations=False))
     server.handle(done)
@@ -303,8 +304,14 @@ def bad_metrics(text: str) -> dict[str, str]:
 
 
 FINAL_BAD_METRICS = wire.encode(
-    {}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1", **bad_metrics('{"train_loss": NaN}')})
+    {}, wire.WireHeader(JOB, 0, "step", extra={**protocol.completion_extra(2), **bad_metrics('{"train_loss": NaN}')})
 )
+FINAL_NO_LAST_STEP = wire.encode({}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1"}))  # an old client
+
+
+def final_last_step(text: str) -> bytes:
+    return wire.encode({}, wire.WireHeader(JOB, 0, "step", extra={protocol.FINAL: "1", protocol.LAST_STEP: text}))
+
 
 REJECTIONS = [  # (id, payload, status, code, param); the server has served step 1 (a forward is pending)
     ("undecodable", b"not a payload", 400, "truncated_payload", None),
@@ -334,6 +341,11 @@ REJECTIONS = [  # (id, payload, status, code, param); the server has served step
     ("metrics_bool", payload(2, grad=G, extra=bad_metrics('{"valid_loss": true}')), 400, "invalid_header", "metrics"),
     ("metrics_on_infer", payload(0, kind="infer", extra=bad_metrics("{")), 400, "invalid_header", protocol.METRICS),
     ("metrics_on_final", FINAL_BAD_METRICS, 400, "invalid_header", protocol.METRICS),
+    ("final_without_last_step", FINAL_NO_LAST_STEP, 400, "invalid_header", protocol.LAST_STEP),
+    ("final_last_step_zero", final_last_step("0"), 400, "invalid_header", protocol.LAST_STEP),
+    ("final_last_step_negative", final_last_step("-3"), 400, "invalid_header", protocol.LAST_STEP),
+    ("final_last_step_text", final_last_step("2.0"), 400, "invalid_header", protocol.LAST_STEP),
+    ("final_last_step_huge", final_last_step("9" * 40), 400, "invalid_header", protocol.LAST_STEP),
 ]
 
 
@@ -371,11 +383,13 @@ def test_out_of_order_step_is_409_with_expected_step(server, rec):
     assert (error.status_code, error.expected_step) == (409, 3)
 
 
-def test_a_gradient_without_a_pending_forward_is_unexpected(server, rec):
+def test_a_gradient_without_a_pending_forward_says_resend_this_step_without_it(server, rec):
     before = state(server)
     for body in (payload(1, grad=G), payload(1, grad=G, activations=False)):
         error = _rejected(server, body)
-        assert (error.status_code, error.code, error.param) == (400, "unexpected_gradient", protocol.GRAD_OUTPUT)
+        got = (error.status_code, error.code, error.param, error.expected_step)
+        assert got == (409, "step_out_of_order", protocol.GRAD_OUTPUT, 1)
+        assert error.headers["x-expected-step"] == "1"
     assert_unchanged(server, before)
 
 
@@ -393,10 +407,59 @@ def test_after_a_resume_the_expected_step_is_checkpoint_plus_one(tiny, server, t
         error = _rejected(resumed, body)
         assert (error.status_code, error.code, error.expected_step) == (409, "step_out_of_order", 4)
     error = _rejected(resumed, payload(4, grad=G))  # the right step, but no forward is pending after a resume
-    assert (error.status_code, error.code, error.param) == (400, "unexpected_gradient", protocol.GRAD_OUTPUT)
+    assert (error.status_code, error.code, error.expected_step) == (409, "step_out_of_order", 4)
     assert_unchanged(resumed, before)
     reply = resumed.handle(payload(4))
     assert output(reply).shape == G and checkpoint_of(reply) == 3
     assert resumed.trainer.steps_applied == 3 and resumed.trainer.has_pending
     resumed.handle(payload(5, grad=G))
     assert resumed.trainer.steps_applied == 4 and [s for s, _, _ in resumed_rec.updates] == [5]
+
+
+# ---- completion names the last applied step --------------------------------------------------------
+def test_completion_before_the_flush_is_refused_with_the_step_to_resend(server, rec):
+    reply_1 = server.handle(payload(1))
+    before = state(server)
+    error = _rejected(server, final(2))  # the flush of step 1's gradient (step 2) never arrived
+    assert (error.status_code, error.code, error.param, error.expected_step) == (
+        409,
+        "step_out_of_order",
+        "last_step",
+        1,
+    )
+    assert_unchanged(server, before)
+    assert rec.finishes == 0 and not server.finished
+    assert server.handle(payload(1)) == reply_1  # resending the expected step replays its reply
+    server.handle(payload(2, grad=G, activations=False))
+    server.handle(final(2))
+    assert server.finished and rec.finishes == 1 and server.trainer.steps_applied == 1
+
+
+@pytest.mark.parametrize("last_step", [2, 4])
+def test_completion_naming_other_steps_than_applied_is_refused(server, rec, last_step):
+    server.handle(payload(1))
+    server.handle(payload(2, grad=G))
+    server.handle(payload(3, grad=G, activations=False))  # 2 applied: the device's flush is step 3
+    error = _rejected(server, final(last_step))
+    assert (error.status_code, error.expected_step) == (409, 3)
+    assert rec.finishes == 0 and not server.finished
+    server.handle(final(3))
+    assert server.finished and rec.finishes == 1
+
+
+def test_a_resumed_worker_refuses_completion_until_the_lost_steps_are_redone(tiny, server, tmp_path):
+    server.handle(payload(1))
+    server.handle(payload(2, grad=G))
+    path = server.trainer.save(tmp_path / "step-1")  # the last checkpoint: step 1
+    server.handle(payload(3, grad=G, activations=False))  # the flush, lost with the worker
+    resumed_rec = Recorder()
+    resumed = _server(_trainer(tiny), resumed_rec)
+    resumed.trainer.load(path)
+    before = state(resumed)
+    error = _rejected(resumed, final(3))
+    assert (error.status_code, error.code, error.expected_step) == (409, "step_out_of_order", 2)
+    assert_unchanged(resumed, before)
+    resumed.handle(payload(2))
+    resumed.handle(payload(3, grad=G, activations=False))
+    resumed.handle(final(3))
+    assert resumed.finished and resumed_rec.finishes == 1 and [s for s, _, _ in resumed_rec.updates] == [3]
