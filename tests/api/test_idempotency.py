@@ -199,3 +199,43 @@ def test_inside_the_request_context_middleware_replays_carry_a_request_id_and_li
         headers = {"Authorization": f"Bearer {e.key}", "Idempotency-Key": "k-big", "content-type": "application/json"}
         r = client.post(JOBS, content=chunked, headers=headers)
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_the_official_client_retrying_a_lost_response_creates_one_job(settings):
+    """The bug of issue 11: the first create succeeds but its response is lost (a proxy answers 502);
+    the official openai client retries with the same Idempotency-Key and gets the first job back. (The
+    official client sends the header only when given one: its ``_idempotency_header`` is None.)"""
+    import openai
+
+    e = Env(settings)
+    lost = {"n": 0}
+
+    class LoseFirstResponse:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and scope["method"] == "POST" and lost["n"] == 0:
+                lost["n"] += 1
+
+                async def swallow(message):
+                    pass
+
+                await self.app(scope, receive, swallow)  # the job is created ...
+                await send({"type": "http.response.start", "status": 502, "headers": []})
+                await send({"type": "http.response.body", "body": b""})  # ... but the client never hears of it
+                return
+            await self.app(scope, receive, send)
+
+    e.app.add_middleware(LoseFirstResponse)
+    with TestClient(e.app) as client:
+        e.client = client
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=e.key, http_client=client, max_retries=2)
+        body = job_body()
+        job = sdk.fine_tuning.jobs.create(
+            model=body["model"],
+            training_file=None,
+            extra_body={"method": body["method"]},
+            extra_headers={"Idempotency-Key": "create-1"},
+        )
+        assert lost["n"] == 1 and e.jobs() == 1 and e.enqueuer.jobs == [job.id]
