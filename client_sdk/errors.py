@@ -12,12 +12,16 @@ Every error is a ``PrivTuneError``; catch a leaf to act on one failure, or a bra
      │    │    ├── NotFoundError                404
      │    │    ├── ConflictError                409
      │    │    │    ├── StepOutOfOrderError     409, code "step_out_of_order" (.expected_step)
+     │    │    │    ├── JobNotRunningError      409, code "job_not_running" (.job_status; the SDK waits
+     │    │    │    │                           while a worker takes the job back)
      │    │    │    └── SessionExpiredError     409, code "session_expired" (the SDK reopens the session)
      │    │    ├── PayloadTooLargeError         413
      │    │    ├── UnprocessableEntityError     422
      │    │    ├── RateLimitError               429
      │    │    └── InternalServerError          >= 500
-     │    │         └── ServiceUnavailableError 503
+     │    │         ├── ServiceUnavailableError 503
+     │    │         └── BottomExportError       code "bottom_export_failed": the provider cannot export
+     │    │                                     the bottom model; never retried
      │    ├── APIConnectionError        no response: DNS, refused, reset, TLS ...
      │    │    └── APITimeoutError      the request timed out
      │    └── APIResponseValidationError  a 2xx body that is not the object it should be
@@ -46,6 +50,8 @@ __all__ = [
     "ConflictError",
     "SessionExpiredError",
     "StepOutOfOrderError",
+    "JobNotRunningError",
+    "BottomExportError",
     "PayloadTooLargeError",
     "UnprocessableEntityError",
     "RateLimitError",
@@ -60,6 +66,8 @@ __all__ = [
 
 STEP_OUT_OF_ORDER = "step_out_of_order"
 SESSION_EXPIRED = "session_expired"
+JOB_NOT_RUNNING = "job_not_running"
+BOTTOM_EXPORT_FAILED = "bottom_export_failed"
 UNKNOWN_URL = "unknown_url"
 EXPECTED_STEP_HEADER = "x-expected-step"
 
@@ -151,6 +159,17 @@ class StepOutOfOrderError(ConflictError):
         self.expected_step = expected_step
 
 
+class JobNotRunningError(ConflictError):
+    """409 ``job_not_running``: the job takes no steps now; ``job_status`` is its status then (``queued``
+    while a worker takes it back after a crash, ``paused``, or a final one)."""
+
+    job_status: str | None
+
+    def __init__(self, message: str, *, job_status: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.job_status = job_status
+
+
 class SessionExpiredError(ConflictError):
     """An inference session expired or was lost with its worker; ``FineTunedModel`` opens a new one and
     replays what it had sent."""
@@ -174,6 +193,11 @@ class InternalServerError(APIStatusError):
 
 class ServiceUnavailableError(InternalServerError):
     """503: the server cannot answer yet (e.g. a bottom still being prepared); honours Retry-After."""
+
+
+class BottomExportError(InternalServerError):
+    """The provider failed to export the bottom model (code ``bottom_export_failed``): waiting will not
+    help, so it is never retried; ``client.bottoms`` names the model and split layer in the message."""
 
 
 class APIConnectionError(APIError):
@@ -263,6 +287,11 @@ def status_error_from_response(response: httpx.Response, *, unknown_url_hint: st
         if expected is None:
             expected = _as_int(response.headers.get(EXPECTED_STEP_HEADER))
         return StepOutOfOrderError(message, expected_step=expected, **fields)
+    if status == 409 and fields["code"] == JOB_NOT_RUNNING:
+        job_status = error.get("job_status")
+        return JobNotRunningError(message, job_status=job_status if isinstance(job_status, str) else None, **fields)
+    if status >= 500 and fields["code"] == BOTTOM_EXPORT_FAILED:
+        return BottomExportError(message, **fields)
     if status == 409 and fields["code"] == SESSION_EXPIRED:
         return SessionExpiredError(message, **fields)
     if status == 404 and fields["code"] == UNKNOWN_URL and unknown_url_hint:

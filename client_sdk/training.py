@@ -7,10 +7,17 @@ the mean training loss over each window of ``REPORT_EVERY`` steps and the valida
 end of each epoch. With ``prefetch`` the next batch is privatised in a background thread while the
 reply to the current one is awaited (the bottom is frozen, so it does not depend on the reply); the
 SDK turns it off when the gateway is on this machine, where the two compete for the same cores.
+
+Crashes on the provider's side are followed, not fatal: while a worker takes the job back the gateway
+answers ``job_not_running`` and the device waits (:class:`WorkerWait`) and sends the same request
+again; the new worker's ``step_out_of_order`` (``expected_step``) then rewinds the device to its
+checkpoint; a completion the worker refuses (its applied steps differ from the device's) trains again
+from there (:meth:`DeviceTrainer.finish`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,10 +31,87 @@ from client_sdk import protocol, wire
 from client_sdk.data import batch_indices
 from client_sdk.end_state import EndStore
 from client_sdk.end_tasks import Batch
-from client_sdk.errors import StepOutOfOrderError
+from client_sdk.errors import JobNotRunningError, StepOutOfOrderError
 from client_sdk.jobspec import OptimizerSpec
 
 REPORT_EVERY = 10  # steps per reported training-loss mean
+DEFAULT_WORKER_WAIT = 600.0  # seconds the device waits for a worker to take a job back after a crash
+MAX_REWINDS = 5  # refusals of one step (or completion) in a row before the device gives up
+
+#: statuses in which a job comes back by itself (a worker restarting or claiming it)
+WAITING_STATUSES = ("validating_files", "queued", "running")
+
+
+class JobInterruptedError(RuntimeError):
+    """The job stopped taking steps and will not come back by itself (``status``: paused, cancelled,
+    failed or succeeded), or no worker took it back within the wait."""
+
+    def __init__(self, message: str, job_id: str, status: str | None):
+        super().__init__(message)
+        self.job_id, self.status = job_id, status
+
+
+@dataclass
+class WorkerWait:
+    """How the device waits through ``job_not_running`` (409) while a worker takes the job back.
+
+    :meth:`call` sends a request; on ``JobNotRunningError`` it polls ``status()`` (the job's status now)
+    with capped exponential backoff until it is ``running`` again and sends the same request once more,
+    for at most ``timeout_s`` in all (per outage). A job that is paused, cancelled, failed or succeeded
+    raises :class:`JobInterruptedError` naming the status (paused: how to resume); so does a wait past
+    ``timeout_s``. ``on_wait(status)`` is told before each poll (the progress bar shows it).
+    """
+
+    job_id: str
+    status: Callable[[], str]
+    timeout_s: float = DEFAULT_WORKER_WAIT
+    sleep: Callable[[float], None] = time.sleep
+    initial_delay: float = 0.5
+    max_delay: float = 10.0
+    on_wait: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s >= 0:
+            raise ValueError(f"the worker wait must be >= 0 seconds, got {self.timeout_s}")
+
+    def call(self, send: Callable[[], Any]) -> Any:
+        """``send()``'s result, waiting for the job to run again as often as the gateway says it does not."""
+        while True:
+            try:
+                return send()
+            except JobNotRunningError as exc:
+                self.wait(exc.job_status)
+
+    def wait(self, status: str | None) -> None:
+        """Return once the job runs again; raise :class:`JobInterruptedError` if it will not."""
+        started, waited, delay = time.monotonic(), 0.0, self.initial_delay
+        while True:
+            if status == "running" and waited:
+                return
+            if status not in WAITING_STATUSES:
+                raise JobInterruptedError(self._stopped(status), self.job_id, status)
+            elapsed = max(waited, time.monotonic() - started)
+            if elapsed >= self.timeout_s:
+                raise JobInterruptedError(
+                    f"no worker took job {self.job_id} back within {self.timeout_s:.0f} s (status {status!r}); "
+                    f"continue later with FineTuneJob.resume({self.job_id!r}, dataset, ...)",
+                    self.job_id,
+                    status,
+                )
+            if self.on_wait:
+                self.on_wait(status)
+            pause = min(delay, self.timeout_s - elapsed)
+            self.sleep(pause)
+            waited, delay = waited + pause, min(delay * 2, self.max_delay)
+            status = self.status()
+
+    def _stopped(self, status: str | None) -> str:
+        if status == "paused":
+            return (
+                f"job {self.job_id} is paused; resume it with FineTuneJob.resume({self.job_id!r}, dataset, "
+                "**the options it was created with) or client.fine_tuning.jobs.resume() and train again"
+            )
+        return f"job {self.job_id} is {status} and takes no more steps"
 
 
 @dataclass
@@ -78,6 +162,7 @@ class DeviceTrainer:
         float_dtype: str = "float16",
         gradient_noise: float = 0.0,
         prefetch: bool = True,
+        wait: WorkerWait | None = None,
     ):
         self.job_id, self.post, self.task = job_id, post, task
         self.examples, self.batch_size, self.seed, self.total_steps = list(examples), batch_size, seed, total_steps
@@ -101,8 +186,9 @@ class DeviceTrainer:
         self.report = TrainingReport()
         self._metrics: dict[str, float] = {}  # aggregates waiting for the next request
         self._window: list[float] = []
-        self.prefetch = prefetch
+        self.prefetch, self.wait = prefetch, wait
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtune-prefetch")
+        self._first_loss_step = 1  # the step of report.losses[0]
 
     # ---- the wire ---------------------------------------------------------------------------------
     def _send(
@@ -110,7 +196,7 @@ class DeviceTrainer:
     ) -> tuple[wire.WireHeader, dict[str, torch.Tensor]]:
         header = wire.WireHeader(self.job_id, step, kind, extra=extra or {})
         payload = wire.encode(tensors, header, float_dtype=self.float_dtype)
-        reply = self.post(payload)
+        reply = self.wait.call(lambda: self.post(payload)) if self.wait else self.post(payload)
         self.report.bytes_sent += len(payload)
         self.report.bytes_received += len(reply)
         return wire.decode(reply)
@@ -172,7 +258,9 @@ class DeviceTrainer:
 
         A ``StepOutOfOrderError`` (the worker restarted from a checkpoint) rewinds to the step the
         worker expects, without a gradient, with the end restored as saved after the step before;
-        batches are rebuilt from the step number.
+        batches are rebuilt from the step number. That step may be the one just refused (its gradient
+        answered a forward the new worker never ran): it is sent again without the gradient. A
+        ``JobNotRunningError`` waits for a worker (``wait``) and sends the same step again.
         """
         if self.store is not None and self.store.has(start_step - 1):
             self._restore(start_step - 1)
@@ -180,6 +268,8 @@ class DeviceTrainer:
             self._save(0)
         per_epoch = -(-len(self.examples) // self.batch_size)
         step, grad, started = start_step, None, time.perf_counter()
+        self._forget_losses(step)
+        refused: list[int] = []  # the expected steps of the refusals since the last answered step
         pending = self._prefetch(step)
         try:
             while step <= self.total_steps or grad is not None:
@@ -191,15 +281,19 @@ class DeviceTrainer:
                 try:
                     header, reply = self._send(tensors, step, extra=self._extra())
                 except StepOutOfOrderError as exc:
-                    if exc.expected_step is None or exc.expected_step == step:
+                    refused.append(exc.expected_step)
+                    if exc.expected_step is None or exc.expected_step < 1 or refused.count(exc.expected_step) > 1:
+                        raise  # nothing to resend, or the same answer again: the device cannot follow
+                    if len(refused) > MAX_REWINDS:
                         raise
                     if pending is not None:
                         pending.result()
                     step, grad = exc.expected_step, None
                     self._restore(step - 1)
-                    del self.report.losses[max(step - start_step, 0) :]
+                    self._forget_losses(step)
                     pending = self._prefetch(step)
                     continue
+                refused.clear()
                 if self.store is not None and protocol.CHECKPOINT in header.extra:
                     self.store.prune(int(header.extra[protocol.CHECKPOINT]))
                 if batch is None:  # the flush of the last gradient
@@ -217,6 +311,37 @@ class DeviceTrainer:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="privtune-prefetch")
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _forget_losses(self, step: int) -> None:
+        """Drop the losses of ``step`` and later (they are trained again)."""
+        if not self.report.losses:
+            self._first_loss_step = step
+        del self.report.losses[max(step - self._first_loss_step, 0) :]
+
+    def finish(
+        self,
+        complete: Callable[[bytes], Any],
+        validation: Sequence[Any] = (),
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> tuple[Any, dict[str, float]]:
+        """Complete the job: ``complete(payload)`` (e.g. ``jobs.complete``) with :meth:`finish_payload`
+        naming the last step answered, after the final :meth:`evaluate` of ``validation``. Returns
+        (what ``complete`` returned, the final validation). When the worker refuses (its applied steps
+        differ from this device's: a crash lost the last updates), the device trains again from the
+        worker's ``expected_step``, flushes and completes again (at most ``MAX_REWINDS`` times)."""
+        for attempt in range(MAX_REWINDS + 1):
+            after = self.evaluate(validation) if validation else {}
+            payload = self.finish_payload(after)
+            try:
+                send = functools.partial(complete, payload)
+                result = self.wait.call(send) if self.wait else send()
+                return result, after
+            except StepOutOfOrderError as exc:
+                expected = exc.expected_step
+                if expected is None or not 1 <= expected <= self.total_steps or attempt == MAX_REWINDS:
+                    raise
+                self.train(start_step=expected, progress=progress)
+        raise AssertionError("unreachable")
 
     def _account(self, step: int, batch: Batch, loss: float, started: float, progress: Any) -> None:
         mask = batch.tensors[protocol.ATTENTION_MASK]
@@ -255,8 +380,10 @@ class DeviceTrainer:
         return {"valid_loss": total_loss / count, accuracy: correct / count}
 
     def finish_payload(self, validation: dict[str, float] | None = None) -> bytes:
-        """The completion request: the worker saves the final adapter and ends the job. It carries the
-        aggregates still waiting and ``validation`` (the final :meth:`evaluate`), unless metrics are off."""
+        """The completion request: the worker saves the final adapter and ends the job. It names the
+        device's last step request (``protocol.LAST_STEP``: the flush, ``total_steps + 1``, which the
+        worker checks against its applied steps) and carries the aggregates still waiting and
+        ``validation`` (the final :meth:`evaluate`), unless metrics are off."""
         self._metrics.update(validation or {})
-        extra = {protocol.FINAL: "1", **self._extra()}
+        extra = {**protocol.completion_extra(self.total_steps + 1), **self._extra()}
         return wire.encode({}, wire.WireHeader(self.job_id, 0, "step", extra=extra))

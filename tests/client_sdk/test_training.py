@@ -17,11 +17,11 @@ from client_sdk import protocol, wire
 from client_sdk.data import Example, LabelMap, batch_indices
 from client_sdk.end_state import EndStore, MissingEndState
 from client_sdk.end_tasks import HeadTask
-from client_sdk.errors import StepOutOfOrderError
+from client_sdk.errors import JobNotRunningError, StepOutOfOrderError, status_error_from_response
 from client_sdk.jobspec import OptimizerSpec
 from client_sdk.models.ends import ClassifierHead
 from client_sdk.privatizer import Privatizer
-from client_sdk.training import DeviceTrainer
+from client_sdk.training import DeviceTrainer, JobInterruptedError, WorkerWait
 from tests.helpers import WORDS, make_tiny_bert
 
 JOB, BATCH, SEED, MAX_LENGTH, D = "ftjob-train", 4, 3, 16, 32
@@ -211,10 +211,165 @@ def test_a_rewind_without_the_saved_end_is_a_clear_error(privatizer, tmp_path):
         trainer(privatizer, FakeWorker(fail={1: 3}), store).train()  # from step 2 it cannot
 
 
-@pytest.mark.parametrize("expected", [None, 3])
-def test_a_step_out_of_order_without_another_step_to_send_is_raised(privatizer, expected):
+def test_a_step_out_of_order_without_another_step_to_send_is_raised(privatizer):
     with pytest.raises(StepOutOfOrderError):
-        trainer(privatizer, FakeWorker(fail={3: expected})).train()
+        trainer(privatizer, FakeWorker(fail={3: None})).train()
+
+
+def test_a_gradient_the_new_worker_never_saw_is_sent_again_without_it(privatizer, tmp_path):
+    unbroken = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "a"))
+    unbroken.train()
+    worker = FakeWorker(fail={3: 3})  # resumed from its checkpoint at step 2: step 3's gradient answers nothing
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path / "b"))
+    report = job.train()
+    assert [e.header.step for e in worker.seen] == [1, 2, 3, *range(3, TOTAL + 2)]
+    refused, resent = worker.seen[2], worker.seen[3]
+    assert protocol.GRAD_OUTPUT in refused.tensors and protocol.GRAD_OUTPUT not in resent.tensors
+    assert torch.equal(resent.tensors[protocol.HIDDEN], refused.tensors[protocol.HIDDEN])
+    assert report.steps == TOTAL and len(report.losses) == TOTAL
+    for name, tensor in unbroken.task.end.state().items():
+        torch.testing.assert_close(job.task.end.state()[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_a_flush_the_resumed_worker_already_applied_ends_training(privatizer, tmp_path):
+    worker = FakeWorker(fail={TOTAL + 1: TOTAL + 1})  # the worker checkpointed the flush, then crashed
+    report = trainer(privatizer, worker, EndStore(JOB, tmp_path)).train()
+    assert [e.header.step for e in worker.seen][-2:] == [TOTAL, TOTAL + 1] and report.steps == TOTAL
+
+
+class StubbornWorker(FakeWorker):
+    """Answers every request for ``step`` with step_out_of_order naming that step."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def __call__(self, payload: bytes) -> bytes:
+        if wire.decode(payload)[0].step == self.step:
+            self.fail[self.step] = self.step
+        return super().__call__(payload)
+
+
+def test_the_same_refusal_twice_in_a_row_is_raised_not_looped(privatizer, tmp_path):
+    worker = StubbornWorker(3)
+    with pytest.raises(StepOutOfOrderError):
+        trainer(privatizer, worker, EndStore(JOB, tmp_path)).train()
+    assert [e.header.step for e in worker.seen] == [1, 2, 3, 3]
+
+
+# ---- waiting through job_not_running ----------------------------------------------------------------
+def not_running(job_status: str) -> JobNotRunningError:
+    request = httpx.Request("POST", f"http://gateway.test/v1/fine_tuning/jobs/{JOB}/steps")
+    body = {"error": {"message": "not running", "code": "job_not_running", "job_status": job_status}}
+    error = status_error_from_response(httpx.Response(409, json=body, request=request))
+    assert isinstance(error, JobNotRunningError) and error.job_status == job_status
+    return error
+
+
+class CrashingWorker(FakeWorker):
+    """A worker that is gone while ``down`` says so: the gateway answers job_not_running (job queued)."""
+
+    def __init__(self, down_at: int, outages: int = 1):
+        super().__init__()
+        self.down_at, self.outages = down_at, outages
+
+    def __call__(self, payload: bytes) -> bytes:
+        header = wire.decode(payload)[0]
+        if header.kind == "step" and header.step == self.down_at and self.outages:
+            self.outages -= 1
+            self.seen.append(Exchange(payload, header, {}))
+            raise not_running("queued")
+        return super().__call__(payload)
+
+
+def recording_wait(statuses: list[str], **options) -> tuple[WorkerWait, list[float], list[str]]:
+    sleeps: list[float] = []
+    shown: list[str] = []
+    polls = iter(statuses)
+    wait = WorkerWait(JOB, lambda: next(polls), sleep=sleeps.append, on_wait=shown.append, **options)
+    return wait, sleeps, shown
+
+
+def test_the_device_waits_for_a_worker_and_sends_the_same_step_again(privatizer, tmp_path):
+    unbroken = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "a"))
+    unbroken.train()
+    worker = CrashingWorker(down_at=4)
+    wait, sleeps, shown = recording_wait(["queued"] * 6 + ["running"], max_delay=4.0)
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path / "b"), wait=wait)
+    job.train()
+    steps = [e.header.step for e in worker.seen]
+    assert steps == [1, 2, 3, 4, *range(4, TOTAL + 2)]
+    assert worker.seen[3].payload == worker.seen[4].payload  # the very same request, once a worker runs the job
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0] and shown == ["queued"] * 7  # capped backoff
+    for name, tensor in unbroken.task.end.state().items():
+        torch.testing.assert_close(job.task.end.state()[name], tensor, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("status", "match"), [("paused", r"paused; resume it with FineTuneJob.resume\('ftjob-train'"),
+                                               ("cancelled", "is cancelled"), ("failed", "is failed")])  # fmt: skip
+def test_a_job_that_will_not_come_back_is_a_clear_error_naming_its_status(privatizer, status, match):
+    wait, sleeps, _ = recording_wait(["queued", status])
+    with pytest.raises(JobInterruptedError, match=match) as info:
+        trainer(privatizer, CrashingWorker(down_at=2), wait=wait).train()
+    assert info.value.status == status and info.value.job_id == JOB and len(sleeps) == 2
+
+
+def test_the_wait_for_a_worker_has_a_deadline(privatizer):
+    wait, sleeps, _ = recording_wait(["queued"] * 100, timeout_s=20.0, max_delay=8.0)
+    with pytest.raises(JobInterruptedError, match="no worker took job ftjob-train back within 20 s"):
+        trainer(privatizer, CrashingWorker(down_at=2), wait=wait).train()
+    assert sum(sleeps) == pytest.approx(20.0) and max(sleeps) <= 8.0
+
+
+def test_without_a_wait_job_not_running_is_raised(privatizer):
+    with pytest.raises(JobNotRunningError):
+        trainer(privatizer, CrashingWorker(down_at=2)).train()
+
+
+# ---- completion names the last step -------------------------------------------------------------
+class CompletingWorker(FakeWorker):
+    """Refuses the first completion with ``expected_step`` (its applied steps were lost back to there)."""
+
+    def __init__(self, expected: int | None):
+        super().__init__()
+        self.expected, self.refuse, self.completions = expected, True, []
+
+    def complete(self, payload: bytes) -> str:
+        header, _ = wire.decode(payload)
+        self.completions.append(header)
+        if self.refuse:
+            request = httpx.Request("POST", f"http://gateway.test/v1/fine_tuning/jobs/{JOB}/complete")
+            expected, self.refuse = self.expected, False
+            self.fail_at = len(self.seen)
+            raise StepOutOfOrderError(
+                "resend", expected_step=expected, response=httpx.Response(409, request=request), body=None
+            )
+        return "done"
+
+
+def test_a_refused_completion_trains_again_from_the_expected_step_and_completes(privatizer, tmp_path):
+    unbroken = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "a"))
+    unbroken.train()
+    worker = CompletingWorker(expected=TOTAL - 1)  # a crash lost the last two updates
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path / "b"))
+    job.train()
+    result, after = job.finish(worker.complete)
+    assert result == "done" and after == {}
+    assert [h.extra[protocol.LAST_STEP] for h in worker.completions] == [str(TOTAL + 1)] * 2
+    assert [e.header.step for e in worker.seen[worker.fail_at :]] == [TOTAL - 1, TOTAL, TOTAL + 1]
+    assert protocol.GRAD_OUTPUT not in worker.seen[worker.fail_at].tensors
+    assert len(job.report.losses) == TOTAL
+    for name, tensor in unbroken.task.end.state().items():
+        torch.testing.assert_close(job.task.end.state()[name], tensor, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("expected", [None, 0, TOTAL + 1])
+def test_a_completion_refusal_the_device_cannot_follow_is_raised(privatizer, tmp_path, expected):
+    worker = CompletingWorker(expected=expected)
+    job = trainer(privatizer, worker, EndStore(JOB, tmp_path))
+    job.train()
+    with pytest.raises(StepOutOfOrderError):
+        job.finish(worker.complete)
 
 
 def test_a_new_device_process_resumes_from_its_saved_end(privatizer, tmp_path):
@@ -252,9 +407,9 @@ def test_the_finish_payload_is_final_and_carries_no_tensors(privatizer):
     assert header.extra[protocol.FINAL] == "1" and tensors == {}
     assert protocol.parse_metrics(header.extra[protocol.METRICS]) == {"valid_accuracy": 0.5}
     request = protocol.check_request(header, wire.inspect(payload)[1], SHAPE, JOB, require_final=True)
-    assert request.kind == "final"
+    assert (request.kind, request.last_step) == ("final", TOTAL + 1)  # the flush: the last step request
     quiet = trainer(privatizer, FakeWorker(), report_metrics=False).finish_payload({"valid_accuracy": 0.5})
-    assert dict(wire.decode(quiet)[0].extra) == {protocol.FINAL: "1"}
+    assert dict(wire.decode(quiet)[0].extra) == {protocol.FINAL: "1", protocol.LAST_STEP: str(TOTAL + 1)}
 
 
 def test_the_report_adds_up(privatizer):
