@@ -172,7 +172,7 @@ class JobRunner:
         """The claimed job, ``"deferred"`` when its organization is at its running cap (the job is sent
         again after a countdown), or None when it is not claimable."""
         cap = int(self.settings.max_running_jobs_per_org)
-        if cap > 0 and self._db(repo.org_running_jobs) >= cap:
+        if self._db(repo.defer_queued, cap):
             log.info("job %s: its organization runs %d jobs already; sent again later", self.job_id, cap)
             self._send_again(ORG_CAP_COUNTDOWN_S)
             return "deferred"

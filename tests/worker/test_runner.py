@@ -111,8 +111,10 @@ class Job:
         extra = {} if metrics is None else {protocol.METRICS: metrics}
         return wire.encode(tensors, wire.WireHeader(self.id, n, "step", extra=extra), float_dtype="float32")
 
-    def final(self, metrics: dict[str, float] | None = None) -> bytes:
-        extra = {protocol.FINAL: "1", **({protocol.METRICS: json.dumps(metrics)} if metrics else {})}
+    def final(self, metrics: dict[str, float] | None = None, last_step: int = TOTAL + 1) -> bytes:
+        """The completion after the flush request ``last_step`` (default: that of a TOTAL-step job)."""
+        metrics_extra = {protocol.METRICS: json.dumps(metrics)} if metrics else {}
+        extra = {**protocol.completion_extra(last_step), **metrics_extra}
         return wire.encode({}, wire.WireHeader(self.id, 0, "step", extra=extra))
 
 
@@ -322,7 +324,7 @@ def test_pause_checkpoints_releases_the_lease_and_a_resume_asks_for_checkpoint_p
     assert channel.rejections() == [
         (409, "step_out_of_order", 4),
         (409, "step_out_of_order", 4),
-        (400, "unexpected_gradient", None),
+        (409, "step_out_of_order", 4),  # a gradient with no forward to answer: go back to step 4
     ]
     assert channel.answers["req-1"].headers["x-expected-step"] == "4"
     # the resumed worker's replies name the checkpoint it resumed from (the device restores its end there)
@@ -341,9 +343,10 @@ def test_a_rejected_request_is_answered_through_the_channel_and_changes_nothing(
     )
     bad_metrics = job.step(2, grad=True, metrics='{"train_loss": "low"}')  # a valid step but for its metrics extra
     old_loss = job.step(2, grad=True, metrics='{"loss": 0.5}')  # the old protocol's per-step loss
-    script = [job.step(1), b"garbage bytes", bad_grad, logits_grad, bad_metrics, old_loss, job.step(1), job.final()]
+    cancel = lambda: env.do(repo.cancel_job, env.org, job.id)  # the job ends with nothing applied
+    script = [job.step(1), b"garbage bytes", bad_grad, logits_grad, bad_metrics, old_loss, job.step(1), cancel]
     result, channel = env.run(job.id, script)
-    assert result == "succeeded"
+    assert result == "cancelled"
     rejected = {
         rid: (a.status_code, a.code, a.param) for rid, a in channel.answers.items() if isinstance(a, StepRejected)
     }
@@ -602,7 +605,7 @@ def test_checkpoints_are_checksummed_pruned_and_a_corrupt_latest_falls_back_to_t
     (latest / "adapter.safetensors").write_bytes(b"torn write")
     env.do(repo.resume_job, env.org, job.id)
     script = [job.step(5), job.step(6, grad=True), job.step(7, grad=True), job.step(8, grad=True)]
-    result, channel = env.run(job.id, [*script, job.step(9, True, False), job.final()], worker="worker-2")
+    result, channel = env.run(job.id, [*script, job.step(9, True, False), job.final(last_step=9)], worker="worker-2")
     assert result == "succeeded"
     assert [e["data"]["step"] for e in env.of_kind(job.id, "checkpoint_skipped")] == [6]
     assert [e["data"]["step"] for e in env.of_kind(job.id, "job_restarted")] == [4]
@@ -657,4 +660,7 @@ def test_an_organization_at_its_running_cap_waits_queued_and_is_sent_again_later
     assert env.run(waiting.id, [], max_running_jobs_per_org=1)[0] == "deferred"
     row = env.get(waiting.id)
     assert (row["status"], row["attempt"], row["lease_owner"]) == ("queued", 0, None)
+    assert env.enqueued == [(waiting.id, 10.0)] and abs(row["enqueued_at"] - time.time()) < 5
+    env.do(repo.pause_job, env.org, waiting.id)  # a job that is not queued is not sent again
+    assert env.run(waiting.id, [], max_running_jobs_per_org=1)[0] == "skipped"
     assert env.enqueued == [(waiting.id, 10.0)]

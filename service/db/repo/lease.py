@@ -89,6 +89,15 @@ def claim_job(
     return snapshot(_current(session, job_id)) if claimed == 1 else None
 
 
+def defer_queued(session: Session, job_id: str, max_running_per_org: int) -> bool:
+    """True when ``job_id`` is ``queued`` and its organization already runs ``max_running_per_org``
+    jobs: then its ``enqueued_at`` is set to now (the caller sends it again after a countdown, and the
+    queued sweep leaves it alone meanwhile). False otherwise (no cap, below it, or not queued)."""
+    if max_running_per_org <= 0 or org_running_jobs(session, job_id) < max_running_per_org:
+        return False
+    return _update(session, Job.id == job_id, Job.status == st.QUEUED, enqueued_at=db_now(session)) == 1
+
+
 def org_running_jobs(session: Session, job_id: str) -> int:
     """How many jobs of ``job_id``'s organization are running, ``job_id`` excluded (0 when absent)."""
     org = select(Job.organization_id).where(Job.id == job_id).scalar_subquery()
