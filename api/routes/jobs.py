@@ -117,12 +117,8 @@ def resume_job(fine_tuning_job_id: str, principal: PrincipalDep, session: Sessio
 def delete_job(fine_tuning_job_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Any:
     """Delete a succeeded, failed or cancelled job with its events, checkpoints and every stored
     artifact (its model is gone too). A job not yet finished is 409: cancel it first."""
-    job = repo.require_job(session, fine_tuning_job_id, principal.organization_id)
-    if job["status"] in repo.status.TERMINAL:  # unusable at once, even if removing the files fails below
-        job_repo.mark_artifacts_deleted(session, fine_tuning_job_id)
-        session.commit()
     deleted = job_repo.delete_job(session, principal.organization_id, fine_tuning_job_id)
-    session.commit()
+    session.commit()  # the job and its model are gone before any file is touched
     delete_artifacts(settings, fine_tuning_job_id, deleted["checkpoint_paths"])
     return {"id": fine_tuning_job_id, "object": "fine_tuning.job", "deleted": True}
 

@@ -96,3 +96,14 @@ def test_only_paths_inside_the_artifact_dir_are_removed(env, tmp_path):
         repo.add_checkpoint(s, job["id"], 20, {}, str(outside))
     assert env.client.delete(f"/v1/fine_tuning/jobs/{job['id']}", headers=env.headers()).status_code == 200
     assert not job_dir.exists() and (outside / "keep").exists()
+
+
+def test_a_cancelled_job_whose_worker_still_holds_it_is_409_retryable(env):
+    job = env.create_job()
+    env.run_job(job["id"])
+    assert env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=env.headers()).status_code == 200
+    r = env.client.delete(f"/v1/fine_tuning/jobs/{job['id']}", headers=env.headers())
+    assert r.status_code == 409 and r.headers.get("x-should-retry") != "false" and r.headers["retry-after"]
+    with env.session() as s:
+        repo.finish_job(s, job["id"], "worker-1", "cancelled")  # the worker stops: the lease is cleared
+    assert env.client.delete(f"/v1/fine_tuning/jobs/{job['id']}", headers=env.headers()).status_code == 200

@@ -238,10 +238,15 @@ def delete_job(session: Session, organization_id: str, job_id: str) -> dict[str,
     """Delete a finished job (succeeded, failed or cancelled) with its events and checkpoint rows;
     returns its last snapshot with ``checkpoint_paths`` (the caller removes the stored artifacts).
     Raises :class:`ObjectNotFound` (absent or another organization's) or :class:`InvalidTransition`
-    (409: the job is not finished; cancel it first)."""
+    (409: the job is not finished, cancel it first; retryable while the worker of a cancelled job
+    still holds its lease, since it may be writing a last checkpoint)."""
     job = require_job(session, job_id, organization_id)
     if job["status"] not in st.TERMINAL:
         raise InvalidTransition(job_id, "deleted", job["status"], detail="Cancel it first, or wait until it ends.")
+    if job["lease_owner"] is not None and (job["lease_expires_at"] or 0) > now_f():
+        raise InvalidTransition(
+            job_id, "deleted yet", job["status"], retryable=True, detail="Its worker is still stopping; retry shortly."
+        )
     job["checkpoint_paths"] = checkpoint_paths(session, job_id)
     session.execute(delete(Event).where(Event.job_id == job_id))
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))

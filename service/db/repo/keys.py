@@ -117,7 +117,7 @@ def _record_use(session: Session, key_id: str, now: int) -> None:
         .values(last_used_at=now)
     )
     try:
-        with session.get_bind().connect() as conn:
+        with session.get_bind().engine.connect() as conn:  # its own connection, whatever the session is bound to
             conn.execute(stmt)
             conn.commit()
     except SQLAlchemyError as exc:  # bookkeeping only: the key stays valid
