@@ -33,7 +33,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _up(args: argparse.Namespace) -> int:
     import signal
 
-    from privtune.embedded import EmbeddedStack, PortInUse
+    from privtune.embedded import CannotListen, EmbeddedStack
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
@@ -47,7 +47,7 @@ def _up(args: argparse.Namespace) -> int:
                 stack.wait()
             except KeyboardInterrupt:
                 print("stopping")
-    except PortInUse as exc:  # raised by the first thing start() does: nothing was started
+    except CannotListen as exc:  # raised by the first thing start() does (a busy port...): nothing was started
         print(f"privtune up: {exc}", file=sys.stderr)
         return 2
     return 0

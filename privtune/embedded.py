@@ -27,18 +27,27 @@ log = logging.getLogger(__name__)
 KEY_FILE = "api_key"
 
 
-class PortInUse(RuntimeError):
+class CannotListen(RuntimeError):
+    """The gateway cannot listen on its address; nothing was started."""
+
+    def __init__(self, message: str, host: str, port: int):
+        super().__init__(message)
+        self.host, self.port = host, port
+
+
+class PortInUse(CannotListen):
     """The gateway's address is taken (by another ``privtune up``?); nothing was started."""
 
     def __init__(self, host: str, port: int):
-        super().__init__(f"port {port} on {host} is in use (another privtune up?); choose another with --port")
-        self.host, self.port = host, port
+        super().__init__(
+            f"port {port} on {host} is in use (another privtune up?); choose another with --port", host, port
+        )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` and listening (what uvicorn is then given). Raises
-    :class:`PortInUse` when the address is taken; other ``OSError``s (an address not on this machine)
-    pass through."""
+    :class:`PortInUse` when the address is taken, :class:`CannotListen` for any other refusal (an
+    address not on this machine, a privileged port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -49,7 +58,9 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(host, port) from None
-        raise
+        raise CannotListen(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --host or --port", host, port
+        ) from None
     sock.set_inheritable(False)
     return sock
 

@@ -231,8 +231,10 @@ def test_a_gateway_that_fails_after_the_workers_started_stops_everything(tmp_pat
 def test_bind_listener_holds_the_port_for_the_gateway():
     import socket
 
-    from privtune.embedded import PortInUse, bind_listener
+    from privtune.embedded import CannotListen, PortInUse, bind_listener
 
+    with pytest.raises(CannotListen, match="cannot listen on 192.0.2.1"):  # TEST-NET-1: not this machine's
+        bind_listener("192.0.2.1", 0)
     sock = bind_listener("127.0.0.1", 0)
     try:
         port = sock.getsockname()[1]
