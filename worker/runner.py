@@ -100,11 +100,13 @@ class JobRunner:
         self._last_heartbeat = float("-inf")
         self._lease_until = float("-inf")  # time.monotonic() by which our lease surely still holds
         self._claimed_at = time.monotonic()
+        self._keeper: LeaseKeeper | None = None  # renews the lease during setup
         self._window = (time.monotonic(), 0)  # (start, samples) for samples/s
 
     # ---- infrastructure helpers -----------------------------------------------------------------
     def _retry(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with infrastructure faults retried while the lease holds (at most ``infra_retry_s``)."""
+        self._take_keeper_renewal()
         budget = min(float(self.settings.infra_retry_s), self._lease_until - time.monotonic() - 1.0)
 
         def told(exc: BaseException, attempt: int) -> None:
@@ -113,7 +115,14 @@ class JobRunner:
         return self.backoff.call(lambda: fn(*args, **kwargs), budget, on_retry=told)
 
     def _lease_renewed(self, at: float | None = None) -> None:
+        """Our lease was renewed at ``at`` (time.monotonic(), default now): it holds ``lease_seconds`` more."""
         self._lease_until = (time.monotonic() if at is None else at) + float(self.settings.lease_seconds)
+
+    def _take_keeper_renewal(self) -> None:
+        """Count the background renewals of the setup's :class:`LeaseKeeper`, if one runs."""
+        renewed = None if self._keeper is None else self._keeper.renewed_at
+        if renewed is not None and renewed + float(self.settings.lease_seconds) > self._lease_until:
+            self._lease_renewed(renewed)
 
     def _db(self, fn, *args, **kwargs):
         def once():
@@ -277,14 +286,16 @@ class JobRunner:
         return source
 
     def _run(self, job: dict[str, Any]) -> str:
-        keeper = LeaseKeeper(
+        self._keeper = keeper = LeaseKeeper(
             self.sessionmaker, self.job_id, self.worker_id, self.settings.lease_seconds, self.settings.heartbeat_seconds
         )
-        with keeper:  # setup may outlast the lease: renew it meanwhile
-            source = self._setup(job)
+        try:
+            with keeper:  # setup may outlast the lease: renew it meanwhile
+                source = self._setup(job)
+        finally:
+            self._take_keeper_renewal()
+            self._keeper = None
         keeper.raise_if_lost()
-        if keeper.renewed_at is not None:
-            self._lease_renewed(keeper.renewed_at)
         if self.drain.is_set():
             return self._drain()
         if source is not None:

@@ -2,7 +2,12 @@
 runs to succeeded (its replies carry the latest checkpoint step, the device's metrics extra becomes the
 training loss of the metrics events), cancel and pause are seen at the next step, a resumed job asks
 for checkpoint + 1, a rejected request (a malformed metrics extra included) is answered through the
-channel and changes nothing, an unclaimable job is skipped."""
+channel and changes nothing, an unclaimable job is skipped. Faults (issue 11): database and Redis
+errors injected N times are retried to success with each step applied once; longer outages release
+the job to the queue with its checkpoint; a full disk keeps the previous checkpoint; the lease is
+renewed during setup; attempts are capped; tenants see an error reference, not exception text;
+checkpoints are checksummed, pruned and skipped when corrupt; SIGTERM drains; a device that never
+starts and an organization at its running cap release the worker."""
 
 from __future__ import annotations
 
@@ -560,6 +565,7 @@ def test_the_lease_is_renewed_while_the_model_is_set_up(env, monkeypatch):
     script = [job.step(1), *(job.step(n, grad=True) for n in (2, 3, 4)), job.step(5, True, False), job.final()]
     result, _ = env.run(job.id, script, lease_seconds=2, heartbeat_seconds=1)
     assert reaped == [[]] and result == "succeeded"
+    assert not [t for t in threading.enumerate() if t.name == f"lease-{job.id}"]  # the renewal thread stopped
 
 
 def test_a_job_claimed_more_than_max_attempts_fails_with_a_clear_error(env):
