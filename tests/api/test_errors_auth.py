@@ -191,3 +191,9 @@ def test_a_nested_wire_header_on_a_step_is_400(env):
     )
     _assert_envelope(r, 400)
     assert r.json()["error"]["code"] == "not_safetensors" and env.relay.calls == []
+
+
+def test_huge_integer_query_parameters_are_400(env):
+    r = env.client.get("/v1/fine_tuning/jobs?limit=" + "9" * 5000, headers=env.headers())
+    _assert_envelope(r, 400)
+    assert r.json()["error"]["param"] == "limit"
