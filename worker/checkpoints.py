@@ -88,6 +88,7 @@ def write_checkpoint(
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    old = None
     try:
         names = trainer.write_files(tmp, metrics)
         files = {}
@@ -100,13 +101,15 @@ def write_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         fsync_path(tmp)
-        old = None
         if final.exists():
             old = root / f".old-step-{step}-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_path(root)
     except BaseException:
+        if old is not None and not final.exists():  # the switch failed halfway: put the old copy back
+            os.replace(old, final)
+            old = None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:

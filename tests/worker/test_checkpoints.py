@@ -113,3 +113,20 @@ def test_a_checkpoint_written_before_manifests_still_loads_when_no_checksum_was_
     verify(legacy, None)
     with pytest.raises(CheckpointCorrupt):
         verify(legacy, "ab" * 32)
+
+
+def test_a_switch_that_fails_halfway_puts_the_old_copy_back(tmp_path, monkeypatch):
+    first = write_checkpoint(FakeTrainer(2), tmp_path, 2)
+    real, calls = checkpoints.os.replace, []
+
+    def replace(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # the new directory into place
+            raise OSError(errno.EIO, "I/O error")
+        return real(src, dst)
+
+    monkeypatch.setattr(checkpoints.os, "replace", replace)
+    with pytest.raises(OSError):
+        write_checkpoint(FakeTrainer(2), tmp_path, 2, {"again": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["step-2"]
+    verify(first.path, first.sha256)
