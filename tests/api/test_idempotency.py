@@ -239,3 +239,21 @@ def test_the_official_client_retrying_a_lost_response_creates_one_job(settings):
             extra_headers={"Idempotency-Key": "create-1"},
         )
         assert lost["n"] == 1 and e.jobs() == 1 and e.enqueuer.jobs == [job.id]
+
+
+def test_an_unexpected_error_releases_the_claim(settings):
+    """A route that raises (a 500 rendered outside this middleware) leaves nothing stored: the retry runs."""
+    e = Env(settings)
+
+    def broken():
+        raise RuntimeError("kaboom")
+
+    e.app.dependency_overrides[deps.get_enqueuer] = broken
+    with TestClient(e.app, raise_server_exceptions=False) as client:
+        e.client = client
+        r = e.post(job_body())
+        assert r.status_code == 500 and "kaboom" not in r.text
+        e.app.dependency_overrides[deps.get_enqueuer] = lambda: e.enqueuer
+        again = e.post(job_body())
+        assert again.status_code == 200 and "idempotent-replayed" not in again.headers
+        assert e.jobs() == 1
