@@ -15,6 +15,8 @@ only the device measured (``.metrics``, ``.report``): one job type, not a wrappe
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import sys
 import warnings
@@ -23,9 +25,10 @@ from typing import Any
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from client_sdk.client import Client
+from client_sdk.errors import PrivTuneError
 from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetError
 from client_sdk.session import DeviceSession
-from client_sdk.training import TrainingReport
+from client_sdk.training import DEFAULT_WORKER_WAIT, TrainingReport
 from client_sdk.types import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 
 __all__ = ["FineTuneJob", "Hyperparameters", "PrivacyConfig", "PrivacyTargetError", "PrivacyWarning"]
@@ -116,6 +119,7 @@ class FineTuneJob(FineTuningJob):
         state_dir: str | None = None,
         report_metrics: bool = True,
         wire_dtype: str = "q8",
+        worker_wait_s: float = DEFAULT_WORKER_WAIT,
         **columns: str | None,
     ) -> FineTuneJob:
         """Train privately on ``dataset`` and return the finished job (``metrics`` has the validation results).
@@ -130,10 +134,17 @@ class FineTuneJob(FineTuningJob):
         device. ``state_dir``: where the device keeps its end of the model (default
         ``$PRIVTUNE_STATE_DIR`` or ``~/.cache/privtune/jobs``); ``report_metrics=False`` sends no loss
         aggregates for the job's events. ``wire_dtype``: ``"q8"`` (8-bit blockwise, about half the bytes)
-        or ``"float16"`` for the perturbed states and gradients.
+        or ``"float16"`` for the perturbed states and gradients. ``worker_wait_s``: how long to wait, per
+        outage, for a worker to take the job back after a crash (``job_not_running``) before giving up.
+
+        Ctrl-C while the job trains pauses it (the worker checkpoints and releases), prints its id, the
+        step reached and the ``FineTuneJob.resume(...)`` call that continues it, and raises
+        ``KeyboardInterrupt``; a second Ctrl-C during the pause request exits at once.
 
         Raises ``JobSpecError`` (``.param`` names the option) before any local work for an option the
-        job contract or the server's limits refuse, ``DatasetError`` for a dataset it cannot read."""
+        job contract or the server's limits refuse, ``DatasetError`` for a dataset it cannot read,
+        ``BottomExportError`` (before any job is created) when the provider cannot export the bottom,
+        ``JobInterruptedError`` when the job is paused, cancelled or fails under it."""
         session = DeviceSession.prepare(
             dataset,
             model=model,
@@ -150,9 +161,12 @@ class FineTuneJob(FineTuningJob):
             state_dir=state_dir,
             report_metrics=report_metrics,
             wire_dtype=wire_dtype,
+            worker_wait_s=worker_wait_s,
             **columns,
         )
         record = session.client.fine_tuning.jobs.create(**session.job_body(suffix, metadata))
+        if progress:
+            print(f"created job {record.id} (status {record.status})", file=sys.stderr)
         return cls._run(session, record, progress)
 
     @classmethod
@@ -171,15 +185,26 @@ class FineTuneJob(FineTuningJob):
 
     @classmethod
     def _run(cls, session: DeviceSession, record: Any, progress: bool) -> FineTuneJob:
+        """Train the job and complete it; Ctrl-C pauses it (see :meth:`create`)."""
+        state: dict[str, Any] = {}  # the trainer, once there is one (the step reached)
+        try:
+            return cls._train(session, record, progress, state)
+        except KeyboardInterrupt:
+            trainer = state.get("trainer")
+            _pause_on_interrupt(session, record.id, trainer.report.steps if trainer else 0)
+            raise
+
+    @classmethod
+    def _train(cls, session: DeviceSession, record: Any, progress: bool, state: dict[str, Any]) -> FineTuneJob:
         session.wait_running(record.id)
-        trainer = session.trainer(record.id)
+        trainer = state["trainer"] = session.trainer(record.id)
         noiseless = not session.privatizer.mechanism.uses_noise
         if noiseless:
             warnings.warn(
                 f"mechanism {session.privacy.mechanism!r} adds no noise: the server receives your token "
                 "representations as computed (plain split learning, not private fine-tuning)",
                 PrivacyWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if progress:
             print(session.privacy_summary(), file=sys.stderr)
@@ -188,13 +213,16 @@ class FineTuneJob(FineTuningJob):
             f"fine-tuning, NO noise (mechanism={session.privacy.mechanism!r})" if noiseless else "private fine-tuning"
         )
         bar = _ProgressBar(session.total_steps, 1, desc) if progress else None
+        if bar and trainer.wait:
+            trainer.wait.on_wait = bar.waiting
+        update = bar.update if bar else None
         try:
-            report = trainer.train(start_step=1, progress=bar.update if bar else None)
+            report = trainer.train(start_step=1, progress=update)
+            complete = functools.partial(session.client.fine_tuning.jobs.complete, record.id)
+            record, after = trainer.finish(complete, session.valid, progress=update)
         finally:
             if bar:
                 bar.close()
-        after = trainer.evaluate(session.valid) if session.valid else {}
-        record = session.client.fine_tuning.jobs.complete(record.id, trainer.finish_payload(after))
         session.save_final(trainer)
         return cls.of(session.client, record, report, session.metrics(trainer, report, before, after))
 
@@ -224,5 +252,54 @@ class _ProgressBar:
         self.bar.n = step
         self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.1f}")
 
+    def waiting(self, status: str) -> None:
+        """Shown while the job waits for a worker (after a crash); the next step's figures replace it."""
+        self.bar.set_postfix_str(f"waiting for a worker (job {status})")
+
     def close(self) -> None:
         self.bar.close()
+
+
+def resume_call(job_id: str, options: dict[str, Any]) -> str:
+    """The ``FineTuneJob.resume(...)`` call that continues ``job_id``: the options that differ from
+    :meth:`FineTuneJob.create`'s defaults, as given (``dataset`` and ``client`` stand for the user's)."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(FineTuneJob.create).parameters.items()
+        if p.default is not p.empty
+    }
+    given = [f"{key}={value!r}" for key, value in options.items() if key not in defaults or defaults[key] != value]
+    return f"FineTuneJob.resume({', '.join([repr(job_id), 'dataset', *given])})"
+
+
+def _pause_on_interrupt(session: DeviceSession, job_id: str, step: int) -> None:
+    """After Ctrl-C: pause the job (the worker checkpoints its applied steps and releases) and say how to
+    continue. A second Ctrl-C during the request leaves at once, saying the job was not paused."""
+    resume = resume_call(job_id, session.options)
+    jobs = session.client.fine_tuning.jobs
+    print(
+        f"\ninterrupted at step {step} of {session.total_steps}: pausing job {job_id} (Ctrl-C again to leave "
+        "without pausing) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        jobs.pause(job_id)
+    except KeyboardInterrupt:
+        print(
+            f"job {job_id} was NOT paused and keeps its worker until the device idle timeout; pause it with "
+            f"client.fine_tuning.jobs.pause({job_id!r}) or cancel it with client.fine_tuning.jobs.cancel({job_id!r}); "
+            f"continue it with:\n    {resume}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    except PrivTuneError as exc:
+        print(f"could not pause job {job_id}: {exc}\nto continue it later:\n    {resume}", file=sys.stderr, flush=True)
+        return
+    print(
+        f"job {job_id} is paused at its last checkpoint (step {step} reached on this device). Continue it with:\n"
+        f"    {resume}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -18,6 +18,7 @@ from client_sdk.client import Client
 from client_sdk.data import LabelMap, load_examples, train_validation_split, warn_rare_classes
 from client_sdk.jobspec import JobSpecError, LegacyHyperparameters, PrivtuneMethod, ServerLimits, check_limits
 from client_sdk.options import Hyperparameters, PrivacyConfig, PrivacyTargetError, job_spec
+from client_sdk.training import DEFAULT_WORKER_WAIT
 
 __all__ = ["DeviceSession"]
 
@@ -61,13 +62,25 @@ class DeviceSession:
         state_dir: str | None = None,
         report_metrics: bool = True,
         wire_dtype: str = DEFAULT_WIRE_DTYPE,
+        worker_wait_s: float = DEFAULT_WORKER_WAIT,
         **columns: str | None,
     ) -> DeviceSession:
         """Check everything the job contract can refuse, then do the local work (see the module doc).
 
         ``columns``: ``text_column`` / ``label_column`` (classification), ``prompt_column`` /
-        ``completion_column`` / ``messages_column`` (generation)."""
+        ``completion_column`` / ``messages_column`` (generation). ``worker_wait_s``: how long training
+        waits, per outage, for a worker to take the job back after a crash (``WorkerWait``)."""
         self = cls()
+        #: the options as given (what ``FineTuneJob.resume`` needs again), ``client`` aside
+        self.options: dict[str, Any] = {
+            "model": model, "task": task, "privacy": privacy, "hyperparameters": hyperparameters,
+            "split_layer": split_layer, "max_length": max_length, "validation_split": validation_split, "seed": seed,
+            "cache_dir": cache_dir, "tail_layers": tail_layers, "state_dir": state_dir,
+            "report_metrics": report_metrics, "wire_dtype": wire_dtype, "worker_wait_s": worker_wait_s, **columns,
+        }  # fmt: skip
+        if not worker_wait_s >= 0:
+            raise JobSpecError(f"worker_wait_s must be >= 0 seconds, got {worker_wait_s!r}", "worker_wait_s")
+        self.worker_wait_s = float(worker_wait_s)
         self.client = client or Client()
         self.model, self.task, self.split_layer, self.seed = model, task, split_layer, seed
         self.max_length, self.tail_layers, self.report_metrics = max_length, tail_layers, report_metrics
@@ -281,7 +294,7 @@ class DeviceSession:
         is saved under ``state_dir`` (default ``$PRIVTUNE_STATE_DIR`` or ``~/.cache/privtune/jobs``)."""
         from client_sdk.end_state import EndStore
         from client_sdk.end_tasks import HeadTask, TailTask
-        from client_sdk.training import DeviceTrainer
+        from client_sdk.training import DeviceTrainer, WorkerWait
 
         store = EndStore(job_id, self.state_dir)
         self._keep_privacy(store)
@@ -306,6 +319,12 @@ class DeviceSession:
             report_metrics=self.report_metrics,
             float_dtype=self.wire_dtype,
             prefetch=not _on_this_machine(self.client.base_url),
+            wait=WorkerWait(
+                job_id,
+                lambda: self.client.fine_tuning.jobs.retrieve(job_id).status,
+                timeout_s=self.worker_wait_s,
+                sleep=self.client.sleep,
+            ),
         )
 
     def _keep_privacy(self, store: Any) -> None:

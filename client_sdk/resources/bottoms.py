@@ -27,7 +27,13 @@ from client_sdk._constants import (
 )
 from client_sdk._http import connection_error_message, parse_retry_after, timeout_message
 from client_sdk._http import path_segment as _seg
-from client_sdk.errors import APIConnectionError, APITimeoutError, BottomArtifactError, ServiceUnavailableError
+from client_sdk.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    BottomArtifactError,
+    BottomExportError,
+    ServiceUnavailableError,
+)
 from client_sdk.resources._base import SyncAPIResource
 from client_sdk.types import BottomManifest
 
@@ -48,13 +54,22 @@ class Bottoms(SyncAPIResource):
         ``tail_layers``: and the base weights of the last blocks, the device's generation tail).
 
         While the server is still preparing it (503) this polls, waiting as long as Retry-After says,
-        for up to ``wait_timeout`` seconds; then the last ``ServiceUnavailableError`` is raised.
+        for up to ``wait_timeout`` seconds; then the last ``ServiceUnavailableError`` is raised. When the
+        provider could not export it (``bottom_export_failed``, marked ``x-should-retry: false``) a
+        ``BottomExportError`` naming the model and split layer is raised at once, never retried.
         """
         path = f"privtune/bottoms/{_seg(model)}/{_seg(split_layer)}"
         started, waited = time.monotonic(), 0.0
         while True:
             try:
                 return self._request("GET", path, BottomManifest, params=_params(tail_layers), retry_unavailable=False)
+            except BottomExportError as exc:
+                exc.message = (
+                    f"the provider could not export the bottom of {model!r} at split layer {split_layer}"
+                    f"{f' with {tail_layers} tail layers' if tail_layers else ''}: {exc.message} "
+                    "(retrying will not help; tell the provider, or choose another model or split_layer)"
+                )
+                raise
             except ServiceUnavailableError as exc:
                 if exc.response.headers.get("x-should-retry", "").lower() == "false":
                     raise

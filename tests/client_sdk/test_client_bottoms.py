@@ -155,3 +155,27 @@ def test_a_download_that_breaks_names_the_file_and_url_and_leaves_nothing(tmp_pa
         in str(info.value)
     )
     assert list(tmp_path.iterdir()) == []
+
+
+EXPORT_FAILED = error(
+    500,
+    "the bottom model could not be exported: the model package is missing",
+    code="bottom_export_failed",
+    headers={"x-should-retry": "false"},
+)
+
+
+@pytest.mark.parametrize("call", ["manifest", "download"])
+def test_a_failed_export_is_a_clear_error_at_once_never_retried_or_polled(tmp_path, call):
+    rec = Recorder(EXPORT_FAILED)
+    client, sleeps = make_client(rec)
+    kwargs = {"cache_dir": tmp_path} if call == "download" else {}
+    with pytest.raises(
+        errors.BottomExportError, match="could not export the bottom of 'smollm2-135m' at split layer 2"
+    ):
+        getattr(client.bottoms, call)("smollm2-135m", 2, **kwargs)
+    assert len(rec.requests) == 1 and sleeps == [] and list(tmp_path.iterdir()) == []
+    with pytest.raises(errors.BottomExportError) as info:
+        client.bottoms.manifest("smollm2-135m", 2, tail_layers=4)
+    assert isinstance(info.value, errors.InternalServerError) and info.value.code == "bottom_export_failed"
+    assert "with 4 tail layers" in str(info.value) and "the model package is missing" in str(info.value)
