@@ -670,3 +670,36 @@ def test_an_organization_at_its_running_cap_waits_queued_and_is_sent_again_later
     env.do(repo.pause_job, env.org, waiting.id)  # a job that is not queued is not sent again
     assert env.run(waiting.id, [], max_running_jobs_per_org=1)[0] == "skipped"
     assert env.enqueued == [(waiting.id, 10.0)]
+
+
+def test_a_shutdown_during_setup_releases_the_job_before_serving(env):
+    job = env.job()
+    drain = threading.Event()
+    drain.set()  # SIGTERM arrived while the model was being built
+    assert env.run(job.id, [], drain=drain)[0] == "released"  # the channel is never read
+    row = env.get(job.id)
+    assert (row["status"], row["attempt"]) == ("queued", 0) and env.enqueued == [(job.id, None)]
+    assert env.of_kind(job.id, "job_released")[0]["data"] == {
+        "kind": "job_released",
+        "reason": "worker_shutdown",
+        "step": 0,
+    }
+
+
+def test_a_full_disk_at_the_end_releases_the_job_instead_of_failing_it(env, monkeypatch):
+    job = env.job()
+    real = TopTrainer.write_files
+
+    def write_files(self, directory, metrics=None):
+        if self.steps_applied == TOTAL:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, directory, metrics)
+
+    monkeypatch.setattr(TopTrainer, "write_files", write_files)
+    script = [job.step(1), *(job.step(n, grad=True) for n in (2, 3, 4)), job.step(5, True, False), job.final()]
+    assert env.run(job.id, script, checkpoint_every=2)[0] == "released"
+    row = env.get(job.id)
+    assert (row["status"], row["error"]) == ("queued", None) and env.enqueued == [(job.id, None)]
+    assert [c["step_number"] for c in env.checkpoints(job.id)] == [2]
+    released = env.of_kind(job.id, "job_released")[0]
+    assert "checkpoint disk" in released["message"] and released["data"]["step"] == 2
