@@ -18,7 +18,6 @@ See ``client_sdk/protocol.py`` for the step protocol and its numbering.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from service.errors import StepRejected
 from service.relay import WorkerChannel
 from worker import checkpoints
 from worker.infra import Backoff, InfraUnavailable, is_disk_fault, is_infra, is_redis_fault
+from worker.job_errors import attempts_error, internal_error
 from worker.lease_keeper import LeaseKeeper
 from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec, pick_device
@@ -44,28 +44,6 @@ log = logging.getLogger(__name__)
 ORG_CAP_COUNTDOWN_S = 10.0
 #: Called to send ``worker.run_job(job_id)`` again, after ``countdown`` seconds (None: at once).
 Enqueue = Callable[[str, "float | None"], None]
-
-
-def internal_error(job_id: str) -> dict[str, Any]:
-    """The job error shown to a tenant for an unexpected worker exception: a generic message and a
-    fresh reference (``err_<hex>``) the caller logs with the traceback; never the exception's text."""
-    ref = f"err_{secrets.token_hex(8)}"
-    message = (
-        "The worker hit an internal error and the job cannot continue. "
-        f"Quote error reference {ref} to the service's operator; the job's checkpoints are kept."
-    )
-    return {"code": "worker_error", "message": message, "param": None, "ref": ref}
-
-
-def attempts_error(attempts: int) -> dict[str, Any]:
-    """The job error when a job was claimed more than ``max_attempts`` times."""
-    message = (
-        f"The job was started {attempts} times; each time its worker stopped before finishing (a crash, "
-        "a restart or an out-of-memory kill), so it is not retried again. Its checkpoints are kept: check "
-        "the job's events, then create a new job (a smaller batch_size or max_tokens often helps) or "
-        "contact the service's operator if it happens again."
-    )
-    return {"code": "max_attempts_exceeded", "message": message, "param": None}
 
 
 class JobRunner:
@@ -169,7 +147,7 @@ class JobRunner:
         except Exception as exc:
             if is_infra(exc):
                 return self._give_back(exc)
-            error = internal_error(self.job_id)
+            error = internal_error()
             log.exception("job %s failed (error reference %s)", self.job_id, error["ref"])
             return self._fail(error, f"internal error {error['ref']}")
         finally:
