@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.reaper import reaper_task
-from api.routes import files, health, inference, jobs, models, split
+from api.routes import dashboard, files, health, inference, jobs, models, split
 from service.db.session import make_engine, make_session_factory
 from service.settings import Settings, get_settings
 
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = None
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, body_limit=_body_limit(settings))
-    for module in (jobs, split, inference, files, models, health):
+    for module in (jobs, split, inference, files, models, health, dashboard):
         app.include_router(module.router)
     return app
 
