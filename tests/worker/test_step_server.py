@@ -10,13 +10,14 @@ import copy
 import json
 import pickle
 
+import httpx
 import pytest
 import torch
 
 from client_sdk import protocol, wire
 from client_sdk.jobspec import PrivtuneMethod, step_shape
 from service.errors import StepRejected
-from tests.helpers import make_tiny_bert, make_tiny_llama
+from tests.helpers import WORDS, make_tiny_bert, make_tiny_llama
 from worker.step_server import StepServer
 from worker.trainer import TopTrainer, TrainSpec
 
@@ -463,3 +464,131 @@ def test_a_resumed_worker_refuses_completion_until_the_lost_steps_are_redone(tin
     resumed.handle(payload(3, grad=G, activations=False))
     resumed.handle(final(3))
     assert resumed.finished and resumed_rec.finishes == 1 and [s for s, _, _ in resumed_rec.updates] == [3]
+
+
+# ---- a device through worker crashes ---------------------------------------------------------------
+def _not_running():
+    """The gateway's answer while the job is queued again (its worker died)."""
+    from client_sdk.errors import status_error_from_response
+
+    request = httpx.Request("POST", f"http://gateway.test/v1/fine_tuning/jobs/{JOB}/steps")
+    body = {"error": {"message": "not running", "code": "job_not_running", "job_status": "queued"}}
+    return status_error_from_response(httpx.Response(409, json=body, request=request))
+
+
+def _sdk_error(exc: StepRejected):
+    """What the device's client raises for a refusal the relay carried to the gateway."""
+    from client_sdk.errors import status_error_from_response
+
+    request = httpx.Request("POST", f"http://gateway.test/v1/fine_tuning/jobs/{JOB}/steps")
+    return status_error_from_response(
+        httpx.Response(exc.status_code, json=exc.body(), headers=exc.headers, request=request)
+    )
+
+
+class WorkerLineage:
+    """One job's workers in turn, as the gateway shows them to the device: a ``StepServer`` that saves a
+    checkpoint every ``every`` applied steps; at the request ``crash_at`` (a step number, or ``"complete"``)
+    the worker applies it and dies before its reply leaves, the gateway answers ``job_not_running`` (the
+    job is queued again), and the next worker (a fresh ``StepServer``) resumes from the last checkpoint
+    once the device polls the job. ``applied`` lists the step of every gradient applied by any worker."""
+
+    def __init__(self, tiny, directory, crash_at: int | str | None = None, every: int = 3):
+        self.tiny, self.directory, self.crash_at, self.every = tiny, directory, crash_at, every
+        self.checkpoint, self.applied, self.server, self.workers = 0, [], None, 0
+        self.resumed_from: list[int] = []  # the checkpoint step each worker started from
+        self.refusals: list[tuple[int, str, int | None]] = []  # (status, code, expected_step) answered
+        self.start()
+
+    def start(self) -> None:
+        trainer = _trainer(self.tiny)
+        for module in trainer.model.modules():  # a deterministic forward, so runs can be compared exactly
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if self.checkpoint:
+            assert trainer.load(self.directory / f"step-{self.checkpoint}") == self.checkpoint
+        self.resumed_from.append(self.checkpoint)
+        self.server = StepServer(
+            trainer, step_shape(METHOD, HIDDEN), JOB, on_update=self.on_update, checkpoint_step=lambda: self.checkpoint
+        )
+        self.workers += 1
+
+    def on_update(self, header: wire.WireHeader, norm: float, batch: int) -> None:
+        self.applied.append((self.workers, header.step - 1))  # (worker, the step whose gradient it applied)
+        trainer = self.server.trainer
+        if trainer.steps_applied % self.every == 0:
+            trainer.save(self.directory / f"step-{trainer.steps_applied}")
+            self.checkpoint = trainer.steps_applied
+
+    def status(self) -> str:
+        if self.server is None:
+            self.start()  # a worker claimed the job: it runs again
+        return "running"
+
+    def __call__(self, payload: bytes) -> bytes:
+        if self.server is None:
+            raise _not_running()
+        header = wire.decode(payload)[0]
+        try:
+            reply = self.server.handle(payload)
+        except StepRejected as exc:
+            self.refusals.append((exc.status_code, exc.code, exc.expected_step))
+            raise _sdk_error(exc) from None
+        name = "complete" if protocol.FINAL in header.extra else header.step
+        if header.kind == "step" and name == self.crash_at:
+            self.crash_at, self.server = None, None  # the reply is lost with the worker
+            raise _not_running()
+        return reply
+
+
+@pytest.fixture(scope="module")
+def device_parts(tiny):
+    from client_sdk.data import Example, LabelMap
+    from client_sdk.privatizer import Privatizer
+    from worker.models import build_bottom
+
+    bottom, tokenizer = build_bottom(tiny[0], METHOD.split_layer)
+    examples = [Example(" ".join(WORDS[i : i + 2 + i % 3]), ("neg", "pos")[i % 2]) for i in range(20)]
+    return Privatizer(bottom, tokenizer, "none", max_length=8), LabelMap.fit(["neg", "pos"]), examples
+
+
+def _device(device_parts, worker: WorkerLineage, directory):
+    from client_sdk.end_state import EndStore
+    from client_sdk.end_tasks import HeadTask
+    from client_sdk.models.ends import ClassifierHead
+    from client_sdk.training import DeviceTrainer, WorkerWait
+
+    privatizer, labels, examples = device_parts
+    head = ClassifierHead(HIDDEN, LABELS, torch.Generator().manual_seed(7))
+    wait = WorkerWait(JOB, worker.status, sleep=lambda s: None)
+    return DeviceTrainer(JOB, worker, HeadTask(head, privatizer, labels), examples, 4, optimizer=METHOD.optimizer,
+                         total_steps=METHOD.total_steps, seed=1, store=EndStore(JOB, directory), wait=wait)  # fmt: skip
+
+
+@pytest.mark.parametrize(("crash_at", "expected"), [(4, 4), (6, 4), (METHOD.total_steps + 1, 10), ("complete", 10)])
+def test_a_device_through_a_worker_crash_ends_exactly_where_an_unbroken_run_ends(
+    tiny, device_parts, tmp_path, crash_at, expected
+):
+    """4: the checkpoint holds the lost step's gradient (it is resent without it); 6: two updates are lost
+    and redone; the flush: its gradient is lost; at completion: the worker refuses it, the device redoes
+    the steps after the checkpoint and completes again."""
+    total = METHOD.total_steps
+    runs = {}
+    for name, crash in (("unbroken", None), ("crashed", crash_at)):
+        worker = WorkerLineage(tiny, tmp_path / name / "worker", crash_at=crash)
+        device = _device(device_parts, worker, tmp_path / name / "device")
+        device.train()
+        device.finish(worker)
+        assert worker.server.finished and worker.server.trainer.steps_applied == total
+        runs[name] = worker, device
+    (whole, whole_device), (crashed, crashed_device) = runs["unbroken"], runs["crashed"]
+    assert crashed.refusals == [(409, "step_out_of_order", expected)] and whole.refusals == []
+    assert crashed.workers == 2 and [s for _, s in whole.applied] == list(range(1, total + 1))
+    resumed = crashed.resumed_from[1]
+    kept = [s for w, s in crashed.applied if w == 1 and s <= resumed]  # in the checkpoint the second worker loaded
+    assert kept + [s for w, s in crashed.applied if w == 2] == list(range(1, total + 1))  # each step once, none lost
+    for name, tensor in whole.server.trainer.trainable.items():
+        torch.testing.assert_close(crashed.server.trainer.trainable[name], tensor, atol=1e-6, rtol=0)
+    for name, tensor in whole_device.task.end.state().items():
+        torch.testing.assert_close(crashed_device.task.end.state()[name], tensor, atol=1e-6, rtol=0)
+    assert len(crashed_device.report.losses) == total
