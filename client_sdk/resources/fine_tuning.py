@@ -127,14 +127,18 @@ class Jobs(SyncAPIResource):
 
         Transient failures are retried: the server answers a repeated step number with the reply it
         already computed, so a retry never takes a second optimizer step. A ``StepOutOfOrderError``
-        says which step to resend (``expected_step``).
+        says which step to resend (``expected_step``); a ``JobNotRunningError`` (``job_status``) that the
+        job takes no steps now, e.g. while a worker takes it back after a crash (``WorkerWait`` waits).
         """
         headers = {"Content-Type": OCTET, "Accept": OCTET}
         response = self._client.request("POST", _job_path(job_id, "steps"), content=bytes(payload), headers=headers)
         return response.content
 
     def complete(self, job_id: str, payload: bytes | None = None) -> FineTuningJob:
-        """Finish an interactive job, optionally with the final step's gradient payload; returns the job."""
+        """Finish an interactive job with its completion payload (``DeviceTrainer.finish_payload``: extra
+        ``final`` and ``last_step``, no tensors); returns the job. A ``StepOutOfOrderError`` means the
+        worker's applied steps differ from the payload's ``last_step``: train again from ``expected_step``
+        (``DeviceTrainer.finish`` does)."""
         content = None if payload is None else bytes(payload)
         headers = None if payload is None else {"Content-Type": OCTET}
         return self._request("POST", _job_path(job_id, "complete"), FineTuningJob, content=content, headers=headers)
