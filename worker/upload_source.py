@@ -44,7 +44,9 @@ class UploadSource:
         return wire.encode(tensors, wire.WireHeader(self.job_id, step, "step", extra=extra), float_dtype="float32")
 
     def _final(self) -> bytes:
-        return wire.encode({}, wire.WireHeader(self.job_id, 0, "step", extra={protocol.FINAL: "1"}))
+        # every gradient of steps 1..total_steps is applied: the last step request was the flush, total_steps + 1
+        extra = protocol.completion_extra(self.total_steps + 1)
+        return wire.encode({}, wire.WireHeader(self.job_id, 0, "step", extra=extra))
 
     def run(self, server: StepServer, total_steps: int, should_stop: Callable[[], bool]) -> bool:
         """Train from the server's next step to ``total_steps`` and complete the job; returns False
