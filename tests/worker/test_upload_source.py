@@ -133,7 +133,7 @@ def test_every_step_is_applied_and_the_job_completes_once(tiny, data):
     assert server.trainer.steps_applied == STEPS and not server.trainer.has_pending
     assert server.finished and rec.finishes == 1
     assert [h.step for h in rec.requests] == [*range(1, STEPS + 2), 0]  # steps, the flush, the completion
-    assert rec.requests[-1].extra == {protocol.FINAL: "1"}
+    assert rec.requests[-1].extra == protocol.completion_extra(STEPS + 1)  # names its last step, the flush
     assert [(step, batch) for step, batch, _ in rec.updates] == [(2, 4), (3, 4), (4, 2), (5, 4), (6, 4), (7, 2)]
     assert rec.outputs == [(4, 2), (4, 2), (2, 2), (4, 2), (4, 2), (2, 2)]  # the server-side head's logits (b, C)
     # the loss of step t travels with step t + 1 as the metrics extra, and is the training loss of its update
