@@ -85,6 +85,8 @@ class WorkerWait:
     def wait(self, status: str | None) -> None:
         """Return once the job runs again; raise :class:`JobInterruptedError` if it will not."""
         started, waited, delay = time.monotonic(), 0.0, self.initial_delay
+        if status is None:  # a gateway that did not say: ask
+            status = self.status()
         while True:
             if status == "running" and waited:
                 return

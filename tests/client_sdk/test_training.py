@@ -321,6 +321,15 @@ def test_the_wait_for_a_worker_has_a_deadline(privatizer):
     assert sum(sleeps) == pytest.approx(20.0) and max(sleeps) <= 8.0
 
 
+def test_a_refusal_without_the_job_status_asks_for_it():
+    wait, sleeps, _ = recording_wait(["queued", "running"])
+    wait.wait(None)
+    assert sleeps == [0.5]
+    wait, _, _ = recording_wait(["cancelled"])
+    with pytest.raises(JobInterruptedError, match="is cancelled"):
+        wait.wait(None)
+
+
 def test_without_a_wait_job_not_running_is_raised(privatizer):
     with pytest.raises(JobNotRunningError):
         trainer(privatizer, CrashingWorker(down_at=2)).train()
