@@ -30,6 +30,7 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
             f"metadata has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed.", param="metadata"
         )
     for key, value in metadata.items():
+        repo.check_metadata_key(key, "metadata")  # the same rule as the list filter's metadata[key]
         if len(key) > MAX_METADATA_KEY:
             raise BadRequest(f"metadata key {key[:20]!r}... exceeds {MAX_METADATA_KEY} characters.", param="metadata")
         if not isinstance(value, str):

@@ -62,10 +62,24 @@ class Manifest:
                 model=str(meta["model"]),
                 split_layer=int(meta["split_layer"]),
                 num_labels=int(meta["num_labels"]),
-                label_names=tuple(str(n) for n in json.loads(meta.get("label_names") or "[]")),
+                label_names=tuple(
+                    str(n)
+                    for n in wire.load_json(
+                        meta.get("label_names") or "[]", error=wire.SchemaError, param="label_names", max_depth=1
+                    )
+                ),
                 mechanism=str(meta.get("mechanism") or "none"),
-                mechanism_config=dict(json.loads(meta.get("mechanism_config") or "{}")),
+                mechanism_config=dict(
+                    wire.load_json(
+                        meta.get("mechanism_config") or "{}",
+                        error=wire.SchemaError,
+                        param="mechanism_config",
+                        max_depth=2,
+                    )
+                ),
             )
+        except wire.SchemaError:
+            raise  # already names its field
         except KeyError as exc:
             raise wire.SchemaError(f"the file's manifest lacks {exc.args[0]!r}", param=str(exc.args[0])) from None
         except (TypeError, ValueError) as exc:
