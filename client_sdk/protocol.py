@@ -47,7 +47,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from client_sdk.wire import FLOAT_DTYPES, SchemaError, ShapeRejected, TensorInfo, TensorSpec, WireHeader, check_specs
+from client_sdk.wire import (
+    FLOAT_DTYPES,
+    SchemaError,
+    ShapeRejected,
+    TensorInfo,
+    TensorSpec,
+    WireHeader,
+    check_specs,
+    load_json,
+)
 
 HIDDEN = "hidden"
 ATTENTION_MASK = "attention_mask"
@@ -199,13 +208,9 @@ def check_request(
 def parse_metrics(text: str) -> dict[str, float]:
     """The ``metrics`` extra as ``{name: value}``; ``SchemaError`` (param ``metrics``) unless it is a JSON
     object of finite numbers under :data:`METRIC_KEYS`."""
-    import json
     import math
 
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise SchemaError("extra metrics must be a JSON object", param=METRICS) from None
+    data = load_json(text, what="extra metrics", error=SchemaError, param=METRICS, max_depth=1)
     if not isinstance(data, dict) or len(data) > len(METRIC_KEYS):
         raise SchemaError("extra metrics must be a JSON object", param=METRICS)
     out: dict[str, float] = {}

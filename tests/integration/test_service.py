@@ -103,7 +103,7 @@ def test_retried_step_is_not_applied_twice(service):
     flush = wire.encode({protocol.GRAD_OUTPUT: torch.ones(4, D)}, wire.WireHeader(job.id, 3, "step"))
     client.fine_tuning.jobs.post_step(job.id, flush)
     done = client.fine_tuning.jobs.complete(
-        job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra={"final": "1"}))
+        job.id, wire.encode({}, wire.WireHeader(job.id, 0, "step", extra=protocol.completion_extra(3)))
     )
     assert done.status == "succeeded"
     steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]

@@ -210,6 +210,19 @@ def test_the_metrics_extra_is_reported_once_before_the_update_it_travels_with(se
     assert rec.metrics[-1] == (0, {"train_loss": 0.7}) and len(rec.metrics) == 4
 
 
+@pytest.mark.parametrize(
+    "metrics",
+    ["[" * 10_000 + "]" * 10_000, '{"train_loss": ' + "9" * 10_000 + "}", '{"train_loss": {"a": 1}}'],
+    ids=["nested", "huge-integer", "object-value"],
+)
+def test_a_hostile_metrics_extra_is_refused_and_changes_nothing(server, rec, metrics):
+    before = state(server)
+    error = _rejected(server, payload(1, extra={protocol.METRICS: metrics}))
+    assert (error.status_code, error.param) == (400, protocol.METRICS)
+    assert_unchanged(server, before)
+    assert rec.metrics == []
+
+
 def test_upload_mode_returns_logits_and_takes_their_gradient(tiny, rec):
     path, _ = tiny
     from worker.models import build_top
