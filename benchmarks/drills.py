@@ -168,7 +168,10 @@ def run_job(stack: Stack, spec: DeviceSpec, drill: Drill, fault_step: int, timeo
         final = again.wait(timeout)
         if final.get("event") == "error":
             verdict.failures.append(f"the resuming device failed too: {final.get('type')}: {final.get('message')}")
-    row = _quiet_row(stack, job_id, timeout)
+    # without a device nothing can end the job: read it as it stands, then free its worker for the next drill
+    row = stack.job_row(job_id) if final.get("event") == "error" else _quiet_row(stack, job_id, timeout)
+    if row.get("status") not in TERMINAL:
+        _cancel(stack, job_id)
     verdict.job_status, verdict.attempts = row.get("status"), row.get("attempt")
     verdict.steps_completed, verdict.total_steps = row.get("steps_completed"), row.get("total_steps")
     if row.get("status") != "succeeded":
@@ -186,6 +189,14 @@ def run_job(stack: Stack, spec: DeviceSpec, drill: Drill, fault_step: int, timeo
     verdict.wall_s = job_wall(records)
     verdict.outcome = "fail" if verdict.failures else "pass"
     return verdict
+
+
+def _cancel(stack: Stack, job_id: str) -> None:
+    try:
+        with stack.client() as client:
+            client.fine_tuning.jobs.cancel(job_id)
+    except Exception as exc:  # already ended meanwhile: nothing to free
+        print(f"cancel {job_id}: {exc!r}")
 
 
 def _quiet_row(stack: Stack, job_id: str, timeout: float) -> dict[str, Any]:
