@@ -11,8 +11,10 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
+from api.observability import ObservabilityMiddleware, close_probes
 from api.reaper import reaper_task
 from api.routes import dashboard, files, health, inference, jobs, models, split
+from api.routes import metrics as metrics_route
 from service.db.session import make_engine, make_session_factory
 from service.settings import Settings, get_settings
 
@@ -46,6 +48,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = getattr(app.state, "redis", None)
     if redis is not None:
         redis.close()
+    close_probes(app)
     app.state.engine.dispose()
 
 
@@ -66,9 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = None
     app.state.celery = None
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware)  # inside RequestContextMiddleware: sees the request id
     app.add_middleware(RequestContextMiddleware, body_limit=_body_limit(settings))
     for module in (jobs, split, inference, files, models, health, dashboard):
         app.include_router(module.router)
+    app.include_router(metrics_route.router)
     return app
 
 
