@@ -264,7 +264,7 @@ def full_disk(ctx: Context, full_for_steps: int = 10) -> list[Device]:
             pass
     ctx.notes.append(f"disk filled at device step {device.last_step()}")
     try:
-        device.wait_for_step(device.last_step() + full_for_steps)
+        device.wait_for_step(device.last_step() + full_for_steps, strict=False)
     finally:
         filler.unlink()
     ctx.notes.append(f"disk freed at device step {device.last_step()}")
@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the job (steps = rows*0.9/8 x epochs)")
     parser.add_argument("--fault-step", type=int, default=14, help="the fault comes once the device passed this step")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds one job may take")
+    parser.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs) and print where")
     args = parser.parse_args(argv)
     keys = args.only.split(",") if args.only else list(SHORT if args.short else LONG)
     unknown = [k for k in keys if k not in DRILLS]
@@ -429,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verdicts = DrillRunner(root, spec, args.fault_step, args.timeout).run(keys)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(f"\n{machine()}; {started:%Y-%m-%d %H:%M} UTC\n")
     print(table(verdicts))
     for v in verdicts:
