@@ -10,9 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.auth import INVALID_KEY, MISSING_KEY, PRINCIPAL
 from service.db import repo
 from service.errors import Authentication
-from service.redis_client import redis_client
+from service.redis_client import async_redis_client, redis_client
 from service.relay import StepRelay
 from service.settings import Settings
 
@@ -38,16 +39,15 @@ SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def get_principal(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> repo.Principal:
-    """The organization of the bearer key; 401 when the key is missing, malformed or revoked."""
-    if credentials is None:
-        raise Authentication(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-pt-...'.", code="missing_api_key"
-        )
-    principal = repo.authenticate(session, credentials.credentials)
+    """The organization of the bearer key, as ``api.auth.AuthMiddleware`` resolved it before the body
+    was read (no second lookup); 401 when there is none (the middleware answers such requests first)."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
     if principal is None:
-        raise Authentication("Incorrect API key provided.")
+        raise Authentication(
+            MISSING_KEY if credentials is None else INVALID_KEY, code=None if credentials else "missing_api_key"
+        )
     return principal
 
 
@@ -66,9 +66,20 @@ def get_redis(request: Request) -> Any:
 RedisDep = Annotated[Any, Depends(get_redis)]
 
 
+def get_async_redis(request: Request) -> Any:
+    """The app's ``redis.asyncio`` client (step and inference waits hold no thread), created on first
+    use on the app's event loop and closed in the lifespan."""
+    state = request.app.state
+    if getattr(state, "async_redis", None) is None:
+        settings = state.settings
+        longest = max(settings.step_timeout_s, settings.inference_timeout_s)
+        state.async_redis = async_redis_client(settings.redis_url, longest_wait_s=longest)
+    return state.async_redis
+
+
 def get_relay(request: Request) -> StepRelay:
-    """The step relay over the app's Redis client."""
-    return StepRelay(get_redis(request))
+    """The step relay over the app's async Redis client; its lists expire after ``redis_key_ttl_s``."""
+    return StepRelay(get_async_redis(request), key_ttl_s=request.app.state.settings.redis_key_ttl_s)
 
 
 RelayDep = Annotated[StepRelay, Depends(get_relay)]

@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from fastapi import FastAPI
 
+from api.auth import AuthMiddleware
 from api.errors import install_error_handlers
-from api.middleware import RequestContextMiddleware
+from api.limits import KeyLimiter, LimitMiddleware
+from api.middleware import BodyGuardMiddleware, RequestContextMiddleware, route_body_limit
 from api.observability import ObservabilityMiddleware, close_probes
 from api.reaper import reaper_task
 from api.routes import dashboard, files, health, inference, jobs, models, split
 from api.routes import metrics as metrics_route
+from api.routes import webhooks as webhooks_route
 from service.db.session import make_engine, make_session_factory
 from service.settings import Settings, get_settings
-
-MULTIPART_OVERHEAD = 1024 * 1024
 
 TAGS = [
     {"name": "fine-tuning", "description": "OpenAI-compatible fine-tuning jobs, events and checkpoints."},
@@ -29,25 +30,17 @@ TAGS = [
 ]
 
 
-def _body_limit(settings: Settings):
-    def limit(path: str, content_type: str) -> int:
-        if path.endswith(("/steps", "/complete")) or content_type == "application/octet-stream":
-            return settings.max_step_bytes
-        if content_type == "multipart/form-data":
-            return settings.max_file_bytes + MULTIPART_OVERHEAD
-        return settings.request_body_limit
-
-    return limit
-
-
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.threadpool_size
-    async with reaper_task(app, app.state.settings.reaper_interval_s):
+    async with reaper_task(app, app.state.settings.reaper_interval_s), webhooks_route.webhook_dispatcher(app):
         yield
     redis = getattr(app.state, "redis", None)
     if redis is not None:
         redis.close()
+    if getattr(app.state, "async_redis", None) is not None:
+        await app.state.async_redis.aclose()
+    await app.state.limiter.aclose()
     close_probes(app)
     app.state.engine.dispose()
 
@@ -69,11 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = None
     app.state.celery = None
     install_error_handlers(app)
+    app.state.limiter = KeyLimiter(settings)
+    body_limit = route_body_limit(settings.max_step_bytes, settings.max_file_bytes, settings.request_body_limit)
+    app.add_middleware(BodyGuardMiddleware, body_limit=body_limit, read_timeout_s=settings.body_read_timeout_s)
+    app.add_middleware(LimitMiddleware, limiter=app.state.limiter)  # the last added runs first:
+    app.add_middleware(AuthMiddleware, session_factory=app.state.session_factory)  # key before any body
     app.add_middleware(ObservabilityMiddleware)  # inside RequestContextMiddleware: sees the request id
-    app.add_middleware(RequestContextMiddleware, body_limit=_body_limit(settings))
+    app.add_middleware(RequestContextMiddleware)
     for module in (jobs, split, inference, files, models, health, dashboard):
         app.include_router(module.router)
     app.include_router(metrics_route.router)
+    app.include_router(webhooks_route.router)
     return app
 
 

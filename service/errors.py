@@ -6,8 +6,11 @@ envelope and its fields (imports no FastAPI, no torch; the gateway renders it, t
      ├── Authentication          401 invalid_request_error, code invalid_api_key
      ├── NotFound                404 invalid_request_error, code not_found
      ├── Conflict                409 invalid_request_error, x-should-retry: false unless retryable
+     ├── RequestTimeout          408 invalid_request_error, code request_timeout (the body stalled)
      ├── PayloadTooLarge         413 invalid_request_error, code payload_too_large
+     ├── UnsupportedMediaType    415 invalid_request_error, code unsupported_media_type
      ├── Unprocessable           422 invalid_request_error
+     ├── RateLimited             429 type requests, code rate_limit_exceeded, Retry-After + retry-after-ms
      ├── ServiceUnavailable      503 server_error, Retry-After
      │    └── StepTimeout        503 code step_timeout: the worker did not answer in time
      └── StepRejected            the worker refused a step (status chosen by the worker; the relay
@@ -20,6 +23,7 @@ status (:data:`WIRE_STATUS`, :func:`from_wire_error`), wherever it is raised.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar
 
 from client_sdk import wire
@@ -31,11 +35,14 @@ __all__ = [
     "Conflict",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
+    "RequestTimeout",
     "ServiceError",
     "ServiceUnavailable",
     "StepRejected",
     "StepTimeout",
     "Unprocessable",
+    "UnsupportedMediaType",
     "error_body",
     "from_wire_error",
 ]
@@ -109,6 +116,37 @@ class PayloadTooLarge(ServiceError):
 
 class Unprocessable(ServiceError):
     status_code, default_code = 422, "invalid_value"
+
+
+class RequestTimeout(ServiceError):
+    """408: the request body sent nothing for too long; the connection is closed."""
+
+    status_code, default_code = 408, "request_timeout"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("connection", "close")
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code, default_code = 415, "unsupported_media_type"
+
+
+class RateLimited(ServiceError):
+    """429 in OpenAI's shape (type ``requests``): retry after ``retry_after_s`` seconds (``Retry-After``
+    rounded up, ``retry-after-ms`` exact). ``reason`` is the limit hit (requests, concurrency, active_jobs)."""
+
+    status_code, default_code = 429, "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, reason: str = "requests", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.reason = reason
+        self.headers.setdefault("retry-after", str(max(1, math.ceil(retry_after_s))))
+        self.headers.setdefault("retry-after-ms", str(max(1, math.ceil(retry_after_s * 1000))))
+
+    @property
+    def error_type(self) -> str:
+        return "requests"
 
 
 class ServiceUnavailable(ServiceError):

@@ -2,7 +2,8 @@
 
 Keys (``J`` = job id, ``R`` = a request id chosen by the gateway):
 
-    pt:job:J:steps   list   gateway RPUSHes ``R (32 bytes) + payload``; the worker BLPOPs
+    pt:job:J:steps   list   gateway RPUSHes ``R (32 bytes) + payload`` (and renews the list's expiry,
+                            ``key_ttl_s``, in the same pipeline); the worker BLPOPs
     pt:reply:R       list   the worker LPUSHes ``status byte + body`` and sets a short TTL;
                             the gateway that sent R BLPOPs it
 
@@ -11,6 +12,9 @@ A reply's first byte is ``0`` for a wire payload (the step's output) or ``1`` fo
 "expected_step"}``). Replies go to a per-request list, so a rejection is never mistaken for the
 answer to a later, valid request. Idempotency lives in the
 worker: it remembers the reply to the last step it served and sends it again for a retried step.
+
+The gateway side (:class:`StepRelay`) runs on ``redis.asyncio``: a step waiting for its worker holds
+no thread. The worker side (:class:`WorkerChannel`) is blocking.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ REQUEST_ID_BYTES = 32
 REPLY_OK = b"\x00"
 REPLY_REJECTED = b"\x01"
 REPLY_TTL_S = 120
+DEFAULT_KEY_TTL_S = 3600
 
 
 def steps_key(job_id: str) -> str:
@@ -48,30 +53,41 @@ class StepMessage:
 
 
 class StepRelay:
-    """Gateway side: hand a step to the job's worker and wait for its reply."""
+    """Gateway side: hand a step to the job's worker and wait for its reply, on an async Redis client
+    (``service.redis_client.async_redis_client``). Every list it pushes to expires ``key_ttl_s`` after
+    its last push, so a job or worker that is gone leaks nothing."""
 
-    def __init__(self, redis_client: Any):
+    def __init__(self, redis_client: Any, key_ttl_s: int = DEFAULT_KEY_TTL_S):
         self.redis = redis_client
+        self.key_ttl_s = int(key_ttl_s)
 
-    def submit(self, job_id: str, step: int, payload: bytes, timeout_s: float) -> bytes:
+    async def submit(self, job_id: str, step: int, payload: bytes, timeout_s: float) -> bytes:
         """Queue ``payload`` for the job's worker and return the worker's reply bytes.
 
         Raises :class:`StepRejected` when the worker refuses the step and :class:`StepTimeout` when no
         reply arrives in ``timeout_s``. ``step`` is informational (the payload header is authoritative).
         """
-        return self.request(steps_key(job_id), payload, timeout_s, f"step {step} of job {job_id}")
+        return await self.request(steps_key(job_id), payload, timeout_s, f"step {step} of job {job_id}")
 
-    def request(self, key: str, payload: bytes, timeout_s: float, what: str = "the request") -> bytes:
+    async def request(self, key: str, payload: bytes, timeout_s: float, what: str = "the request") -> bytes:
         """Queue ``payload`` on the list ``key`` (a worker's channel) and wait for its reply (see :meth:`submit`)."""
         request_id = uuid.uuid4().hex
-        self.redis.rpush(key, request_id.encode("ascii") + payload)
-        popped = self.redis.blpop([reply_key(request_id)], timeout=max(1, int(round(timeout_s))))
+        await push_expiring(self.redis, key, request_id.encode("ascii") + payload, self.key_ttl_s)
+        popped = await self.redis.blpop([reply_key(request_id)], timeout=max(1, int(round(timeout_s))))
         if popped is None:
             raise StepTimeout(f"no reply for {what} within {timeout_s:.0f} s")
         body = popped[1]
         if body[:1] == REPLY_OK:
             return bytes(body[1:])
         raise StepRejected.from_json(bytes(body[1:]))
+
+
+async def push_expiring(redis: Any, key: str, value: bytes, ttl_s: int) -> None:
+    """RPUSH ``value`` onto ``key`` and set the list to expire ``ttl_s`` seconds later (one pipeline)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(key, value)
+        pipe.expire(key, int(ttl_s))
+        await pipe.execute()
 
 
 class WorkerChannel:

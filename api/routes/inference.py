@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, RedisDep, RelayDep, SessionDep, SettingsDep
-from api.routes.split import _BINARY_BODY, _read_body
+from api.routes.split import _BINARY_BODY, _read_body, awaited
 from client_sdk import wire
 from client_sdk.jobspec import PrivtuneMethod
 from service import inference as channel
@@ -55,7 +55,7 @@ def _owner(redis: Any, session_id: str, org_id: str) -> str:
 
 
 @router.post(PREFIX, summary="Open a private inference session")
-def open_session(
+async def open_session(
     body: SessionCreate,
     principal: PrincipalDep,
     session: SessionDep,
@@ -63,16 +63,18 @@ def open_session(
     relay: RelayDep,
 ) -> Any:
     """Open a session of a fine-tuned model on an inference worker; returns its id and expiry."""
-    job = repo.job_for_model(session, principal.organization_id, body.model)
+    job = await run_in_threadpool(repo.job_for_model, session, principal.organization_id, body.model)
     if job is None:
         raise NotFound(
-            f"The model {body.model!r} does not exist or its job has not succeeded.", param="model", code="model_not_found"
+            f"The model {body.model!r} does not exist or its job has not succeeded.",
+            param="model",
+            code="model_not_found",
         )
-    session.rollback()
+    await run_in_threadpool(session.rollback)
     session_id = f"sess_{uuid.uuid4().hex}"
     message = channel.open_message(session_id, job["id"], body.model, principal.organization_id)
     try:
-        relay.request(channel.OPEN_KEY, message, settings.inference_timeout_s, "opening an inference session")
+        await awaited(relay.request(channel.OPEN_KEY, message, settings.inference_timeout_s, "opening a session"))
     except StepTimeout:
         raise StepTimeout("No inference worker answered; start one (privtune up starts one) and retry.") from None
     method = PrivtuneMethod.from_job(job)
@@ -106,7 +108,7 @@ async def forward(
         raise BadRequest("An inference payload has kind 'infer' and the session id as its job_id.", param="kind")
     key, what = channel.worker_key(worker), f"inference session {session_id}"
     try:
-        reply = await run_in_threadpool(relay.request, key, channel.OP_FORWARD + body, settings.inference_timeout_s, what)
+        reply = await awaited(relay.request(key, channel.OP_FORWARD + body, settings.inference_timeout_s, what))
     except StepTimeout:
         await run_in_threadpool(redis.delete, channel.session_key(session_id))  # its worker is gone
         raise _expired(session_id) from None
@@ -117,7 +119,11 @@ async def forward(
 def close_session(session_id: str, principal: PrincipalDep, settings: SettingsDep, redis: RedisDep) -> Any:
     worker = _owner(redis, session_id, principal.organization_id)
     redis.delete(channel.session_key(session_id))
-    redis.rpush(channel.worker_key(worker), uuid.uuid4().hex.encode() + channel.close_message(session_id))
+    key = channel.worker_key(worker)
+    pipe = redis.pipeline()
+    pipe.rpush(key, uuid.uuid4().hex.encode() + channel.close_message(session_id))
+    pipe.expire(key, settings.redis_key_ttl_s)  # every channel key expires
+    pipe.execute()
     return {"id": session_id, "object": "privtune.inference_session", "deleted": True}
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from client_sdk.models.artifact import artifact_name
 from service.db import repo
 from service.db.repo import status as st
 from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from service.metrics import RELAY_BYTES, STEP_SECONDS
 
 router = APIRouter(tags=["privtune"])
 
@@ -118,6 +120,12 @@ async def _running_job(request: Request, session: Any, org_id: str, job_id: str,
     return job
 
 
+async def awaited(result: Any) -> Any:
+    """The relay's answer: ``StepRelay`` is async (a wait holds no thread); a synchronous stand-in
+    (a test double) returns its answer directly."""
+    return await result if inspect.isawaitable(result) else result
+
+
 def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
     """Validate a step-channel payload for ``job`` from its header alone (torch-free) and return the
     header: the wire format and limits, then the step protocol against the job's ``StepShape``. A
@@ -170,7 +178,10 @@ async def post_step(
         raise _not_running(job)
     body = await _read_body(request, limit)
     header = await run_in_threadpool(check_step, body, job, limit)
-    reply = await run_in_threadpool(relay.submit, fine_tuning_job_id, header.step, body, settings.step_timeout_s)
+    with STEP_SECONDS.labels(kind="step").time():
+        reply = await awaited(relay.submit(fine_tuning_job_id, header.step, body, settings.step_timeout_s))
+    RELAY_BYTES.labels(direction="in").inc(len(body))
+    RELAY_BYTES.labels(direction="out").inc(len(reply))
     return Response(reply, media_type="application/octet-stream")
 
 
@@ -204,6 +215,9 @@ async def complete_job(
     else:  # the completion request is not numbered (protocol.py)
         step, extra = 0, {protocol.FINAL: "1"}
         body = wire.encode({}, wire.WireHeader(job_id=fine_tuning_job_id, step=step, kind="step", extra=extra))
-    await run_in_threadpool(relay.submit, fine_tuning_job_id, step, body, settings.step_timeout_s)
+    with STEP_SECONDS.labels(kind="complete").time():
+        reply = await awaited(relay.submit(fine_tuning_job_id, step, body, settings.step_timeout_s))
+    RELAY_BYTES.labels(direction="in").inc(len(body))
+    RELAY_BYTES.labels(direction="out").inc(len(reply))
     await run_in_threadpool(session.rollback)  # see the worker's commits
     return job_object(await run_in_threadpool(repo.require_job, session, fine_tuning_job_id))
