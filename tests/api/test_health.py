@@ -11,7 +11,7 @@ import pytest
 
 from service.db.session import make_engine, make_session_factory
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = "redis://127.0.0.1:6379/6"
 
 
 def _use_redis(env, url: str) -> None:

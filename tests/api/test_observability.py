@@ -20,7 +20,7 @@ from service.db.session import make_engine, make_session_factory
 from service.logging import configure_logging
 from service.settings import Settings
 
-REDIS_TEST_URL = "redis://127.0.0.1:6379/11"
+REDIS_TEST_URL = "redis://127.0.0.1:6379/6"
 
 
 @pytest.fixture
