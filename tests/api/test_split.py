@@ -75,8 +75,8 @@ def _only(job_id, step=1, extra=None, **tensors):
 def test_flush_infer_and_final_payloads_are_relayed(env, running):
     flush = _only(running, step=11, grad_output=np.zeros((2, D), np.float32))
     infer = step_payload(running, step=0, kind="infer")
-    final = _only(running, step=0, extra={"final": "1"})
-    validated = _only(running, step=0, extra={"final": "1", "metrics": json.dumps({"valid_loss": 0.3})})
+    final = _only(running, step=0, extra={"final": "1", "last_step": "11"})
+    validated = _only(running, step=0, extra={"final": "1", "last_step": "11", "metrics": json.dumps({"valid_loss": 0.3})})
     for body in (flush, infer, final, validated):
         r = _post_step(env, running, body)
         assert r.status_code == 200, r.text
@@ -170,7 +170,7 @@ def test_worker_rejection_and_timeout_are_mapped(env, running):
 
 
 def test_complete_relays_the_completion_and_returns_job(env, running):
-    final = _only(running, step=0, extra={"final": "1"})
+    final = _only(running, step=0, extra={"final": "1", "last_step": "11"})
     r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", content=final, headers={**env.headers(), **BINARY})
     assert r.status_code == 200 and r.json()["id"] == running
     assert env.relay.calls[-1][1:3] == (0, final)
