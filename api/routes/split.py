@@ -27,7 +27,7 @@ from client_sdk.jobspec import PrivtuneMethod, step_shape
 from client_sdk.models.artifact import artifact_name
 from service.db import repo
 from service.db.repo import status as st
-from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from service.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceError, ServiceUnavailable
 from service.metrics import RELAY_BYTES, STEP_SECONDS
 
 router = APIRouter(tags=["privtune"])
@@ -50,6 +50,20 @@ def _bottom_dir(settings: Any, model: str, split_layer: int, tail_layers: int) -
     return settings.bottoms_dir / model / artifact_name(split_layer, tail_layers)
 
 
+def export_error_key(model: str, name: str) -> str:
+    """Where the worker leaves a failed export's error, ``{"code", "message"}`` (``worker.tasks``)."""
+    return f"pt:export:error:{model}:{name}"
+
+
+def _export_failed(raw: bytes | str, model: str, split_layer: int) -> ServiceError:
+    """The 500 the device sees for a failed export: the worker's safe message, no retry."""
+    try:
+        message = str(json.loads(raw)["message"])
+    except (ValueError, KeyError, TypeError):
+        message = f"Exporting the bottom model {model} (split layer {split_layer}) failed."
+    return ServiceError(message, code="bottom_export_failed", headers={"x-should-retry": "false"})
+
+
 def _manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -66,13 +80,19 @@ def bottom_manifest(
     tail_layers: TailQuery = 0,
 ) -> Any:
     """The device artifact's manifest (the bottom, and with ``tail_layers`` the base weights of a
-    generation tail); 503 ``bottom_model_preparing`` while it is exported (queued once)."""
+    generation tail); 503 ``bottom_model_preparing`` while it is exported (queued once); 500
+    ``bottom_export_failed`` (no retry) while the failure of the last export is remembered."""
     directory = _bottom_dir(settings, model, split_layer, tail_layers)
     manifest = _manifest(directory)
     if manifest is not None:
         return JSONResponse(manifest)
-    guard = f"pt:export:{model}:{artifact_name(split_layer, tail_layers)}"
+    name = artifact_name(split_layer, tail_layers)
+    guard = f"pt:export:{model}:{name}"
     if redis.set(guard, principal.organization_id, nx=True, ex=settings.export_guard_ttl_s):
+        failed = redis.get(export_error_key(model, name))  # the worker deleted the guard when it failed
+        if failed is not None:
+            redis.delete(guard)  # a request after the error key expires may try again
+            raise _export_failed(failed, model, split_layer)
         try:
             enqueue.export(model, split_layer, tail_layers)
         except Exception:

@@ -11,13 +11,28 @@ import struct
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
+from api import deps
 from client_sdk import wire
 from service.db import repo
-from tests.api.conftest import StepRejected, StepTimeout, step_payload
+from tests.api.conftest import FakeRedis, StepRejected, StepTimeout, step_payload
 
 BINARY = {"content-type": "application/octet-stream"}
 D = 384  # minilm-l6's hidden size: the width of the server's output and of its gradient
+
+
+class ReadableRedis(FakeRedis):
+    """conftest's FakeRedis with ``get`` (the bottom route reads a failed export's error key)."""
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+
+@pytest.fixture(autouse=True)
+def readable_redis(env):
+    env.redis = ReadableRedis()
+    env.app.dependency_overrides[deps.get_redis] = lambda: env.redis
 
 
 def _post_step(env, job_id, body, key=None):
@@ -31,10 +46,22 @@ def running(env):
     return job["id"]
 
 
+def _sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_step_is_relayed_and_reply_returned(env, running):
     body = step_payload(running, step=2, grad=(2, D))
+    steps, bytes_in = (
+        _sample("privtune_step_seconds_count", kind="step"),
+        _sample("privtune_relay_bytes_total", direction="in"),
+    )
+    bytes_out = _sample("privtune_relay_bytes_total", direction="out")
     r = _post_step(env, running, body)
     assert r.status_code == 200 and r.content == b"reply-bytes"
+    assert _sample("privtune_step_seconds_count", kind="step") == steps + 1
+    assert _sample("privtune_relay_bytes_total", direction="in") == bytes_in + len(body)
+    assert _sample("privtune_relay_bytes_total", direction="out") == bytes_out + len(b"reply-bytes")
     assert r.headers["content-type"] == "application/octet-stream"
     assert env.relay.calls == [(running, 2, body, env.settings.step_timeout_s)]
     metrics = {"metrics": json.dumps({"train_loss": 0.5, "valid_accuracy": 0.75})}  # the device's aggregates
@@ -76,7 +103,9 @@ def test_flush_infer_and_final_payloads_are_relayed(env, running):
     flush = _only(running, step=11, grad_output=np.zeros((2, D), np.float32))
     infer = step_payload(running, step=0, kind="infer")
     final = _only(running, step=0, extra={"final": "1", "last_step": "11"})
-    validated = _only(running, step=0, extra={"final": "1", "last_step": "11", "metrics": json.dumps({"valid_loss": 0.3})})
+    validated = _only(
+        running, step=0, extra={"final": "1", "last_step": "11", "metrics": json.dumps({"valid_loss": 0.3})}
+    )
     for body in (flush, infer, final, validated):
         r = _post_step(env, running, body)
         assert r.status_code == 200, r.text
@@ -287,3 +316,21 @@ def test_bottom_rejects_unknown_model_and_layer(env):
     assert r.status_code == 400 and r.json()["error"]["param"] == "split_layer"
     assert env.client.get("/v1/privtune/bottoms/minilm-l6/3").status_code == 401
     assert env.enqueuer.exports == []
+
+
+def test_a_failed_export_is_an_error_the_sdk_shows_until_its_error_expires(env):
+    url = "/v1/privtune/bottoms/minilm-l6/3"
+    assert env.client.get(url, headers=env.headers()).status_code == 503
+    # the worker's export failed: it leaves the error and deletes the request guard (worker.tasks)
+    error = {"code": "bottom_export_failed", "message": "The provider has no model package for minilm-l6."}
+    env.redis.data["pt:export:error:minilm-l6:l3"] = json.dumps(error)
+    env.redis.delete("pt:export:minilm-l6:l3")
+    for _ in range(2):
+        r = env.client.get(url, headers=env.headers())
+        assert r.status_code == 500 and r.headers["x-should-retry"] == "false"
+        assert r.json()["error"]["code"] == "bottom_export_failed"
+        assert r.json()["error"]["message"] == error["message"]
+    assert env.enqueuer.exports == [("minilm-l6", 3, 0)] and "pt:export:minilm-l6:l3" not in env.redis.data
+    del env.redis.data["pt:export:error:minilm-l6:l3"]  # expired: a new request tries again
+    r = env.client.get(url, headers=env.headers())
+    assert r.status_code == 503 and env.enqueuer.exports == [("minilm-l6", 3, 0)] * 2
