@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import text
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -28,10 +30,30 @@ access_log = logging.getLogger("api.access")
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route that served ``scope`` (set by the router), or ``unmatched``."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+    """The path template of the route that served ``scope`` (set by the router). A request answered
+    before routing (401, 429, 413 from an outer middleware) is matched here against the templates of
+    the app's OpenAPI document; one that matches none is ``unmatched``."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        return path
+    app = scope.get("app")
+    method, raw = scope.get("method", ""), scope.get("path", "")
+    for regex, methods, template in _templates(app) if app is not None else ():
+        if method in methods and regex.match(raw):
+            return template
+    return UNMATCHED
+
+
+def _templates(app: Any) -> list[tuple[re.Pattern[str], frozenset[str], str]]:
+    table = getattr(app.state, "route_templates", None)
+    if table is None:
+        paths = app.openapi().get("paths", {}) if hasattr(app, "openapi") else {}
+        table = [
+            (compile_path(template)[0], frozenset(m.upper() for m in operations), template)
+            for template, operations in paths.items()
+        ]
+        app.state.route_templates = table
+    return table
 
 
 class ObservabilityMiddleware:

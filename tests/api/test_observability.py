@@ -165,3 +165,11 @@ def metrics_value(source: str) -> float:
     from api.routes.metrics import SCRAPE_ERRORS
 
     return SCRAPE_ERRORS.labels(source)._value.get()
+
+
+def test_a_request_refused_before_routing_is_still_labelled_with_its_template(env):
+    route = "/v1/fine_tuning/jobs/{fine_tuning_job_id}"
+    counter = metrics.HTTP_REQUESTS.labels("GET", route, "401")
+    before = counter._value.get()
+    assert env.client.get("/v1/fine_tuning/jobs/ftjob-123").status_code == 401  # no key: the auth middleware
+    assert counter._value.get() == before + 1
