@@ -12,7 +12,7 @@ job and list its events, each on its own connection, with the organization's sec
 Measured from the devices' request logs (one record per HTTP attempt, below the SDK's retries):
 step latency (a step request's round trip through the gateway, Redis and the worker, answered 200),
 queue wait (a job's creation to its first request to the step endpoint: with W workers, jobs beyond
-W wait queued), throughput (steps applied by all jobs / the loaded phase's wall time), and from the
+W wait queued), throughput (steps applied by all jobs / first creation to last completion), and from the
 readers: API read latency. 429 answers and every ``x-ratelimit-*`` header seen are counted for both.
 Everything runs on this one machine: devices, readers and workers share its cores.
 """
@@ -63,7 +63,9 @@ class Phase:
     jobs: int = 0
     succeeded: int = 0
     steps: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the phase, device processes' start-up and preparation included
+    first_create: float | None = None  # epoch seconds: the first job's creation answered
+    last_complete: float | None = None  # the last completion answered
     step_latencies: list[float] = field(default_factory=list, repr=False)
     queue_waits: list[float] = field(default_factory=list)
     device_429s: int = 0
@@ -77,7 +79,9 @@ class Phase:
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("step_latencies", "read_latencies")}
-        out["steps_per_s"] = self.steps / self.wall_s if self.wall_s else None
+        span = (self.last_complete - self.first_create) if self.first_create and self.last_complete else None
+        out["training_span_s"] = span
+        out["steps_per_s"] = self.steps / span if span else None
         for name, values in (("step", self.step_latencies), ("read", self.read_latencies)):
             out[f"{name}_p50_ms"] = _ms(percentile(values, 0.5))
             out[f"{name}_p99_ms"] = _ms(percentile(values, 0.99))
@@ -97,6 +101,11 @@ def absorb_device(phase: Phase, device: Device, final: dict[str, Any]) -> None:
     first_step = [r["t0"] for r in records if r.get("kind") in ("step", "infer")]
     if created and first_step:
         phase.queue_waits.append(round(min(first_step) - min(created), 2))
+    done = [r["t1"] for r in records if r.get("final") and r.get("status") == 200]
+    if created:
+        phase.first_create = min(created + ([phase.first_create] if phase.first_create else []))
+    if done:
+        phase.last_complete = max(done + ([phase.last_complete] if phase.last_complete else []))
     for rec in records:
         if rec.get("kind") == "step" and not rec.get("final") and rec.get("status") == 200:
             phase.step_latencies.append(rec["t1"] - rec["t0"])
@@ -216,7 +225,7 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
             "",
         ),
         ("steps applied", unloaded["steps"], loaded["steps"], ""),
-        ("wall time (s)", cell(unloaded["wall_s"]), cell(loaded["wall_s"]), ""),
+        ("first create to last completion (s)", cell(unloaded["training_span_s"]), cell(loaded["training_span_s"]), ""),
         (
             "throughput (steps/s, all jobs)",
             cell(unloaded["steps_per_s"]),
@@ -226,7 +235,7 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
         ("step latency p50 (ms)", cell(unloaded["step_p50_ms"]), cell(loaded["step_p50_ms"]), ratio("step_p50_ms")),
         ("step latency p99 (ms)", cell(unloaded["step_p99_ms"]), cell(loaded["step_p99_ms"]), ratio("step_p99_ms")),
         ("step requests measured", unloaded["step_n"], loaded["step_n"], ""),
-        ("queue wait per job (s)", _waits(unloaded), _waits(loaded), ""),
+        ("create to first step: queue wait + worker setup (s)", _waits(unloaded), _waits(loaded), ""),
         (
             "API reads (p50 / p99 ms)",
             "-",
@@ -250,11 +259,12 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
         "",
         f"Machine: {machine()}. Date: {started:%Y-%m-%d %H:%M} UTC. Command: `python -m benchmarks.load "
         f"--clients {args.clients} --workers {args.workers} --readers {args.readers} --examples {args.examples} "
-        f"--epochs {args.epochs}`.",
+        f"--epochs {args.epochs} --unloaded-factor {args.unloaded_factor}`.",
         "",
         f"One stack of processes (PostgreSQL, its own redis-server, the gateway, {args.workers} GPU-queue workers "
         f"on CPU); each job trains tiny-BERT ({args.examples} toy rows, {args.epochs} epochs of batch 8) from its "
-        "own device process through the SDK. The unloaded column is one job alone; the loaded column is "
+        "own device process through the SDK. The unloaded column is one job alone (nothing else running; "
+        f"{args.unloaded_factor}x the epochs, for more latency samples); the loaded column is "
         f"{args.clients} devices started at once while {args.readers} reader threads loop over list / retrieve / "
         "events with a second key of the same organization. Latencies are per HTTP attempt, from the devices' "
         "request logs; queue wait is a job's creation to its first step request. Devices, readers, workers and "
@@ -288,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=4, help="API reader threads during the loaded phase")
     parser.add_argument("--examples", type=int, default=160, help="toy rows per job (10%% held out)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per job")
+    parser.add_argument(
+        "--unloaded-factor", type=int, default=4, help="the unloaded job trains this many times the epochs (samples)"
+    )
     parser.add_argument("--database", default="postgres", choices=("postgres", "sqlite"), help="the service's database")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one device may take")
     parser.add_argument("--json", default=None, help="write both phases' figures to this file")
@@ -305,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         warm = stack.start_device(spec, name="warm-up")  # bottom export, model caches: not measured
         warm.wait(args.timeout)
-        unloaded = run_phase(stack, spec, 1, 0, args.timeout).summary()
+        alone = DeviceSpec(examples=args.examples, n_epochs=args.epochs * args.unloaded_factor)
+        unloaded = run_phase(stack, alone, 1, 0, args.timeout).summary()
         print(f"unloaded: {json.dumps(unloaded)}", flush=True)
         loaded = run_phase(stack, spec, args.clients, args.readers, args.timeout).summary()
         print(f"loaded: {json.dumps(loaded)}", flush=True)
