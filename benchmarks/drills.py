@@ -219,18 +219,24 @@ def kill_worker(ctx: Context) -> list[Device]:
 def restart_redis(ctx: Context, down_s: float = 2.0) -> list[Device]:
     """SIGKILL redis-server (a crash), keep it down ``down_s``, start it again on the same port and dir."""
     ctx.stack.redis.kill()
+    killed = time.monotonic()
+    ctx.notes.append(f"redis-server killed at device step {ctx.device.last_step()}")
     time.sleep(down_s)
     ctx.stack.redis.start()
     ctx.stack.wait_redis()
+    ctx.notes.append(f"redis-server answering again {time.monotonic() - killed:.1f} s after the kill")
     return [ctx.device]
 
 
 def restart_gateway(ctx: Context, down_s: float = 1.0) -> list[Device]:
     """SIGKILL the gateway with the device's requests in flight, start it again on the same port."""
     ctx.stack.gateway.kill()
+    killed = time.monotonic()
+    ctx.notes.append(f"gateway killed at device step {ctx.device.last_step()}")
     time.sleep(down_s)
     ctx.stack.gateway.start()
     ctx.stack.wait_gateway()
+    ctx.notes.append(f"gateway answering again {time.monotonic() - killed:.1f} s after the kill")
     return [ctx.device]
 
 
@@ -439,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in verdicts:
         for failure in v.failures:
             print(f"- {v.drill}: {failure}")
+        for note in v.notes:
+            print(f"  ({v.drill}) {note[:400]}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
     return 1 if any(v.outcome == "fail" for v in verdicts) else 0
