@@ -151,3 +151,34 @@ def test_operator_registered_model_is_offered(env, monkeypatch, tmp_path):
         assert r.status_code == 400 and r.json()["error"]["param"] == "method.privtune.max_tokens"
     finally:
         catalog.describe.cache_clear()
+
+
+def test_a_refused_upload_says_its_bytes_were_discarded(env):
+    jsonl = b'{"text": "I love my bank", "label": 1}\n'
+    r = _upload(env, jsonl)
+    message = r.json()["error"]["message"]
+    assert (
+        r.status_code == 400 and f"The {len(jsonl)} bytes received were discarded: not stored and not logged" in message
+    )
+    assert "client_sdk" in message and "never leaves" not in message
+    assert [p.name for p in env.settings.file_dir.iterdir()] == []
+
+
+def test_an_upload_is_streamed_to_disk_once(env, monkeypatch):
+    """No spooled copy: the form parser's spool is never used, and the file goes to one temporary file."""
+    import starlette.formparsers
+
+    def no_spool(*args, **kwargs):
+        raise AssertionError("the upload was spooled")
+
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", no_spool)
+    data = _batch(hidden=np.zeros((3, 4, 384), np.float32) + 0.5)
+    r = _upload(env, data)
+    assert r.status_code == 200, r.text
+    assert (env.settings.file_dir / r.json()["id"]).read_bytes() == data
+
+
+def test_the_openapi_document_describes_the_multipart_upload(env):
+    body = env.client.get("/openapi.json").json()["paths"]["/v1/files"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert schema["properties"]["file"]["format"] == "binary" and set(schema["required"]) == {"file", "purpose"}
