@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -103,3 +104,33 @@ def test_export_is_enqueued_once(live):
         assert enqueuer.exports == [("minilm-l6", 4, 0)]
     finally:
         client.delete("pt:export:minilm-l6:l4")
+
+
+def test_a_failed_export_is_answered_from_the_workers_error_key(live):
+    _, http, headers, client, enqueuer = live
+    guard, error_key = "pt:export:minilm-l6:l5", "pt:export:error:minilm-l6:l5"  # worker.tasks writes these
+    client.delete(guard)
+    error = {"code": "bottom_export_failed", "message": "The model package of minilm-l6 is not installed."}
+    client.set(error_key, json.dumps(error), ex=60)
+    try:
+        r = http.get("/v1/privtune/bottoms/minilm-l6/5", headers=headers)
+        assert r.status_code == 500 and r.headers["x-should-retry"] == "false"
+        assert r.json()["error"]["code"] == "bottom_export_failed" and r.json()["error"]["message"] == error["message"]
+        assert enqueuer.exports == [] and not client.exists(guard)
+        client.delete(error_key)  # the error expired: the next request exports again
+        assert http.get("/v1/privtune/bottoms/minilm-l6/5", headers=headers).status_code == 503
+        assert enqueuer.exports == [("minilm-l6", 5, 0)]
+    finally:
+        client.delete(guard, error_key)
+
+
+def test_a_step_nobody_serves_leaves_only_an_expiring_list(live):
+    app, http, headers, client, _ = live
+    job_id = http.post("/v1/fine_tuning/jobs", json=job_body(), headers=headers).json()["id"]
+    with session_scope(app.state.session_factory) as s:
+        repo.claim_job(s, job_id, "w1", 60)
+    r = http.post(f"/v1/fine_tuning/jobs/{job_id}/steps", content=step_payload(job_id), headers=headers)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "step_timeout"
+    key = f"pt:job:{job_id}:steps"
+    assert client.llen(key) == 1 and 0 < client.ttl(key) <= app.state.settings.redis_key_ttl_s
+    client.delete(key)
