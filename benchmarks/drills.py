@@ -301,7 +301,8 @@ DRILLS = {
     "b": Drill("b", "restart Redis mid-job (no persistence)", restart_redis),
     "b+aof": Drill("b+aof", "restart Redis mid-job (AOF, fsync always)", restart_redis, {"redis_persistence": True}),
     "c": Drill("c", "restart the gateway mid-job", restart_gateway),
-    "d": Drill("d", "restart PostgreSQL mid-job", restart_postgres, needs=_pg_restart_possible),
+    # a stack of its own (explicitly PostgreSQL), so it runs last: other sessions share the cluster
+    "d": Drill("d", "restart PostgreSQL mid-job", restart_postgres, {"database": "postgres"}, _pg_restart_possible),
     "e": Drill("e", "the device disappears and comes back (resume)", device_disappears),
     "f": Drill("f", "checkpoint disk full for 10 steps, then freed", full_disk, {"tmpfs": "48m"}, _tmpfs_possible),
 }

@@ -75,6 +75,8 @@ class Phase:
     read_429s: int = 0
     read_errors: int = 0
     ratelimit_headers: dict[str, str] = field(default_factory=dict)  # one sample per header name
+    ratelimit_remaining_min: int | None = None  # the lowest x-ratelimit-remaining-requests seen
+    gateway: dict[str, float | None] = field(default_factory=dict)  # from /metrics, see step_histogram_quantiles
     retry_after: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -88,6 +90,52 @@ class Phase:
             out[f"{name}_n"] = len(values)
         out["queue_wait_max_s"] = max(self.queue_waits, default=None)
         return out
+
+
+def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The gateway's ``/metrics`` samples: (name, sorted labels) -> value."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{stack.port}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def step_histogram_quantiles(before: dict, after: dict) -> dict[str, float | None]:
+    """p50 / p99 of ``privtune_step_seconds{kind="step"}`` between two scrapes, linearly interpolated
+    inside its buckets (so an estimate, bounded by the bucket edges), and the 429s counted meanwhile."""
+    buckets = []
+    for (name, labels), value in after.items():
+        label = dict(labels)
+        if name == "privtune_step_seconds_bucket" and label.get("kind") == "step":
+            edge = float("inf") if label["le"] == "+Inf" else float(label["le"])
+            buckets.append((edge, value - before.get((name, labels), 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out: dict[str, float | None] = {"gateway_steps": total}
+    for q, key in ((0.5, "gateway_step_p50_ms"), (0.99, "gateway_step_p99_ms")):
+        out[key] = _bucket_quantile(buckets, total, q)
+    limited = [v - before.get(k, 0.0) for k, v in after.items() if k[0] == "privtune_rate_limited_total"]
+    out["gateway_429s"] = sum(limited)
+    return out
+
+
+def _bucket_quantile(buckets: list[tuple[float, float]], total: float, q: float) -> float | None:
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for edge, count in buckets:
+        if count >= rank:
+            if edge == float("inf"):
+                return _ms(lower)
+            inside = count - below
+            return _ms(lower + (edge - lower) * ((rank - below) / inside if inside else 1.0))
+        lower, below = edge, count
+    return None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -123,6 +171,10 @@ def absorb_device(phase: Phase, device: Device, final: dict[str, Any]) -> None:
 def _headers(phase: Phase, headers: dict[str, str]) -> None:
     for name, value in headers.items():
         phase.ratelimit_headers.setdefault(name, value)
+    remaining = headers.get("x-ratelimit-remaining-requests")
+    if remaining is not None and remaining.isdigit():
+        low = phase.ratelimit_remaining_min
+        phase.ratelimit_remaining_min = int(remaining) if low is None else min(low, int(remaining))
 
 
 class Readers:
@@ -195,10 +247,12 @@ def run_phase(stack: Stack, spec: DeviceSpec, clients: int, readers: int, timeou
     phase = Phase()
     reader_key = stack.new_key("drills")  # the same organization, another key: readers see the jobs
     started = time.monotonic()
+    before = scrape(stack)
     with Readers(stack.base_url, reader_key, readers) as pool:
         devices = [stack.start_device(spec, name=f"load-{clients}-{i}") for i in range(clients)]
         finals = [d.wait(timeout) for d in devices]
         phase.wall_s = time.monotonic() - started
+    phase.gateway = step_histogram_quantiles(before, scrape(stack))
     for device, final in zip(devices, finals, strict=True):
         absorb_device(phase, device, final)
         if final.get("job_id") and (status := stack.job_row(final["job_id"])["status"]) not in TERMINAL:
@@ -235,6 +289,7 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
         ("step latency p50 (ms)", cell(unloaded["step_p50_ms"]), cell(loaded["step_p50_ms"]), ratio("step_p50_ms")),
         ("step latency p99 (ms)", cell(unloaded["step_p99_ms"]), cell(loaded["step_p99_ms"]), ratio("step_p99_ms")),
         ("step requests measured", unloaded["step_n"], loaded["step_n"], ""),
+        ("gateway-side step p50 / p99 (ms, /metrics buckets)", _gw(unloaded), _gw(loaded), ""),
         ("create to first step: queue wait + worker setup (s)", _waits(unloaded), _waits(loaded), ""),
         (
             "API reads (p50 / p99 ms)",
@@ -243,6 +298,13 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
             "",
         ),
         ("429s (devices / readers)", unloaded["device_429s"], f"{loaded['device_429s']} / {loaded['read_429s']}", ""),
+        ("429s counted by the gateway", _g429(unloaded), _g429(loaded), ""),
+        (
+            "lowest x-ratelimit-remaining-requests",
+            cell(unloaded["ratelimit_remaining_min"]),
+            cell(loaded["ratelimit_remaining_min"]),
+            "",
+        ),
         ("other read failures", "-", loaded["read_errors"], ""),
     ]
     target = loaded.get("step_p99_ms") and unloaded.get("step_p99_ms")
@@ -282,6 +344,15 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
     if errors:
         lines += ["", "Devices that did not finish:", *[f"- {e}" for e in errors]]
     return "\n".join(lines) + "\n"
+
+
+def _gw(phase: dict[str, Any]) -> str:
+    gateway = phase["gateway"]
+    return f"{gateway.get('gateway_step_p50_ms')} / {gateway.get('gateway_step_p99_ms')}"
+
+
+def _g429(phase: dict[str, Any]) -> str:
+    return str(int(phase["gateway"].get("gateway_429s") or 0))
 
 
 def _waits(phase: dict[str, Any]) -> str:
