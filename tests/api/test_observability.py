@@ -173,3 +173,25 @@ def test_a_request_refused_before_routing_is_still_labelled_with_its_template(en
     before = counter._value.get()
     assert env.client.get("/v1/fine_tuning/jobs/ftjob-123").status_code == 401  # no key: the auth middleware
     assert counter._value.get() == before + 1
+
+
+def test_an_unhandled_error_is_counted_and_logged_as_500_with_the_request_id(settings, log_lines):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    stream, lines = log_lines
+    configure_logging(Settings(log_format="json"), stream=stream)
+    app = create_app(settings)
+
+    def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    app.add_api_route("/boom/{thing}", boom)
+    counter = metrics.HTTP_REQUESTS.labels("GET", "/boom/{thing}", "500")
+    before = counter._value.get()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom/1", headers={"x-request-id": "req-500"})
+    assert r.status_code == 500 and counter._value.get() == before + 1
+    [access] = [line for line in lines() if line["logger"] == "api.access" and line["request_id"] == "req-500"]
+    assert access["status"] == 500 and access["level"] == "ERROR" and access["route"] == "/boom/{thing}"

@@ -96,3 +96,46 @@ def test_a_cancelled_job_reaches_the_endpoint_signed(env):
     event = webhooks.verify(endpoint["secret"], headers, body)
     assert event["type"] == "fine_tuning.job.cancelled" and event["data"] == {"id": job_id}
     assert event["object"] == "event" and event["id"] == headers["webhook-id"]
+
+
+def test_the_gateway_runs_the_dispatcher_in_the_background(settings):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from service.db import repo
+    from service.db.session import session_scope
+
+    received: list[bytes] = []
+    got = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.end_headers()
+            got.set()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app = create_app(settings.model_copy(update={"webhook_interval_s": 0.1}))
+    try:
+        with TestClient(app):
+            with session_scope(app.state.session_factory) as s:
+                _key, org = repo.create_api_key(s, "acme")
+                job = repo.create_job(s, organization_id=org, model="minilm-l6", method={}, hyperparameters={}, seed=0)
+            from service.db.repo import webhooks as hooks
+
+            with session_scope(app.state.session_factory) as s:
+                hooks.create_endpoint(s, org, f"http://127.0.0.1:{server.server_address[1]}/h", webhooks.new_secret())
+            with session_scope(app.state.session_factory) as s:
+                repo.cancel_job(s, org, job["id"])
+            assert got.wait(10), "the dispatcher never delivered"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert json.loads(received[0])["data"] == {"id": job["id"]}
