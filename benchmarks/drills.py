@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import TERMINAL, Device, DeviceSpec, Stack, services_missing
+from benchmarks.stack import TERMINAL, Device, DeviceSpec, Stack, services_missing, stop_on_signals
 
 SHORT = ("a", "b", "c", "e")
 LONG = ("a", "b", "b+aof", "c", "e", "f", "d")  # d last: PostgreSQL is shared with other sessions
@@ -427,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds one job may take")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' directories (logs) and print where")
     args = parser.parse_args(argv)
+    stop_on_signals()
     keys = args.only.split(",") if args.only else list(SHORT if args.short else LONG)
     unknown = [k for k in keys if k not in DRILLS]
     if unknown:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.drills import machine
-from benchmarks.stack import TERMINAL, Device, DeviceSpec, Stack, services_missing
+from benchmarks.stack import TERMINAL, Device, DeviceSpec, Stack, services_missing, stop_on_signals
 
 #: The service's own defaults, except leases and sweeps short enough for a run of a few minutes.
 LOAD_SETTINGS = {
@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write both phases' figures to this file")
     parser.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = parser.parse_args(argv)
+    stop_on_signals()
     missing = services_missing()
     if missing:
         print(f"cannot run: {missing}")

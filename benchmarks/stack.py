@@ -431,6 +431,17 @@ class Stack:
             engine.dispose()
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP unwind the harness like Ctrl-C (``atexit`` alone does not run on a signal), so
+    every stack's ``finally`` / ``__exit__`` stops what it started."""
+
+    def unwind(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, unwind)
+
+
 def services_missing() -> str | None:
     """Why a stack cannot start here (no PostgreSQL on 127.0.0.1:5432, no redis-server), or None."""
     import shutil
