@@ -19,10 +19,6 @@ def _use_redis(env, url: str) -> None:
     env.app.state.probe_redis = None
 
 
-def test_healthz(env):
-    assert env.client.get("/healthz").json() == {"status": "ok"}
-
-
 def test_ready_when_database_redis_and_broker_answer(env):
     _use_redis(env, REDIS_URL)
     r = env.client.get("/readyz")
