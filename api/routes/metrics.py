@@ -11,7 +11,8 @@ re-queues, rate-limit rejections, HTTP requests, webhook deliveries) and, comput
 - ``privtune_queue_depth{queue}``: tasks waiting in Celery's ``gpu`` and ``artifacts`` queues (LLEN).
 
 A database or Redis failure (or a probe timeout) never fails the scrape: the gauges of that source are
-left out and ``privtune_scrape_errors_total{source}`` (``database`` | ``redis``) counts it.
+left out and ``privtune_scrape_errors_total{source}`` (``database`` | ``redis``; ``timeout`` when the
+whole scrape-time collection outlasts its probe) counts it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger("api.metrics")
 #: failures while computing the scrape-time gauges, by source
 SCRAPE_ERRORS = Counter(
     "privtune_scrape_errors_total", "Scrape-time gauges left out because their source failed.", ["source"]
-)  # database | redis
+)  # database | redis | timeout
 QUEUES = (GPU_QUEUE, ARTIFACTS_QUEUE)
 
 
