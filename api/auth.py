@@ -10,6 +10,7 @@ Probes, metrics, the docs and the dashboard page (everything not under ``/v1/``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.middleware import header, send_error
 from service.db import repo
 from service.errors import Authentication, ServiceError
+
+log = logging.getLogger("api.auth")
 
 PRINCIPAL = "principal"
 MISSING_KEY = "You didn't provide an API key. Send it as 'Authorization: Bearer sk-pt-...'."
@@ -58,6 +61,8 @@ class AuthMiddleware:
             from api.errors import to_service_error
 
             error: ServiceError = to_service_error(exc)
+            if error.status_code == 500:
+                log.exception("authentication failed unexpectedly on %s", scope.get("path"), exc_info=exc)
             await send_error(send, error, scope)
             return
         scope.setdefault("state", {})[PRINCIPAL] = principal

@@ -45,9 +45,9 @@ def get_principal(
     was read (no second lookup); 401 when there is none (the middleware answers such requests first)."""
     principal = request.scope.get("state", {}).get(PRINCIPAL)
     if principal is None:
-        raise Authentication(
-            MISSING_KEY if credentials is None else INVALID_KEY, code=None if credentials else "missing_api_key"
-        )
+        if credentials is None:
+            raise Authentication(MISSING_KEY, code="missing_api_key")
+        raise Authentication(INVALID_KEY)
     return principal
 
 

@@ -32,8 +32,17 @@ def header(scope: Scope, name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == name), "")
 
 
+def has_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a nonzero Content-Length, or Transfer-Encoding)."""
+    declared = header(scope, b"content-length")
+    return bool(header(scope, b"transfer-encoding")) or (declared.isdigit() and int(declared) > 0)
+
+
 async def send_error(send: Send, exc: ServiceError, scope: Scope | None = None) -> None:
-    """Answer ``exc`` in the OpenAI envelope (with its headers and the request id of ``scope``)."""
+    """Answer ``exc`` in the OpenAI envelope (with its headers and the request id of ``scope``). Sent
+    before the body was read, it closes the connection (``connection: close``): nobody reads the rest."""
+    if scope is not None and has_body(scope):
+        exc.headers.setdefault("connection", "close")
     body = json.dumps(exc.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]

@@ -1,7 +1,8 @@
 """Our split-training endpoints: bottom-model downloads, the step relay and completion.
 
 - ``GET /v1/privtune/bottoms/{model}/{split_layer}``: the export's manifest, or 503
-  ``bottom_model_preparing`` (Retry-After: 2) while the export task (queued once) runs.
+  ``bottom_model_preparing`` (Retry-After: 2) while the export task (queued once) runs, or 500
+  ``bottom_export_failed`` (``x-should-retry: false``) while the worker's error of a failed export lasts.
 - ``GET .../files/{filename}``: a file listed in the manifest; ETag = its sha256, immutable.
 - ``POST /v1/fine_tuning/jobs/{id}/steps``: a ``step`` / ``infer`` payload in, the worker's reply out.
 - ``POST /v1/fine_tuning/jobs/{id}/complete``: optional completion payload (``final="1"``, no
