@@ -7,9 +7,21 @@ visibility timeouts agree on both sides.
 
 from __future__ import annotations
 
+import logging
+
+from celery.signals import setup_logging
+
+from service.logging import configure_logging
 from service.queue import make_celery
 from service.settings import get_settings
 from worker import tasks
+
+
+@setup_logging.connect
+def _configure_logging(loglevel=None, **_) -> None:
+    """The worker logs like the gateway (``settings.log_format``: JSON lines by default); connecting
+    this signal stops Celery from installing its own root handler."""
+    configure_logging(get_settings(), level=loglevel or logging.INFO)
 
 
 def create_app(settings=None):

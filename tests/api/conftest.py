@@ -37,6 +37,7 @@ def settings(tmp_path, template_db) -> Settings:
         database_url=f"sqlite:///{db}",
         redis_url="redis://127.0.0.1:1/0",  # never contacted: Redis is faked
         reaper_interval_s=0,
+        webhook_interval_s=0,
         max_step_bytes=1024 * 1024,
         request_body_limit=64 * 1024,
         step_timeout_s=1,

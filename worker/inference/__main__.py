@@ -15,12 +15,13 @@ def main() -> int:
     from sqlalchemy.orm import sessionmaker
 
     from service.db.session import make_engine
+    from service.logging import configure_logging
     from service.redis_client import redis_client
     from service.settings import get_settings
     from worker.inference.loop import InferenceWorker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    configure_logging(settings, level=logging.INFO)
     from worker.tasks import apply_torch_threads
 
     apply_torch_threads(settings)
