@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.auth import AuthMiddleware
 from api.errors import install_error_handlers
+from api.idempotency import install_idempotency
 from api.limits import KeyLimiter, LimitMiddleware
 from api.middleware import BodyGuardMiddleware, RequestContextMiddleware, route_body_limit
 from api.observability import ObservabilityMiddleware, close_probes
@@ -18,7 +19,9 @@ from api.reaper import reaper_task
 from api.routes import dashboard, files, health, inference, jobs, models, split
 from api.routes import metrics as metrics_route
 from api.routes import webhooks as webhooks_route
+from api.sweeps import sweep_task
 from service.db.session import make_engine, make_session_factory
+from service.logging import configure_logging
 from service.settings import Settings, get_settings
 
 TAGS = [
@@ -33,7 +36,11 @@ TAGS = [
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.settings.threadpool_size
-    async with reaper_task(app, app.state.settings.reaper_interval_s), webhooks_route.webhook_dispatcher(app):
+    async with (
+        reaper_task(app, app.state.settings.reaper_interval_s),
+        sweep_task(app),
+        webhooks_route.webhook_dispatcher(app),
+    ):
         yield
     redis = getattr(app.state, "redis", None)
     if redis is not None:
@@ -64,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.limiter = KeyLimiter(settings)
     body_limit = route_body_limit(settings.max_step_bytes, settings.max_file_bytes, settings.request_body_limit)
+    # Middleware order, outermost first: request id -> observability -> auth -> per-key limits -> body
+    # guard -> idempotency -> the app (the last added runs first).
+    install_idempotency(app)  # inside the body guard: its body read is limited and timed too
     app.add_middleware(BodyGuardMiddleware, body_limit=body_limit, read_timeout_s=settings.body_read_timeout_s)
     app.add_middleware(LimitMiddleware, limiter=app.state.limiter)  # the last added runs first:
     app.add_middleware(AuthMiddleware, session_factory=app.state.session_factory)  # key before any body
@@ -77,5 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_factory() -> FastAPI:
-    """Entry point for ``uvicorn --factory api.main:app_factory`` (settings from the environment)."""
-    return create_app()
+    """Entry point for ``uvicorn --factory api.main:app_factory`` (settings from the environment; JSON logs
+    by default, ``PRIVTUNE_LOG_FORMAT=text`` for plain lines)."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, RedisDep, RelayDep, SessionDep, SettingsDep
-from api.routes.split import _BINARY_BODY, _read_body, awaited
+from api.routes.split import _BINARY_BODY, _read_body
 from client_sdk import wire
 from client_sdk.jobspec import PrivtuneMethod
 from service import inference as channel
@@ -74,7 +74,7 @@ async def open_session(
     session_id = f"sess_{uuid.uuid4().hex}"
     message = channel.open_message(session_id, job["id"], body.model, principal.organization_id)
     try:
-        await awaited(relay.request(channel.OPEN_KEY, message, settings.inference_timeout_s, "opening a session"))
+        await relay.request(channel.OPEN_KEY, message, settings.inference_timeout_s, "opening a session")
     except StepTimeout:
         raise StepTimeout("No inference worker answered; start one (privtune up starts one) and retry.") from None
     method = PrivtuneMethod.from_job(job)
@@ -108,7 +108,7 @@ async def forward(
         raise BadRequest("An inference payload has kind 'infer' and the session id as its job_id.", param="kind")
     key, what = channel.worker_key(worker), f"inference session {session_id}"
     try:
-        reply = await awaited(relay.request(key, channel.OP_FORWARD + body, settings.inference_timeout_s, what))
+        reply = await relay.request(key, channel.OP_FORWARD + body, settings.inference_timeout_s, what)
     except StepTimeout:
         await run_in_threadpool(redis.delete, channel.session_key(session_id))  # its worker is gone
         raise _expired(session_id) from None

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from api.deps import EnqueuerDep, PrincipalDep, SessionDep, SettingsDep
 from api.job_spec import build_job
+from api.limits import check_active_jobs
 from api.retention import delete_artifacts
 from api.schemas.jobs import JobCreate
 from api.schemas.objects import (
@@ -49,7 +50,9 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 def create_job(
     body: JobCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep, enqueue: EnqueuerDep
 ) -> Any:
-    """Create a ``queued`` job and send it to the GPU queue."""
+    """Create a ``queued`` job and send it to the GPU queue (429 ``too_many_active_jobs`` beyond the
+    organization's cap of queued + running jobs)."""
+    check_active_jobs(session, principal.organization_id, settings)
     job = repo.create_job(session, **build_job(body, settings, session, principal.organization_id))
     session.commit()
     try:

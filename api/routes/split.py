@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,12 +140,6 @@ async def _running_job(request: Request, session: Any, org_id: str, job_id: str,
     return job
 
 
-async def awaited(result: Any) -> Any:
-    """The relay's answer: ``StepRelay`` is async (a wait holds no thread); a synchronous stand-in
-    (a test double) returns its answer directly."""
-    return await result if inspect.isawaitable(result) else result
-
-
 def check_step(body: bytes, job: dict[str, Any], max_bytes: int, *, require_final: bool = False) -> wire.WireHeader:
     """Validate a step-channel payload for ``job`` from its header alone (torch-free) and return the
     header: the wire format and limits, then the step protocol against the job's ``StepShape``. A
@@ -200,7 +193,7 @@ async def post_step(
     body = await _read_body(request, limit)
     header = await run_in_threadpool(check_step, body, job, limit)
     with STEP_SECONDS.labels(kind="step").time():
-        reply = await awaited(relay.submit(fine_tuning_job_id, header.step, body, settings.step_timeout_s))
+        reply = await relay.submit(fine_tuning_job_id, header.step, body, settings.step_timeout_s)
     RELAY_BYTES.labels(direction="in").inc(len(body))
     RELAY_BYTES.labels(direction="out").inc(len(reply))
     return Response(reply, media_type="application/octet-stream")
@@ -233,11 +226,17 @@ async def complete_job(
     if body:
         header = await run_in_threadpool(check_step, body, job, limit, require_final=True)
         step = header.step
-    else:  # the completion request is not numbered (protocol.py)
-        step, extra = 0, {protocol.FINAL: "1"}
+    else:  # no payload: complete only if every step of the job was applied (the flush was total_steps + 1)
+        total = job.get("total_steps")
+        if not total:
+            raise BadRequest(
+                "This job's number of steps is not known: send the completion payload (extra final and last_step).",
+                param=protocol.LAST_STEP,
+            )
+        step, extra = 0, protocol.completion_extra(int(total) + 1)
         body = wire.encode({}, wire.WireHeader(job_id=fine_tuning_job_id, step=step, kind="step", extra=extra))
     with STEP_SECONDS.labels(kind="complete").time():
-        reply = await awaited(relay.submit(fine_tuning_job_id, step, body, settings.step_timeout_s))
+        reply = await relay.submit(fine_tuning_job_id, step, body, settings.step_timeout_s)
     RELAY_BYTES.labels(direction="in").inc(len(body))
     RELAY_BYTES.labels(direction="out").inc(len(reply))
     await run_in_threadpool(session.rollback)  # see the worker's commits

@@ -38,6 +38,8 @@ def settings(tmp_path, template_db) -> Settings:
         redis_url="redis://127.0.0.1:1/0",  # never contacted: Redis is faked
         reaper_interval_s=0,
         webhook_interval_s=0,
+        rate_limit_requests_per_minute=0,  # the per-key limiter needs Redis: tests/api/test_limits.py
+        max_concurrent_requests_per_key=0,
         max_step_bytes=1024 * 1024,
         request_body_limit=64 * 1024,
         step_timeout_s=1,
@@ -52,7 +54,7 @@ class FakeRelay:
     error: Exception | None = None
     calls: list[tuple[str, int, bytes, float]] = field(default_factory=list)
 
-    def submit(self, job_id: str, step: int, payload: bytes, timeout_s: float) -> bytes:
+    async def submit(self, job_id: str, step: int, payload: bytes, timeout_s: float) -> bytes:
         self.calls.append((job_id, step, payload, timeout_s))
         if self.error is not None:
             raise self.error
@@ -85,6 +87,9 @@ class FakeRedis:
             return None
         self.data[key] = value
         return True
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
 
     def delete(self, key: str) -> int:
         return int(self.data.pop(key, None) is not None)

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from api import deps
 from api.main import create_app
 from service.db import repo
+from service.db.session import session_scope
 from tests.api.conftest import job_body
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
@@ -98,8 +99,10 @@ def test_unexpected_error_is_500_envelope_with_request_id(settings):
         raise RuntimeError("kaboom")
 
     app.dependency_overrides[deps.get_principal] = boom
+    with session_scope(app.state.session_factory) as session:  # past the auth middleware: a real key
+        key, _ = repo.create_api_key(session, "org-500")
     with TestClient(app, raise_server_exceptions=False) as client:
-        r = client.get("/v1/models", headers={"x-request-id": "req-500"})
+        r = client.get("/v1/models", headers={"x-request-id": "req-500", "Authorization": f"Bearer {key}"})
     _assert_envelope(r, 500)
     assert r.headers["x-request-id"] == "req-500" and "kaboom" not in r.text
 

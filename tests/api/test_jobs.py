@@ -322,3 +322,17 @@ def test_create_and_resume_record_the_enqueue_time(env):
     assert env.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume", headers=env.headers()).status_code == 200
     with env.session() as s:
         assert repo.get_job(s, job["id"])["enqueued_at"] > first
+
+
+def test_create_beyond_the_organizations_active_cap_is_429_and_creates_nothing(env):
+    env.settings.max_active_jobs_per_org = 2
+    first, _ = env.create_job(), env.create_job()
+    r = env.client.post("/v1/fine_tuning/jobs", json=job_body(), headers=env.headers())
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_active_jobs"
+    assert "Retry-After" in r.headers or "retry-after" in r.headers
+    assert len(env.client.get("/v1/fine_tuning/jobs", headers=env.headers()).json()["data"]) == 2
+    assert len(env.enqueuer.jobs) == 2
+    other = env.client.post("/v1/fine_tuning/jobs", json=job_body(), headers=env.headers(env.other_key))
+    assert other.status_code == 200  # the cap is per organization
+    env.client.post(f"/v1/fine_tuning/jobs/{first['id']}/cancel", headers=env.headers())
+    assert env.client.post("/v1/fine_tuning/jobs", json=job_body(), headers=env.headers()).status_code == 200

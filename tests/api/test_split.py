@@ -13,26 +13,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from api import deps
-from client_sdk import wire
+from client_sdk import protocol, wire
 from service.db import repo
-from tests.api.conftest import FakeRedis, StepRejected, StepTimeout, step_payload
+from tests.api.conftest import StepRejected, StepTimeout, step_payload
 
 BINARY = {"content-type": "application/octet-stream"}
 D = 384  # minilm-l6's hidden size: the width of the server's output and of its gradient
-
-
-class ReadableRedis(FakeRedis):
-    """conftest's FakeRedis with ``get`` (the bottom route reads a failed export's error key)."""
-
-    def get(self, key: str):
-        return self.data.get(key)
-
-
-@pytest.fixture(autouse=True)
-def readable_redis(env):
-    env.redis = ReadableRedis()
-    env.app.dependency_overrides[deps.get_redis] = lambda: env.redis
 
 
 def _post_step(env, job_id, body, key=None):
@@ -206,7 +192,9 @@ def test_complete_relays_the_completion_and_returns_job(env, running):
     r = env.client.post(f"/v1/fine_tuning/jobs/{running}/complete", headers=env.headers())  # no body
     assert r.status_code == 200
     header, infos = wire.inspect(env.relay.calls[-1][2])
-    assert header.extra["final"] == "1" and infos == {} and header.job_id == running
+    total = env.client.get(f"/v1/fine_tuning/jobs/{running}", headers=env.headers()).json()["total_steps"]
+    assert total and header.extra == protocol.completion_extra(total + 1)  # every step applied, or refused
+    assert infos == {} and header.job_id == running
     for bad in (
         step_payload(running, step=11),
         _only(running, extra={"final": "1"}, grad_output=np.zeros((2, D), np.float32)),
