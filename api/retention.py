@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.base import now_s
 from service.db.errors import ObjectNotFound
+from service.db import repo
 from service.db.repo import files as file_repo
 from service.db.repo import jobs as job_repo
 from service.db.session import session_scope
@@ -72,6 +73,7 @@ def delete_model_artifacts(session: Session, settings: Settings, job: dict[str, 
     """Delete the artifacts of ``job`` (a snapshot): mark and commit, then remove the files."""
     job_repo.mark_artifacts_deleted(session, job["id"])
     paths = job_repo.checkpoint_paths(session, job["id"])
+    repo.delete_checkpoints(session, job["id"])  # /checkpoints lists nothing whose files are gone
     session.commit()
     return delete_artifacts(settings, job["id"], paths)
 

@@ -93,6 +93,12 @@ class Authentication(ServiceError):
     status_code, default_code = 401, "invalid_api_key"
 
 
+class PermissionDenied(ServiceError):
+    """403: the caller may not do this to that object (e.g. delete a base model)."""
+
+    status_code, default_code = 403, "permission_denied"
+
+
 class NotFound(ServiceError):
     status_code, default_code = 404, "not_found"
 

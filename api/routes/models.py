@@ -12,18 +12,11 @@ from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.retention import delete_model_artifacts
 from api.schemas.objects import ModelDeleted, ModelList, ModelObject, model_object
 from service.db import repo
-from service.errors import BadRequest, NotFound, ServiceError
+from service.errors import BadRequest, NotFound, PermissionDenied
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 OWNER = "privtune"
-
-
-class BaseModelNotDeletable(ServiceError):
-    """403: base models belong to the service (OpenAI answers the same to deleting a base model).
-    Belongs in ``service.errors`` as ``PermissionDenied`` once that tree has a 403."""
-
-    status_code, default_code = 403, "model_not_deletable"
 
 
 def _fine_tuned(job: dict[str, Any]) -> dict[str, Any]:
@@ -68,9 +61,10 @@ def delete_model(model_id: str, principal: PrincipalDep, session: SessionDep, se
     organization's model, or one already deleted, is 404."""
     if not model_id.startswith("ft:"):
         if model_id in catalog.base_model_names():
-            raise BaseModelNotDeletable(
+            raise PermissionDenied(  # base models belong to the service, as OpenAI answers
                 f"The model {model_id!r} is a base model of this service; only fine-tuned models can be deleted.",
                 param="model",
+                code="model_not_deletable",
             )
         raise NotFound(f"The model {model_id!r} does not exist.", param="model", code="model_not_found")
     job = repo.job_for_model(session, principal.organization_id, model_id)

@@ -47,6 +47,8 @@ def test_delete_a_fine_tuned_model_removes_its_artifacts_and_the_model(env):
     opened = env.client.post("/v1/privtune/inference/sessions", json={"model": model}, headers=env.headers())
     assert opened.status_code == 404  # cannot be used
     assert env.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=env.headers()).status_code == 200
+    listed = env.client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=env.headers()).json()
+    assert listed["data"] == []  # no checkpoint whose files are gone is listed
 
 
 def test_a_base_model_cannot_be_deleted(env):

@@ -12,6 +12,7 @@ from service.db.repo import status
 from service.db.repo.events import (
     add_checkpoint,
     add_event,
+    delete_checkpoints,
     latest_checkpoint,
     list_checkpoints,
     list_events,
@@ -89,6 +90,7 @@ __all__ = [
     "create_job",
     "db_now",
     "default_model_name",
+    "delete_checkpoints",
     "defer_queued",
     "delete_file",
     "delete_job",

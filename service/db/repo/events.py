@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import new_id, now_s
@@ -127,3 +127,10 @@ def list_checkpoints(
     """The job's checkpoints newest first, strictly after the cursor; returns ``(checkpoints, has_more)``."""
     rows, has_more = paginate(session, Checkpoint, [Checkpoint.job_id == job_id], after, limit)
     return [snapshot(r) for r in rows], has_more
+
+
+def delete_checkpoints(session: Session, job_id: str) -> int:
+    """Delete every checkpoint row of the job (its model's artifacts were deleted: nothing to list or
+    resume from); returns how many."""
+    result = session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
