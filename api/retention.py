@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import repo
 from service.db.base import now_s
 from service.db.errors import ObjectNotFound
-from service.db import repo
 from service.db.repo import files as file_repo
 from service.db.repo import jobs as job_repo
 from service.db.session import session_scope
