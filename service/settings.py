@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, description="How long one webhook delivery waits for its endpoint.")
     webhook_max_attempts: int = Field(8, gt=0, description="Delivery attempts (exponential backoff) before giving up.")
     webhook_interval_s: float = Field(2.0, ge=0, description="Seconds between webhook dispatcher passes (0: off).")
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Deliver webhooks to loopback, private and link-local addresses (off: a tenant's URL cannot "
+        "reach the provider's internal services).",
+    )
 
     torch_threads: int | None = Field(
         None,

@@ -23,12 +23,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -108,8 +111,30 @@ def backoff_s(attempts: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
 
 
-def _send(http_client: Any, delivery: dict[str, Any], timeout_s: float, now: float) -> str | None:
+def non_public_address(url: str) -> str | None:
+    """The first address ``url``'s host resolves to that is not a public unicast address (loopback,
+    private, link-local such as a cloud metadata service, multicast, reserved), or None when all are
+    public. A host that does not resolve is reported too. Checked before every delivery, so a tenant's
+    endpoint cannot be pointed at the provider's internal network (a DNS answer that changes between
+    this check and the connection is not covered)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return f"{host} (does not resolve)"
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            return str(address)
+    return None
+
+
+def _send(
+    http_client: Any, delivery: dict[str, Any], timeout_s: float, now: float, allow_private: bool = False
+) -> str | None:
     """POST one delivery; None when the endpoint answered 2xx, else what went wrong."""
+    if not allow_private and (address := non_public_address(delivery["url"])) is not None:
+        return f"refused: the endpoint's host resolves to a non-public address ({address})"
     body = json.dumps(delivery["payload"], separators=(",", ":")).encode()
     headers = headers_for(delivery["secret"], delivery["id"], int(now), body)
     try:
@@ -136,7 +161,7 @@ def dispatch_once(
             delivery = repo.claim_delivery(session, at, lease_s)
         if delivery is None:
             break
-        error = _send(http_client, delivery, settings.webhook_timeout_s, at)
+        error = _send(http_client, delivery, settings.webhook_timeout_s, at, settings.webhook_allow_private_networks)
         attempts = delivery["attempts"] + 1
         if error is None:
             outcome, retry_at = "delivered", None

@@ -17,7 +17,7 @@ from service import webhooks
 @pytest.fixture
 def settings(settings):
     """The gateway's own dispatcher off: the tests run the passes themselves."""
-    return settings.model_copy(update={"webhook_interval_s": 0})
+    return settings.model_copy(update={"webhook_interval_s": 0, "webhook_allow_private_networks": True})
 
 
 def _create(env, url="https://hooks.example.com/privtune", key=None):

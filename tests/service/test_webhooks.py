@@ -140,7 +140,7 @@ def http_client():
         yield client
 
 
-SETTINGS = Settings(webhook_max_attempts=4, webhook_timeout_s=1.0)
+SETTINGS = Settings(webhook_max_attempts=4, webhook_timeout_s=1.0, webhook_allow_private_networks=True)  # 127.0.0.1
 
 
 def _org_job(factory, org_name: str = "acme") -> tuple[str, str]:
@@ -209,7 +209,7 @@ def test_gives_up_after_max_attempts_and_a_timeout_counts_as_a_failure(db, recei
     endpoint = _endpoint(db, org, receiver.url)
     _end(db, job_id, "cancelled")
     receiver.delay_s = 1.5  # longer than webhook_timeout_s
-    settings = Settings(webhook_max_attempts=2, webhook_timeout_s=0.5)
+    settings = Settings(webhook_max_attempts=2, webhook_timeout_s=0.5, webhook_allow_private_networks=True)
     t0 = time.time()
     assert webhooks.dispatch_once(db, settings, http_client, now=t0)["retry"] == 1
     assert "Timeout" in _deliveries(db, endpoint["id"])[0]["last_error"]
@@ -287,3 +287,23 @@ def test_two_dispatchers_at_once_send_each_event_once(db, receiver):
     assert sum(r["delivered"] for r in results) == 2
     assert sorted(json.loads(body)["data"]["id"] for _, body in receiver.received) == sorted(jobs)
     assert all(d["delivered_at"] for d in _deliveries(db, endpoint["id"]))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/h"],
+)
+def test_a_non_public_endpoint_is_never_contacted_unless_the_operator_allows_it(url):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def post(self, *args, **kwargs):
+            self.calls.append(args)
+            raise AssertionError("must not be contacted")
+
+    client = Recorder()
+    delivery = {"url": url, "payload": {"id": "msg_1"}, "secret": webhooks.new_secret(), "id": "msg_1"}
+    error = webhooks._send(client, delivery, 1.0, time.time())
+    assert error is not None and "non-public address" in error and client.calls == []
+    assert webhooks.non_public_address("https://93.184.216.34/hook") is None  # a public address passes
