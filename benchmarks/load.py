@@ -321,7 +321,9 @@ def report(unloaded: dict[str, Any], loaded: dict[str, Any], args: argparse.Name
         "",
         f"Machine: {machine()}. Date: {started:%Y-%m-%d %H:%M} UTC. Command: `python -m benchmarks.load "
         f"--clients {args.clients} --workers {args.workers} --readers {args.readers} --examples {args.examples} "
-        f"--epochs {args.epochs} --unloaded-factor {args.unloaded_factor}`.",
+        f"--epochs {args.epochs} --unloaded-factor {args.unloaded_factor}"
+        + (f" --rate-limit {args.rate_limit}" if args.rate_limit is not None else "")
+        + "`.",
         "",
         f"One stack of processes (PostgreSQL, its own redis-server, the gateway, {args.workers} GPU-queue workers "
         f"on CPU); each job trains tiny-BERT ({args.examples} toy rows, {args.epochs} epochs of batch 8) from its "
@@ -374,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--database", default="postgres", choices=("postgres", "sqlite"), help="the service's database")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one device may take")
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        help="PRIVTUNE_RATE_LIMIT_REQUESTS_PER_MINUTE per key for this stack (None: the service's default)",
+    )
     parser.add_argument("--json", default=None, help="write both phases' figures to this file")
     parser.add_argument("--out", default=None, help="write the Markdown section to this file")
     args = parser.parse_args(argv)
@@ -383,10 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run: {missing}")
         return 2
     spec = DeviceSpec(examples=args.examples, n_epochs=args.epochs)
+    settings = dict(LOAD_SETTINGS)
+    if args.rate_limit is not None:
+        settings["PRIVTUNE_RATE_LIMIT_REQUESTS_PER_MINUTE"] = str(args.rate_limit)
     started = datetime.now(UTC)
     with (
         tempfile.TemporaryDirectory(prefix="privtune-load-") as tmp,
-        Stack(Path(tmp), database=args.database, workers=args.workers, settings=LOAD_SETTINGS) as stack,
+        Stack(Path(tmp), database=args.database, workers=args.workers, settings=settings) as stack,
     ):
         warm = stack.start_device(spec, name="warm-up")  # bottom export, model caches: not measured
         warm.wait(args.timeout)
