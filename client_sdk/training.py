@@ -31,7 +31,13 @@ from client_sdk import protocol, wire
 from client_sdk.data import batch_indices
 from client_sdk.end_state import EndStore
 from client_sdk.end_tasks import Batch
-from client_sdk.errors import JobNotRunningError, StepOutOfOrderError
+from client_sdk.errors import (
+    APIConnectionError,
+    InternalServerError,
+    JobNotRunningError,
+    RateLimitError,
+    StepOutOfOrderError,
+)
 from client_sdk.jobspec import OptimizerSpec
 
 REPORT_EVERY = 10  # steps per reported training-loss mean
@@ -75,12 +81,43 @@ class WorkerWait:
             raise ValueError(f"the worker wait must be >= 0 seconds, got {self.timeout_s}")
 
     def call(self, send: Callable[[], Any]) -> Any:
-        """``send()``'s result, waiting for the job to run again as often as the gateway says it does not."""
+        """``send()``'s result, waiting for the job to run again as often as the gateway says it does not,
+        and for the gateway itself while it cannot be reached (restarting: connection refused, 502-504,
+        429 after the HTTP layer's own retries), then sending the same request again; a step is
+        idempotent, so a request that did reach the worker gets its reply replayed."""
         while True:
             try:
                 return send()
             except JobNotRunningError as exc:
                 self.wait(exc.job_status)
+            except (APIConnectionError, InternalServerError, RateLimitError) as exc:
+                if isinstance(exc, InternalServerError) and exc.status_code not in (502, 503, 504):
+                    raise  # the gateway answered with a failure of its own: nothing to wait for
+                status = self._status_when_reachable(exc)
+                if status != "running":
+                    self.wait(status)
+
+    def _status_when_reachable(self, first: Exception) -> str:
+        """The job's status as soon as the gateway answers again (capped backoff, ``timeout_s`` in all)."""
+        started, waited, delay = time.monotonic(), 0.0, self.initial_delay
+        while True:
+            elapsed = max(waited, time.monotonic() - started)
+            if elapsed >= self.timeout_s:
+                raise JobInterruptedError(
+                    f"the gateway did not answer within {self.timeout_s:.0f} s ({first}); continue later with "
+                    f"FineTuneJob.resume({self.job_id!r}, dataset, ...)",
+                    self.job_id,
+                    None,
+                ) from first
+            if self.on_wait:
+                self.on_wait("gateway unreachable")
+            pause = min(delay, self.timeout_s - elapsed)
+            self.sleep(pause)
+            waited, delay = waited + pause, min(delay * 2, self.max_delay)
+            try:
+                return self.status()
+            except (APIConnectionError, InternalServerError, RateLimitError):
+                continue
 
     def wait(self, status: str | None) -> None:
         """Return once the job runs again; raise :class:`JobInterruptedError` if it will not."""

@@ -78,7 +78,13 @@ class StepServer:
             return wire.encode({}, wire.WireHeader(self.job_id, header.step, "step_reply"))
         if self.last is not None and header.step == self.last.step:  # a retry: same reply, no second update
             return self.last.reply
+        grad = tensors.get(protocol.GRAD_OUTPUT)
         expected = self.trainer.steps_applied + (2 if self.trainer.has_pending else 1)
+        if self.trainer.has_pending and grad is None:
+            # A device without the gradient of the forward this worker holds never got that reply (a new
+            # device process, or the reply lost with a gateway): send it back to that step, whose reply
+            # is replayed (``self.last``), never a 400 it cannot act on.
+            expected = self.trainer.steps_applied + 1
         if header.step != expected:
             raise StepRejected(
                 409,
@@ -87,7 +93,6 @@ class StepServer:
                 param="step",
                 expected_step=expected,
             )
-        grad = tensors.get(protocol.GRAD_OUTPUT)
         self._check_gradient(grad, header.step)
         report()  # before the update, whose metrics event shows the device's running loss
         if grad is not None:
@@ -128,17 +133,11 @@ class StepServer:
         )
 
     def _check_gradient(self, grad: torch.Tensor | None, step: int) -> None:
-        """The gradient must answer the pending forward exactly (present, absent, its shape). A gradient
-        with no forward to answer (this worker resumed from a checkpoint after that forward) is a 409
-        ``step_out_of_order`` naming this step: resend it without ``grad_output``."""
+        """The gradient must answer the pending forward exactly (its shape). A gradient with no forward
+        to answer (this worker resumed from a checkpoint after that forward) is a 409
+        ``step_out_of_order`` naming this step: resend it without ``grad_output``. (A step without the
+        gradient of a pending forward never gets here: ``handle`` sends it back to that forward.)"""
         pending = self.trainer.pending_shape()
-        if pending is not None and grad is None:
-            raise StepRejected(
-                400,
-                "missing_gradient",
-                "this step must carry grad_output for the previous step",
-                param=protocol.GRAD_OUTPUT,
-            )
         if pending is None and grad is not None:
             raise StepRejected(
                 409,

@@ -17,7 +17,7 @@ from client_sdk import protocol, wire
 from client_sdk.data import Example, LabelMap, batch_indices
 from client_sdk.end_state import EndStore, MissingEndState
 from client_sdk.end_tasks import HeadTask
-from client_sdk.errors import JobNotRunningError, StepOutOfOrderError, status_error_from_response
+from client_sdk.errors import APIConnectionError, JobNotRunningError, StepOutOfOrderError, status_error_from_response
 from client_sdk.jobspec import OptimizerSpec
 from client_sdk.models.ends import ClassifierHead
 from client_sdk.privatizer import Privatizer
@@ -434,3 +434,58 @@ def test_the_report_adds_up(privatizer):
     assert report.activation_elements == sum(int(e.tensors[protocol.ATTENTION_MASK].sum()) * D for e in steps)
     assert [c[0] for c in calls] == list(range(1, TOTAL + 1)) and [c[1] for c in calls] == report.losses
     assert report.seconds > 0 and report.samples_per_second > 0
+
+
+class RestartingGateway(FakeWorker):
+    """A gateway that is down (connection refused) for ``outages`` tries of step ``down_at``."""
+
+    def __init__(self, down_at: int, outages: int = 3):
+        super().__init__()
+        self.down_at, self.outages = down_at, outages
+
+    def __call__(self, payload: bytes) -> bytes:
+        header = wire.decode(payload)[0]
+        if header.kind == "step" and header.step == self.down_at and self.outages:
+            self.outages -= 1
+            self.seen.append(Exchange(payload, header, {}))
+            request = httpx.Request("POST", "http://127.0.0.1:8000/v1/fine_tuning/jobs/x/steps")
+            raise APIConnectionError(message="Connection error: [Errno 111] Connection refused", request=request)
+        return super().__call__(payload)
+
+
+def test_the_device_waits_for_a_restarting_gateway_and_sends_the_same_step_again(privatizer, tmp_path):
+    unbroken = trainer(privatizer, FakeWorker(), EndStore(JOB, tmp_path / "a"))
+    unbroken.train()
+    gateway = RestartingGateway(down_at=4, outages=2)
+    request = httpx.Request("GET", "http://127.0.0.1:8000/v1/fine_tuning/jobs/x")
+    answers = iter([APIConnectionError(request=request), "running", "running"])
+
+    def status() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sleeps: list[float] = []
+    wait = WorkerWait(JOB, status, sleep=sleeps.append)
+    job = trainer(privatizer, gateway, EndStore(JOB, tmp_path / "b"), wait=wait)
+    job.train()
+    steps = [e.header.step for e in gateway.seen]
+    assert steps == [1, 2, 3, 4, 4, *range(4, TOTAL + 2)]  # the same step until the gateway answers
+    assert gateway.seen[3].payload == gateway.seen[5].payload
+    assert sleeps == [0.5, 1.0, 0.5]  # status probes while down, once per outage after it answers
+    for name, tensor in unbroken.task.end.state().items():
+        torch.testing.assert_close(job.task.end.state()[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_an_unreachable_gateway_has_a_deadline(privatizer):
+    request = httpx.Request("GET", "http://127.0.0.1:8000/v1/fine_tuning/jobs/x")
+
+    def status() -> str:
+        raise APIConnectionError(request=request)
+
+    sleeps: list[float] = []
+    wait = WorkerWait(JOB, status, sleep=sleeps.append, timeout_s=10.0, max_delay=4.0)
+    with pytest.raises(JobInterruptedError, match="the gateway did not answer within 10 s"):
+        trainer(privatizer, RestartingGateway(down_at=2, outages=1), wait=wait).train()
+    assert sum(sleeps) == pytest.approx(10.0) and max(sleeps) <= 4.0

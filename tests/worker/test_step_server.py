@@ -333,7 +333,6 @@ REJECTIONS = [  # (id, payload, status, code, param); the server has served step
     ("wrong_kind", payload(2, grad=G, kind="step_reply"), 400, "invalid_header", "kind"),
     ("other_job", payload(2, grad=G, job="ftjob-someone-else"), 400, "invalid_header", "job_id"),
     ("step_zero", payload(0, grad=G), 400, "invalid_header", "step"),
-    ("missing_gradient", payload(2, extra=METRICS), 400, "missing_gradient", protocol.GRAD_OUTPUT),
     ("grad_batch", payload(2, grad=(3, HIDDEN)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
     ("grad_logits", payload(2, grad=LOGITS, extra=METRICS), 422, "shape_rejected", protocol.GRAD_OUTPUT),
     ("grad_width", payload(2, grad=(BATCH, 16)), 422, "shape_rejected", protocol.GRAD_OUTPUT),
@@ -382,6 +381,18 @@ def test_a_rejected_request_changes_nothing(server, rec, body, status, code, par
     assert rec.updates == [] and rec.finishes == 0 and rec.metrics == []
 
 
+def test_a_step_without_the_pending_forwards_gradient_goes_back_to_that_forward(server, rec):
+    """Not a 400 the device cannot act on: the device lost the reply (a new process, a gateway that
+    died with it), so it is sent back to the forward the worker holds, whose reply is replayed."""
+    first = server.handle(payload(1))
+    before = state(server)
+    error = _rejected(server, payload(2, extra=METRICS))
+    assert (error.status_code, error.code, error.expected_step) == (409, "step_out_of_order", 1)
+    assert_unchanged(server, before)
+    assert rec.updates == [] and rec.metrics == []
+    assert server.handle(payload(1)) == first and server.trainer.steps_applied == 0
+
+
 def test_out_of_order_step_is_409_with_expected_step(server, rec):
     server.handle(payload(1))
     before = state(server)
@@ -393,8 +404,11 @@ def test_out_of_order_step_is_409_with_expected_step(server, rec):
     assert_unchanged(server, before)
     assert rec.metrics == []  # a refused step reports nothing
     server.handle(payload(2, grad=G))
-    error = _rejected(server, payload(1))  # an earlier step is not the last one served: no stored reply
-    assert (error.status_code, error.expected_step) == (409, 3)
+    error = _rejected(server, payload(1))
+    # a device without the gradient of step 2's forward (a new process, a lost reply) is sent back to
+    # step 2, whose reply is replayed; then it carries on with step 3 and its gradient
+    assert (error.status_code, error.expected_step) == (409, 2)
+    assert server.handle(payload(2, grad=G)) == server.last.reply and server.trainer.steps_applied == 1
 
 
 def test_a_gradient_without_a_pending_forward_says_resend_this_step_without_it(server, rec):
