@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, replace
@@ -172,7 +173,9 @@ class TopTrainer:
         names. Not durable by itself: ``worker.checkpoints.write_checkpoint`` fsyncs, checksums and
         switches the directory into place."""
         directory = Path(directory)
-        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, directory / ADAPTER_FILE)
+        _save_safetensors(
+            {n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, directory / ADAPTER_FILE
+        )
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -234,3 +237,19 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk: "No space left on device (os error
+    28)") arrive as ``SafetensorError``, re-raised as the ``OSError`` they are, so the runner treats a full
+    disk as the infrastructure fault it is (``worker.infra.is_disk_fault``) instead of failing the job."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, path)
+    except SafetensorError as exc:
+        match = re.search(r"os error (\d+)", str(exc))
+        if match is None:
+            raise
+        errno = int(match.group(1))
+        raise OSError(errno, os.strerror(errno), str(path)) from exc

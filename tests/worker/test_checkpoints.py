@@ -130,3 +130,27 @@ def test_a_switch_that_fails_halfway_puts_the_old_copy_back(tmp_path, monkeypatc
         write_checkpoint(FakeTrainer(2), tmp_path, 2, {"again": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["step-2"]
     verify(first.path, first.sha256)
+
+
+def test_a_full_disk_in_the_safetensors_writer_is_an_oserror_the_runner_retries(tmp_path):
+    """safetensors reports ENOSPC as SafetensorError; the writer re-raises it as OSError(ENOSPC), which
+    worker.infra classifies as a disk fault (the job is released, not failed). On a real 1 MiB tmpfs."""
+    import errno
+    import os
+    import subprocess
+
+    import torch
+
+    from worker.infra import is_disk_fault
+    from worker.trainer import _save_safetensors
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a 1 MiB tmpfs")
+    try:
+        with pytest.raises(OSError) as info:
+            _save_safetensors({"w": torch.zeros(1024, 1024)}, mount / "adapter.safetensors")  # 4 MiB
+        assert info.value.errno == errno.ENOSPC and is_disk_fault(info.value)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
