@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -145,6 +146,11 @@ async def _receive_form(request: Request, dest: Path, limit: int) -> _FormSink:
                 pending.clear()
         await run_in_threadpool(parser.write, bytes(pending))
         parser.finalize()
+    except MultipartParseError:
+        raise BadRequest(
+            "The multipart/form-data body is malformed; the bytes received were discarded: not stored and not logged.",
+            param="file",
+        ) from None
     finally:
         sink.close()
     return sink

@@ -165,7 +165,6 @@ def test_a_pickle_named_safetensors_is_refused(bad_env):
     assert _files(bad_env) == ([], [])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a malformed multipart body is a 500 (MultipartParseError; H7 report)")
 def test_a_malformed_multipart_body_is_400(bad_env):
     headers = {**bad_env.headers(), "content-type": "multipart/form-data; boundary=xyz"}
     r = bad_env.client.post("/v1/files", content=b"\0" * 100, headers=headers)
