@@ -37,6 +37,17 @@ def _constant(name: str) -> Any:
     raise _Refused(f"{name} is not JSON")
 
 
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose names are unique: RFC 8259 leaves duplicates undefined (Python keeps the last,
+    other parsers the first), so a duplicate tensor name could read differently to two parsers."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"the name {key[:64]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def nesting_depth(text: str, limit: int) -> int:
     """The deepest nesting of arrays and objects in ``text`` (strings skipped), counting no further
     than ``limit + 1``."""
@@ -60,7 +71,7 @@ def load_json(
 ) -> Any:
     """The JSON value of ``text``, or ``error(message, param=param)`` when it is not valid UTF-8 JSON,
     nests deeper than ``max_depth``, holds an integer longer than :data:`MAX_INT_DIGITS` digits, or
-    uses ``NaN`` / ``Infinity``. Never raises anything else for any input."""
+    uses ``NaN`` / ``Infinity``, or repeats a name within one object. Never raises anything else for any input."""
     try:
         if isinstance(text, bytes | bytearray | memoryview):
             text = bytes(text).decode("utf-8")
@@ -69,7 +80,7 @@ def load_json(
     if nesting_depth(text, max_depth) > max_depth:
         raise error(f"{what} nests deeper than {max_depth} levels", param=param)
     try:
-        return json.loads(text, parse_int=_int, parse_constant=_constant)
+        return json.loads(text, parse_int=_int, parse_constant=_constant, object_pairs_hook=_unique_object)
     except _Refused as exc:
         raise error(f"{what} is not acceptable JSON: {exc}", param=param) from None
     except json.JSONDecodeError as exc:
