@@ -7,8 +7,8 @@ import numpy as np
 import openai
 import pytest
 
-from service.db import repo
 from client_sdk import wire
+from service.db import repo
 from tests.api.conftest import job_body
 
 
