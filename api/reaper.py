@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.background import background
 from service import metrics
 from service.db import repo
 from service.db.session import session_scope
@@ -71,11 +72,5 @@ async def run_reaper(app: FastAPI, interval_s: float) -> None:
 @contextlib.asynccontextmanager
 async def reaper_task(app: FastAPI, interval_s: float):
     """Run the reaper in the background for the lifetime of the block (no-op when ``interval_s`` <= 0)."""
-    task = asyncio.create_task(run_reaper(app, interval_s)) if interval_s > 0 else None
-    try:
+    async with background(run_reaper(app, interval_s) if interval_s > 0 else None):
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

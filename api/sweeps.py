@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.background import background
 from api.idempotency import purge_idempotency_keys
 from api.retention import retention_sweep
 
@@ -42,11 +43,5 @@ async def _run(app: FastAPI, interval_s: float) -> None:
 async def sweep_task(app: FastAPI):
     """Run :func:`sweep_once` in the background for the lifetime of the block (off when the interval is 0)."""
     interval_s = float(app.state.settings.sweep_interval_s)
-    task = asyncio.create_task(_run(app, interval_s)) if interval_s > 0 else None
-    try:
+    async with background(_run(app, interval_s) if interval_s > 0 else None):
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
